@@ -1,0 +1,215 @@
+"""Configuration: OmegaConf YAML groups composed into one validated config.
+
+``configs/defaults.yaml`` picks one option per group (``data``, ``model``, ``learner``, ``trainer``,
+``logger``); an ``experiment`` file may change those picks (its ``defaults:``) and override any key.
+Command-line arguments are ``group=option`` or ``dotted.key=value``, applied last. Every section is
+checked against a dataclass: an unknown key, group or option, or a value of the wrong type is a
+``ConfigError`` naming it. Values are parsed as YAML scalars; nothing is ever evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from metarec.errors import ConfigError
+
+GROUPS = ("data", "model", "learner", "trainer", "logger")
+NAMED_SECTIONS = ("model", "learner")  # {name: registry entry, ...entry options}
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 30
+    accelerator: str = "cpu"
+    devices: Any = 1
+    precision: str = "32-true"
+    patience: int = 5  # early stopping on val/warm/mae; 0 disables it
+    gradient_clip_val: Optional[float] = None
+    deterministic: bool = False
+    log_every_n_steps: int = 10
+    enable_progress_bar: bool = True
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    limit_test_batches: Optional[float] = None
+    fast_dev_run: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "csv"  # csv | wandb
+    project: str = "metarec"
+    entity: Optional[str] = None
+    mode: str = "offline"  # wandb: offline | online | disabled
+
+
+@dataclass
+class RunConfig:
+    root: str = "runs"
+    experiment: str = "default"
+    name: Optional[str] = None
+
+
+def config_dir() -> Path:
+    """``METAREC_CONFIG_DIR``, else the ``configs/`` folder of the source checkout."""
+    env = os.environ.get("METAREC_CONFIG_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    if not (path / "defaults.yaml").is_file():
+        raise ConfigError(f"no configs/defaults.yaml under {path}; set METAREC_CONFIG_DIR to the configs folder")
+    return path
+
+
+def group_options(group: str, root: Path | None = None) -> list[str]:
+    root = root or config_dir()
+    return sorted(p.stem for p in (root / group).glob("*.yaml"))
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # yaml.YAMLError and friends
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return cfg
+
+
+def _option_file(root: Path, group: str, option: str) -> Path:
+    path = root / group / f"{option}.yaml"
+    if not path.is_file():
+        known = ", ".join(group_options(group, root)) or "none"
+        raise ConfigError(f"unknown {group} option {option!r} (available: {known})")
+    return path
+
+
+def parse_overrides(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Split ``group=option`` choices (incl. ``experiment``) from ``dotted.key=value`` overrides."""
+    choices: dict[str, str] = {}
+    keys: list[str] = []
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"argument {arg!r} is not of the form key=value or group=option")
+        key, value = arg.split("=", 1)
+        if not key:
+            raise ConfigError(f"argument {arg!r} has an empty key")
+        if key in GROUPS or key == "experiment":
+            choices[key] = value
+        else:
+            keys.append(arg)
+    return choices, keys
+
+
+def compose(args: list[str], root: Path | None = None) -> DictConfig:
+    """Compose defaults, experiment, group options and overrides into one validated config."""
+    root = root or config_dir()
+    choices_cli, overrides = parse_overrides(args)
+    base = _load_yaml(root / "defaults.yaml")
+    choices = dict(OmegaConf.to_container(base.pop("defaults", OmegaConf.create({}))))
+    experiment = None
+    if "experiment" in choices_cli:
+        experiment = _load_yaml(_option_file(root, "experiment", choices_cli["experiment"]))
+        exp_defaults = experiment.pop("defaults", None)
+        if exp_defaults is not None:
+            choices.update(OmegaConf.to_container(exp_defaults))
+    choices.update({k: v for k, v in choices_cli.items() if k != "experiment"})
+    for g in choices:
+        if g not in GROUPS:
+            raise ConfigError(f"unknown config group {g!r} (known: {', '.join(GROUPS)})")
+    cfg = base
+    for g in GROUPS:
+        if g not in choices:
+            raise ConfigError(f"no {g} option chosen; add `{g}=<option>` (available: {', '.join(group_options(g, root))})")
+        cfg[g] = _load_yaml(_option_file(root, g, str(choices[g])))
+    if experiment is not None:
+        cfg = OmegaConf.merge(cfg, experiment)
+        cfg.run.experiment = choices_cli["experiment"]
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
+    cfg.choices = choices
+    return validate(cfg)
+
+
+def _check_section(path: str, section: Any, cls: type) -> DictConfig:
+    """Merge ``section`` onto the dataclass schema; unknown keys and bad types become ConfigError."""
+    if section is None:
+        section = OmegaConf.create({})
+    if not isinstance(section, DictConfig):
+        raise ConfigError(f"{path} must be a mapping of options")
+    schema = OmegaConf.structured(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in section.keys():
+        if key not in known:
+            raise ConfigError(f"unknown config key {path}.{key} (known: {', '.join(known) or 'none'})")
+    try:
+        return OmegaConf.merge(schema, section)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or ""
+        msg = str(e).splitlines()[0]
+        if isinstance(e, ConfigKeyError) and key:
+            raise ConfigError(f"unknown config key {path}.{key}") from None
+        raise ConfigError(f"bad value for {path}.{key}: {msg}" if key else f"bad value in {path}: {msg}") from None
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Validate every section; returns the typed config (with defaults filled in)."""
+    from metarec.data.datamodule import DataConfig
+    from metarec.data.sources import SOURCES
+    from metarec.learners import LEARNERS
+    from metarec.models import MODELS
+
+    allowed = {"seed", "run", "choices", *GROUPS}
+    for key in cfg.keys():
+        if key not in allowed:
+            raise ConfigError(f"unknown config key {key!r} (known: {', '.join(sorted(allowed))})")
+    out = OmegaConf.create({"seed": cfg.get("seed", 0), "choices": cfg.get("choices", {})})
+    if not isinstance(out.seed, int):
+        raise ConfigError(f"seed must be an integer, got {out.seed!r}")
+    out.run = _check_section("run", cfg.get("run"), RunConfig)
+    out.trainer = _check_section("trainer", cfg.get("trainer"), TrainerConfig)
+    out.logger = _check_section("logger", cfg.get("logger"), LoggerConfig)
+    if out.logger.name not in ("csv", "wandb"):
+        raise ConfigError(f"logger.name must be csv or wandb, got {out.logger.name!r}")
+    data = _check_section("data", cfg.get("data"), DataConfig)
+    source = SOURCES.get(data.source)
+    data.params = _check_section("data.params", data.params, source.config_cls)
+    out.data = data
+    for section, registry in (("model", MODELS), ("learner", LEARNERS)):
+        sec = cfg.get(section)
+        if not isinstance(sec, DictConfig) or "name" not in sec:
+            raise ConfigError(f"{section} needs a name (one of: {', '.join(registry.names())})")
+        entry = registry.get(str(sec.name))
+        body = OmegaConf.masked_copy(sec, [k for k in sec.keys() if k != "name"])
+        checked = _check_section(section, body, entry.config_cls)
+        out[section] = OmegaConf.merge({"name": entry.name}, checked)
+    return out
+
+
+def to_object(section: DictConfig, cls: type) -> Any:
+    """A dataclass instance from a validated section (dropping ``name``)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = OmegaConf.to_container(section, resolve=True)
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def split_config(data: DictConfig):
+    from metarec.data.splits import SplitConfig
+
+    return SplitConfig(**OmegaConf.to_container(data.split, resolve=True))
+
+
+def data_config(data: DictConfig):
+    from metarec.data.datamodule import DataConfig
+
+    values = OmegaConf.to_container(data, resolve=True)
+    values["split"] = split_config(data)
+    return DataConfig(**values)

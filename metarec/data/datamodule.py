@@ -1,0 +1,149 @@
+"""LightningDataModule: dataset -> cold-start split -> meta-batches of episodes.
+
+Training episodes are re-drawn every epoch from a seed, the epoch and the user, inside the worker that
+builds them, so the same seed gives the same episodes whatever the number of DataLoader workers.
+Validation and test episodes are the fixed ones of the split manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from metarec.data.episodes import EpisodeCollator, FeatureTables
+from metarec.data.schema import RecDataset
+from metarec.data.splits import ColdStartSplit, SplitConfig, Task, load_split, make_split, save_manifest
+from metarec.data.sources import load_dataset
+
+VAL_SCENARIO = "warm"  # validation users are held-out existing users on existing items
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"
+    root: Optional[str] = None
+    params: Any = field(default_factory=dict)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    manifest: Optional[str] = None
+    meta_batch_size: int = 32
+    eval_batch_size: int = 64
+    num_workers: int = 0
+    hide_new_item_ids: bool = True
+
+
+class TrainEpisodes(Dataset):
+    """Indexed by ``(epoch, i)``: draws training user ``i``'s query/support split for that epoch."""
+
+    def __init__(self, split: ColdStartSplit, cfg: SplitConfig) -> None:
+        self.users = split.train_users
+        self.pool = split.train_pool
+        self.cfg = cfg
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, key: tuple[int, int]) -> Task:
+        epoch, i = key
+        user = int(self.users[i])
+        items, ratings = self.pool[user]
+        rng = np.random.default_rng([self.cfg.seed, 1000 + epoch, user])
+        perm = rng.permutation(len(items))
+        q, s = perm[: self.cfg.query_size], perm[self.cfg.query_size :]
+        if self.cfg.support_size is not None:
+            s = s[: self.cfg.support_size]
+        return Task(user, items[s], ratings[s], items[q], ratings[q])
+
+
+class EpochShuffleSampler(Sampler):
+    """Yields ``(epoch, index)`` in a seeded order that changes every epoch (Lightning calls ``set_epoch``)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else range(self.n)
+        return iter([(self.epoch, int(i)) for i in order])
+
+
+class ListDataset(Dataset):
+    def __init__(self, tasks: list[Task]) -> None:
+        self.tasks = tasks
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, i: int) -> Task:
+        return self.tasks[i]
+
+
+class ColdStartDataModule(pl.LightningDataModule):
+    def __init__(self, cfg: DataConfig, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.seed = seed
+        self.dataset: RecDataset | None = None
+        self.split: ColdStartSplit | None = None
+        self.collate: EpisodeCollator | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, stage: str | None = None) -> None:
+        if self.split is not None:
+            return
+        self.dataset = load_dataset(self.cfg.source, self.cfg.params, self.cfg.root)
+        if self.cfg.manifest:
+            self.split = load_split(self.dataset, self.cfg.manifest)
+        else:
+            self.split = make_split(self.dataset, self.cfg.split)
+        hidden = np.flatnonzero(self.split.new_item_mask) if self.cfg.hide_new_item_ids else None
+        self.collate = EpisodeCollator(FeatureTables(self.dataset, hidden))
+
+    @property
+    def split_config(self) -> SplitConfig:
+        return SplitConfig(**self.split.manifest["config"])
+
+    @property
+    def scenarios(self) -> list[str]:
+        """Evaluation scenarios, in test-dataloader order."""
+        return [s for s in self.split.episodes if s != "val"]
+
+    def save_manifest(self, path: str | Path) -> Path:
+        return save_manifest(self.split, path)
+
+    def train_rating_mean(self) -> float:
+        return float(self.split.train_ratings()[1].mean())
+
+    # ------------------------------------------------------------- dataloaders
+    def _loader(self, dataset, batch_size, sampler=None) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            collate_fn=self.collate,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        episodes = TrainEpisodes(self.split, self.split_config)
+        sampler = EpochShuffleSampler(len(episodes), self.seed)
+        return self._loader(episodes, self.cfg.meta_batch_size, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(ListDataset(self.split.episodes["val"]), self.cfg.eval_batch_size)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(ListDataset(self.split.episodes[s]), self.cfg.eval_batch_size) for s in self.scenarios]

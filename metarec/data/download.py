@@ -1,0 +1,191 @@
+"""Download a zip archive and extract chosen, checksum-verified members, safely and atomically.
+
+Every file is first written to a hidden temporary file in the destination folder and only renamed
+into place once it is complete (and, for extracted members, its sha256 matches), so a failure at any
+point leaves no partial file behind. Archives with absolute paths, ``..`` components, symlinks or
+other special members are refused before anything is extracted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import shutil
+import stat
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+
+from metarec.data.paths import DATA_DIR_ENV
+from metarec.errors import DataError
+
+DEFAULT_TIMEOUT_S = 60.0
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_archive(
+    url: str,
+    dest_dir: str | os.PathLike[str],
+    expected: Mapping[str, str],
+    member_prefix: str,
+    *,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> list[Path]:
+    """Download the zip at ``url`` and extract ``member_prefix + name`` to ``dest_dir/name``.
+
+    ``expected`` maps each wanted file name to its sha256 (hex). Returns the written paths.
+    Raises ``DataError`` on network failure, an unsafe or corrupt archive, a missing member or a
+    checksum mismatch; nothing partial is left in ``dest_dir``.
+    """
+    dest = Path(dest_dir)
+    names = list(expected)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the data folder {dest}: {e.strerror or e}") from None
+    archive = _download(url, dest, names, timeout)
+    try:
+        with _open_zip(archive, url) as zf:
+            infos = _checked_members(zf, url)
+            return _extract_verified(zf, infos, url, dest, expected, member_prefix)
+    finally:
+        archive.unlink(missing_ok=True)
+
+
+def _download(url: str, dest: Path, names: list[str], timeout: float) -> Path:
+    """Fetch ``url`` into a temp file in ``dest`` and atomically rename it; return the final path."""
+    tmp = _temp_path(dest, "download")
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "metarec"})
+        with open(tmp, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
+            shutil.copyfileobj(resp, out, _CHUNK)
+        final = dest / _archive_name(url, names)
+        os.replace(tmp, final)
+        return final
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+        raise DataError(
+            f"could not download {url} ({_reason(e)}); place {', '.join(names)} in {dest} "
+            f"yourself, or set {DATA_DIR_ENV} to a data folder that already has them"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {e.reason}"
+    if isinstance(e, urllib.error.URLError):
+        return str(e.reason)
+    return str(e) or type(e).__name__
+
+
+def _archive_name(url: str, names: list[str]) -> str:
+    base = Path(urllib.parse.urlparse(url).path).name or "download.zip"
+    return base + ".archive" if base in names else base
+
+
+def _temp_path(dest: Path, label: str) -> Path:
+    fd, name = tempfile.mkstemp(dir=dest, prefix=f".{label}.", suffix=".part")
+    os.close(fd)
+    return Path(name)
+
+
+def _open_zip(archive: Path, url: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"the file downloaded from {url} is not a valid zip archive ({e})") from None
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def _is_unsafe_name(name: str) -> bool:
+    """True for absolute paths, drive letters, backslashes, NULs or ``..`` components."""
+    if not name or name.startswith("/") or "\\" in name or "\x00" in name or _DRIVE.match(name):
+        return True
+    return ".." in name.split("/")
+
+
+def _checked_members(zf: zipfile.ZipFile, url: str) -> dict[str, zipfile.ZipInfo]:
+    """All members by name; refuse the archive if any member is unsafe."""
+    infos: dict[str, zipfile.ZipInfo] = {}
+    for info in zf.infolist():
+        if _is_unsafe_name(info.filename):
+            raise DataError(
+                f"refusing the archive from {url}: member {info.filename!r} has an absolute path "
+                "or '..' component"
+            )
+        mode = info.external_attr >> 16
+        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise DataError(
+                f"refusing the archive from {url}: member {info.filename!r} is a symlink or special file"
+            )
+        infos[info.filename] = info
+    return infos
+
+
+def _extract_verified(
+    zf: zipfile.ZipFile,
+    infos: dict[str, zipfile.ZipInfo],
+    url: str,
+    dest: Path,
+    expected: Mapping[str, str],
+    member_prefix: str,
+) -> list[Path]:
+    """Extract every expected member to a temp file, verify all, then rename them into place."""
+    temps: dict[str, Path] = {}
+    try:
+        for name, want in expected.items():
+            member = member_prefix + name
+            info = infos.get(member)
+            if info is None or info.is_dir():
+                raise DataError(f"the archive from {url} has no file {member!r}")
+            temps[name] = tmp = _temp_path(dest, name)
+            got = _copy_member(zf, info, tmp, url)
+            if got != want.lower():
+                tmp.unlink(missing_ok=True)
+                raise DataError(
+                    f"checksum mismatch for {dest / name} from {url}: sha256 is {got}, expected {want}; "
+                    "the downloaded file was deleted"
+                )
+        finals = []
+        for name, tmp in temps.items():
+            os.replace(tmp, dest / name)
+            finals.append(dest / name)
+        return finals
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+
+
+def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, url: str) -> str:
+    """Stream one member into ``target``; return its sha256."""
+    h = hashlib.sha256()
+    try:
+        with zf.open(info) as src, open(target, "wb") as out:
+            for block in iter(lambda: src.read(_CHUNK), b""):
+                h.update(block)
+                out.write(block)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+        raise DataError(f"the archive from {url} is corrupt: cannot read {info.filename!r} ({e})") from None
+    except OSError as e:
+        raise DataError(f"cannot write {target}: {e.strerror or e}") from None
+    return h.hexdigest()
+

@@ -1,0 +1,103 @@
+"""Episodes: a task is one user's support and query set; a meta-batch is one padded ``EpisodeBatch``.
+
+Layout of the position axis (length ``n_support + n_query``): support ratings occupy positions
+``[0, n_support)`` left-aligned, query ratings ``[n_support, n_support + n_query)`` left-aligned;
+``support_mask`` / ``query_mask`` mark the real entries. Padding positions hold item code 0, rating 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metarec.data.schema import RecDataset
+from metarec.data.splits import Task
+from metarec.models.base import Features
+
+
+@dataclass
+class EpisodeBatch:
+    user_ids: torch.Tensor  # [T]
+    user: Features  # [T, Fu], [T, Mu]
+    item_ids: torch.Tensor  # [T, L]
+    item: Features  # [T, L, Fi], [T, L, Mi]
+    ratings: torch.Tensor  # [T, L] float
+    support_mask: torch.Tensor  # [T, L] bool
+    query_mask: torch.Tensor  # [T, L] bool
+    n_support: int  # support block width S; the query block is [S, L)
+
+    @property
+    def n_tasks(self) -> int:
+        return int(self.user_ids.shape[0])
+
+    def part(self, which: str) -> tuple[Features, torch.Tensor, torch.Tensor]:
+        """(item features, ratings, mask) of the ``support`` or ``query`` block."""
+        sl = slice(0, self.n_support) if which == "support" else slice(self.n_support, None)
+        mask = self.support_mask if which == "support" else self.query_mask
+        return self.item.index((slice(None), sl)), self.ratings[:, sl], mask[:, sl]
+
+    def to(self, device) -> "EpisodeBatch":
+        f = lambda x: x.to(device)  # noqa: E731
+        return EpisodeBatch(
+            f(self.user_ids), Features(f(self.user.categorical), f(self.user.multihot)), f(self.item_ids),
+            Features(f(self.item.categorical), f(self.item.multihot)), f(self.ratings), f(self.support_mask),
+            f(self.query_mask), self.n_support,
+        )
+
+
+class FeatureTables:
+    """Feature tensors of a dataset, gathered by id when a meta-batch is collated."""
+
+    def __init__(self, ds: RecDataset, hidden_items: np.ndarray | None = None) -> None:
+        self.user_cat = torch.as_tensor(ds.users.categorical, dtype=torch.long)
+        self.user_multi = torch.as_tensor(ds.users.multihot, dtype=torch.float32)
+        item_cat = torch.as_tensor(ds.items.categorical, dtype=torch.long).clone()
+        names = [f.name for f in ds.items.categorical_fields]
+        if hidden_items is not None and "item_id" in names:
+            # A new item's id has never been seen in training: give it the "unknown" code (a zero
+            # embedding) rather than an untrained random vector.
+            item_cat[torch.as_tensor(hidden_items), names.index("item_id")] = 0
+        self.item_cat = item_cat
+        self.item_multi = torch.as_tensor(ds.items.multihot, dtype=torch.float32)
+
+    def users(self, ids: torch.Tensor) -> Features:
+        return Features(self.user_cat[ids], self.user_multi[ids])
+
+    def items(self, ids: torch.Tensor) -> Features:
+        return Features(self.item_cat[ids], self.item_multi[ids])
+
+
+class EpisodeCollator:
+    """Turns a list of ``Task`` into one padded ``EpisodeBatch``."""
+
+    def __init__(self, tables: FeatureTables) -> None:
+        self.tables = tables
+
+    def __call__(self, tasks: list[Task]) -> EpisodeBatch:
+        n = len(tasks)
+        s_len = max(1, max(len(t.support_items) for t in tasks))
+        q_len = max(1, max(len(t.query_items) for t in tasks))
+        length = s_len + q_len
+        items = np.zeros((n, length), dtype=np.int64)
+        ratings = np.zeros((n, length), dtype=np.float32)
+        s_mask = np.zeros((n, length), dtype=bool)
+        q_mask = np.zeros((n, length), dtype=bool)
+        for i, t in enumerate(tasks):
+            ns, nq = len(t.support_items), len(t.query_items)
+            items[i, :ns], ratings[i, :ns], s_mask[i, :ns] = t.support_items, t.support_ratings, True
+            sl = slice(s_len, s_len + nq)
+            items[i, sl], ratings[i, sl], q_mask[i, sl] = t.query_items, t.query_ratings, True
+        user_ids = torch.as_tensor(np.array([t.user for t in tasks], dtype=np.int64))
+        item_ids = torch.from_numpy(items)
+        return EpisodeBatch(
+            user_ids=user_ids,
+            user=self.tables.users(user_ids),
+            item_ids=item_ids,
+            item=self.tables.items(item_ids),
+            ratings=torch.from_numpy(ratings),
+            support_mask=torch.from_numpy(s_mask),
+            query_mask=torch.from_numpy(q_mask),
+            n_support=s_len,
+        )

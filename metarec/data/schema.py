@@ -1,0 +1,158 @@
+"""The in-memory dataset every source produces, and the feature schema models are built from.
+
+Ids are encoded as contiguous integer codes: users ``0..n_users-1`` and items ``0..n_items-1``.
+Categorical feature values are codes ``1..cardinality-1``; code ``0`` means unknown/missing.
+Multi-hot fields are dense 0/1 matrices (one column per value).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class CategoricalField:
+    """A single-valued categorical field; ``cardinality`` counts code 0 (unknown)."""
+
+    name: str
+    cardinality: int
+
+
+@dataclass(frozen=True)
+class MultiHotField:
+    """A set-valued field such as genres; ``width`` is the number of possible values."""
+
+    name: str
+    width: int
+
+
+@dataclass
+class FeatureTable:
+    """Features of one entity kind (users or items), one row per id code.
+
+    ``categorical``: int64 ``[n, len(categorical_fields)]``; ``multihot``: float32 ``[n, sum(widths)]``.
+    """
+
+    categorical_fields: list[CategoricalField]
+    categorical: np.ndarray
+    multihot_fields: list[MultiHotField] = field(default_factory=list)
+    multihot: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = self.categorical.shape[0]
+        if self.categorical.ndim != 2 or self.categorical.shape[1] != len(self.categorical_fields):
+            raise ValueError("categorical array must be [n, number of categorical fields]")
+        if self.multihot is None:
+            self.multihot = np.zeros((n, 0), dtype=np.float32)
+        width = sum(f.width for f in self.multihot_fields)
+        if self.multihot.shape != (n, width):
+            raise ValueError(f"multihot array must be [{n}, {width}], got {self.multihot.shape}")
+        for j, f in enumerate(self.categorical_fields):
+            col = self.categorical[:, j]
+            if col.size and (col.min() < 0 or col.max() >= f.cardinality):
+                raise ValueError(f"field {f.name!r} has codes outside 0..{f.cardinality - 1}")
+
+    @property
+    def n(self) -> int:
+        return int(self.categorical.shape[0])
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """What a base model needs to know about the inputs."""
+
+    user_categorical: tuple[CategoricalField, ...]
+    item_categorical: tuple[CategoricalField, ...]
+    item_multihot: tuple[MultiHotField, ...] = ()
+    user_multihot: tuple[MultiHotField, ...] = ()
+
+    def to_dict(self) -> dict:
+        def enc(fields):
+            return [dict(name=f.name, size=getattr(f, "cardinality", getattr(f, "width", 0))) for f in fields]
+
+        return {
+            "user_categorical": enc(self.user_categorical),
+            "user_multihot": enc(self.user_multihot),
+            "item_categorical": enc(self.item_categorical),
+            "item_multihot": enc(self.item_multihot),
+        }
+
+
+@dataclass
+class RecDataset:
+    """Explicit-feedback interactions plus user and item feature tables.
+
+    ``ratings`` has columns ``user`` (int code), ``item`` (int code), ``rating`` (float) and
+    ``timestamp`` (int, seconds; 0 when unknown). ``item_year`` is the release year per item code
+    (NaN when unknown), used by the release-year cold-item split. ``user_ids``/``item_ids`` map codes
+    back to the publisher's original ids; ``item_titles`` are display names (may be empty).
+    """
+
+    name: str
+    ratings: pd.DataFrame
+    users: FeatureTable
+    items: FeatureTable
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    item_year: np.ndarray
+    rating_range: tuple[float, float] = (1.0, 5.0)
+    item_titles: list[str] = field(default_factory=list)
+
+    @property
+    def n_users(self) -> int:
+        return self.users.n
+
+    @property
+    def n_items(self) -> int:
+        return self.items.n
+
+    @property
+    def schema(self) -> FeatureSchema:
+        return FeatureSchema(
+            user_categorical=tuple(self.users.categorical_fields),
+            item_categorical=tuple(self.items.categorical_fields),
+            item_multihot=tuple(self.items.multihot_fields),
+            user_multihot=tuple(self.users.multihot_fields),
+        )
+
+    def validate(self) -> None:
+        """Raise ``DataError`` if the ratings table is inconsistent with the feature tables."""
+        from metarec.errors import DataError
+
+        r = self.ratings
+        for col in ("user", "item", "rating", "timestamp"):
+            if col not in r.columns:
+                raise DataError(f"dataset {self.name}: ratings table lacks column {col!r}")
+        if len(r) == 0:
+            raise DataError(f"dataset {self.name}: no ratings")
+        if r["user"].min() < 0 or r["user"].max() >= self.n_users:
+            raise DataError(f"dataset {self.name}: rating user codes outside the user table")
+        if r["item"].min() < 0 or r["item"].max() >= self.n_items:
+            raise DataError(f"dataset {self.name}: rating item codes outside the item table")
+        lo, hi = self.rating_range
+        bad = r[(r["rating"] < lo) | (r["rating"] > hi) | r["rating"].isna()]
+        if len(bad):
+            row = bad.iloc[0]
+            raise DataError(
+                f"dataset {self.name}: rating {row['rating']} of user code {int(row['user'])} "
+                f"is outside the allowed range {lo}..{hi}"
+            )
+        if r.duplicated(["user", "item"]).any():
+            raise DataError(f"dataset {self.name}: duplicate (user, item) ratings")
+        if len(self.item_year) != self.n_items:
+            raise DataError(f"dataset {self.name}: item_year must have one entry per item")
+
+
+def dataset_fingerprint(ds: RecDataset) -> str:
+    """A short content hash of the ratings, so a saved split can check it matches the data."""
+    import hashlib
+
+    r = ds.ratings
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(ds.user_ids[r["user"].to_numpy()]).astype(str).astype("S").tobytes())
+    h.update(np.ascontiguousarray(ds.item_ids[r["item"].to_numpy()]).astype(str).astype("S").tobytes())
+    h.update(np.ascontiguousarray(r["rating"].to_numpy(dtype=np.float64)).tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,284 @@
+"""MovieLens 100K (GroupLens), read from its original files ``u.data``, ``u.user`` and ``u.item``.
+
+Files are looked up in ``<data root>/ml-100k``; when missing and ``download`` is on, the official
+archive is fetched and every file's sha256 is checked. Existing files are not re-verified on load.
+
+Features (code 0 = unknown):
+
+* users, categorical: ``age`` (MovieLens-1M buckets <18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+;
+  cardinality 8), ``gender`` (M, F; 3), ``occupation`` (the 21 of ``u.occupation``; 22),
+  ``zip_prefix`` (first character: digits 0-9, any other character; 12).
+* items, categorical: ``item_id`` (item code + 1; n_items + 1), ``release_year`` (5-year buckets
+  from the earliest release year; unknown year -> 0). Multi-hot: ``genre`` (the 19 of ``u.genre``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from metarec.data.download import DEFAULT_TIMEOUT_S, fetch_archive
+from metarec.data.paths import DATA_DIR_ENV, resolve_data_root
+from metarec.data.schema import CategoricalField, FeatureTable, MultiHotField, RecDataset
+from metarec.data.sources import SOURCES
+from metarec.errors import DataError
+
+ML100K_FOLDER = "ml-100k"
+ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+ML100K_MEMBER_PREFIX = "ml-100k/"
+REQUIRED_FILES = ("u.data", "u.user", "u.item")
+# sha256 of the files taken from the official archive (checked only when downloading).
+ML100K_SHA256 = {
+    "u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
+    "u.item": "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701",
+    "u.user": "f120e114da2e8cf314fd28f99417c94ae9ddf1cb6db8ce0e4b5995d40e90e62c",
+    "u.genre": "9757e0d3e6b298159a80dd48eaf938114690e911e39af97a76949ef1663610bb",
+    "u.occupation": "cd5fbec9afe345d993a62fc7817df1a4a9079c4feb267b3118763b8fd942137d",
+}
+
+GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+    "War", "Western",
+)  # fmt: skip
+OCCUPATIONS = (
+    "administrator", "artist", "doctor", "educator", "engineer", "entertainment", "executive",
+    "healthcare", "homemaker", "lawyer", "librarian", "marketing", "none", "other", "programmer",
+    "retired", "salesman", "scientist", "student", "technician", "writer",
+)  # fmt: skip
+AGE_BUCKET_EDGES = (18, 25, 35, 45, 50, 56)  # lower bounds of buckets 2..7; bucket 1 is < 18
+GENDERS = ("M", "F")
+YEAR_BUCKET_SIZE = 5
+
+_DATA_COLS = ("user", "item", "rating", "timestamp")
+_USER_COLS = ("user", "age", "gender", "occupation", "zip")
+_ITEM_COLS = ("item", "title", "release_date", "video_release_date", "url", *(f"g{i}" for i in range(19)))
+_RELEASE_DATE = re.compile(r"^\d{1,2}-[A-Za-z]{3}-(\d{4})$")
+
+
+@dataclass
+class MovieLens100kConfig:
+    """Options of the ``movielens100k`` source."""
+
+    download: bool = True
+    url: str = ML100K_URL
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+
+@SOURCES.register("movielens100k", MovieLens100kConfig)
+def movielens100k(cfg: MovieLens100kConfig, root: str | None) -> RecDataset:
+    """MovieLens 100K: 943 users, 1682 movies, 100,000 ratings 1-5 with user and movie features."""
+    folder = resolve_data_root(root) / ML100K_FOLDER
+    ensure_files(folder, cfg)
+    users = read_users(folder / "u.user")
+    items = read_items(folder / "u.item")
+    ratings = read_ratings(folder / "u.data", users["user"].to_numpy(), items["item"].to_numpy())
+    return RecDataset(
+        name="movielens100k",
+        ratings=ratings,
+        users=user_features(users),
+        items=item_features(items),
+        user_ids=users["user"].to_numpy(dtype=np.int64),
+        item_ids=items["item"].to_numpy(dtype=np.int64),
+        item_year=items["year"].to_numpy(dtype=np.float64),
+        rating_range=(1.0, 5.0),
+        item_titles=items["title"].tolist(),
+    )
+
+
+def ensure_files(folder: Path, cfg: MovieLens100kConfig) -> None:
+    """Make sure the required files exist, downloading (and verifying) the archive if allowed."""
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if not missing:
+        return
+    if not cfg.download:
+        raise DataError(
+            f"MovieLens 100K files missing in {folder}: {', '.join(missing)}; place them there, set "
+            f"{DATA_DIR_ENV} to a folder that holds {ML100K_FOLDER}/, or allow download=true"
+        )
+    fetch_archive(cfg.url, folder, ML100K_SHA256, ML100K_MEMBER_PREFIX, timeout=cfg.timeout_s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+
+def read_ratings(path: Path, user_ids: np.ndarray, item_ids: np.ndarray) -> pd.DataFrame:
+    """``u.data`` as codes: columns user, item (codes of the sorted id arrays), rating, timestamp."""
+    df = read_table(path, "\t", _DATA_COLS, int_cols=_DATA_COLS)
+    rating = df["rating"].to_numpy()
+    _fail_at(path, (rating < 1) | (rating > 5), lambda i: f"rating {rating[i]} is outside 1..5")
+    user = _codes(path, df["user"].to_numpy(), user_ids, "user", "u.user")
+    item = _codes(path, df["item"].to_numpy(), item_ids, "item", "u.item")
+    dup = pd.DataFrame({"u": user, "i": item}).duplicated().to_numpy()
+    _fail_at(path, dup, lambda i: f"duplicate rating of user {df['user'].iat[i]} for item {df['item'].iat[i]}")
+    return pd.DataFrame(
+        {
+            "user": user,
+            "item": item,
+            "rating": rating.astype(np.float64),
+            "timestamp": df["timestamp"].to_numpy(dtype=np.int64),
+        }
+    )
+
+
+def read_users(path: Path) -> pd.DataFrame:
+    """``u.user`` sorted by id: columns user, age, gender, occupation, zip."""
+    df = read_table(path, "|", _USER_COLS, int_cols=("user", "age"))
+    _check_unique_ids(path, df["user"], "user")
+    return df.sort_values("user", kind="stable").reset_index(drop=True)
+
+
+def read_items(path: Path) -> pd.DataFrame:
+    """``u.item`` (Latin-1) sorted by id: item, title, year (float, NaN if unknown), g0..g18 flags."""
+    int_cols = ("item", *_ITEM_COLS[5:])
+    df = read_table(path, "|", _ITEM_COLS, int_cols=int_cols)
+    _check_unique_ids(path, df["item"], "item")
+    flags = df[list(_ITEM_COLS[5:])].to_numpy()
+    bad = ((flags != 0) & (flags != 1)).any(axis=1)
+    _fail_at(path, bad, lambda i: f"genre flags must be 0 or 1, got {flags[i].tolist()}")
+    dates = df["release_date"].str.strip()
+    years = dates.str.extract(_RELEASE_DATE, expand=False)
+    bad = (dates != "").to_numpy() & years.isna().to_numpy()
+    _fail_at(path, bad, lambda i: f"release date {dates.iat[i]!r} is not like 01-Jan-1995")
+    df["year"] = pd.to_numeric(years, errors="coerce").astype(np.float64)
+    return df.sort_values("item", kind="stable").reset_index(drop=True)
+
+
+def read_table(path: Path, sep: str, columns: Sequence[str], int_cols: Sequence[str]) -> pd.DataFrame:
+    """A separated Latin-1 text file as a DataFrame; ``DataError`` naming the first malformed line."""
+    lines = _read_lines(path)
+    _check_field_counts(path, lines, sep, len(columns))
+    text = "\n".join(lines)
+    dtype = {c: (np.int64 if c in int_cols else str) for c in columns}
+    try:
+        return _parse(text, sep, columns, dtype)
+    except (ValueError, pd.errors.ParserError) as e:
+        df = _parse(text, sep, columns, {c: str for c in columns})
+        for col in int_cols:
+            ok = df[col].str.fullmatch(r"\s*[+-]?\d+\s*").to_numpy(dtype=bool)
+            _fail_at(path, ~ok, lambda i, col=col: f"{col} {df[col].iat[i]!r} is not an integer")
+        raise DataError(f"{path}: cannot parse ({e})") from None
+
+
+def _parse(text: str, sep: str, columns: Sequence[str], dtype: dict) -> pd.DataFrame:
+    return pd.read_csv(
+        io.StringIO(text),
+        sep=sep,
+        header=None,
+        names=list(columns),
+        dtype=dtype,
+        na_filter=False,
+        quoting=csv.QUOTE_NONE,
+        skip_blank_lines=False,
+        engine="c",
+    )
+
+
+def _read_lines(path: Path) -> list[str]:
+    """Lines of a Latin-1 file without line ends; trailing blank lines dropped."""
+    try:
+        text = path.read_bytes().decode("latin-1")
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    lines = text.split("\n")
+    if "\r" in text:
+        lines = [line.rstrip("\r") for line in lines]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise DataError(f"{path} is empty")
+    return lines
+
+
+def _check_field_counts(path: Path, lines: list[str], sep: str, n_fields: int) -> None:
+    counts = pd.Series(lines, dtype=object).str.count(re.escape(sep)).to_numpy() + 1
+    _fail_at(
+        path,
+        counts != n_fields,
+        lambda i: f"expected {n_fields} fields separated by {sep!r}, found {counts[i]}",
+    )
+
+
+def _fail_at(path: Path, bad: np.ndarray, what) -> None:
+    """Raise ``DataError`` for the first row where ``bad`` is true (row i is line i + 1)."""
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{path}, line {i + 1}: {what(i)}")
+
+
+def _check_unique_ids(path: Path, ids: pd.Series, kind: str) -> None:
+    dup = ids.duplicated().to_numpy()
+    _fail_at(path, dup, lambda i: f"duplicate {kind} id {ids.iat[i]}")
+
+
+def _codes(path: Path, ids: np.ndarray, known: np.ndarray, kind: str, table: str) -> np.ndarray:
+    """Positions of ``ids`` in the sorted array ``known``; unknown ids are a ``DataError``."""
+    pos = np.searchsorted(known, ids)
+    pos_c = np.minimum(pos, len(known) - 1)
+    unknown = known[pos_c] != ids
+    _fail_at(path, unknown, lambda i: f"rating of {kind} id {ids[i]} that is not in {table}")
+    return pos.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Features
+
+
+def user_features(users: pd.DataFrame) -> FeatureTable:
+    """Categorical user features: age bucket, gender, occupation, zip prefix."""
+    age = users["age"].to_numpy()
+    age_code = np.where(age > 0, np.digitize(age, AGE_BUCKET_EDGES) + 1, 0)
+    gender = _lookup(users["gender"].str.strip().str.upper(), GENDERS)
+    occupation = _lookup(users["occupation"].str.strip().str.lower(), OCCUPATIONS)
+    first = users["zip"].str.strip().str[:1].fillna("")
+    zip_code = np.where(first == "", 0, 11)
+    digits = first.str.fullmatch("[0-9]").to_numpy(dtype=bool)
+    zip_code[digits] = first[digits].astype(int).to_numpy() + 1
+    fields = [
+        CategoricalField("age", len(AGE_BUCKET_EDGES) + 2),
+        CategoricalField("gender", len(GENDERS) + 1),
+        CategoricalField("occupation", len(OCCUPATIONS) + 1),
+        CategoricalField("zip_prefix", 12),
+    ]
+    cat = np.stack([age_code, gender, occupation, zip_code], axis=1).astype(np.int64)
+    return FeatureTable(categorical_fields=fields, categorical=cat)
+
+
+def item_features(items: pd.DataFrame) -> FeatureTable:
+    """Categorical item features (item id, release-year bucket) and the genre multi-hot."""
+    n = len(items)
+    year_code, year_card = year_buckets(items["year"].to_numpy(dtype=np.float64))
+    fields = [CategoricalField("item_id", n + 1), CategoricalField("release_year", year_card)]
+    cat = np.stack([np.arange(1, n + 1), year_code], axis=1).astype(np.int64)
+    genre = items[list(_ITEM_COLS[5:])].to_numpy(dtype=np.float32)
+    return FeatureTable(
+        categorical_fields=fields,
+        categorical=cat,
+        multihot_fields=[MultiHotField("genre", len(GENRES))],
+        multihot=genre,
+    )
+
+
+def year_buckets(year: np.ndarray, size: int = YEAR_BUCKET_SIZE) -> tuple[np.ndarray, int]:
+    """Codes of ``size``-year buckets starting at the earliest known year; NaN -> 0. Also the cardinality."""
+    known = ~np.isnan(year)
+    if not known.any():
+        return np.zeros(len(year), dtype=np.int64), 1
+    base = int(np.nanmin(year)) // size * size
+    codes = np.zeros(len(year), dtype=np.int64)
+    codes[known] = (year[known].astype(np.int64) - base) // size + 1
+    return codes, int(codes.max()) + 1
+
+
+def _lookup(values: pd.Series, vocab: Sequence[str]) -> np.ndarray:
+    """Code ``1 + index in vocab``; values not in ``vocab`` get 0."""
+    mapping = {v: k + 1 for k, v in enumerate(vocab)}
+    return values.map(mapping).fillna(0).to_numpy(dtype=np.int64)

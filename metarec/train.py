@@ -1,0 +1,146 @@
+"""``fit``: build data, model and learner from a validated config; train, test, record the run."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from metarec.config import data_config, to_object
+from metarec.data.datamodule import VAL_SCENARIO, ColdStartDataModule
+from metarec.errors import ConfigError
+from metarec.learners import LEARNERS, LearnerContext, MetaLearner
+from metarec.models import MODELS
+from metarec.runs import atomic_write_text, new_run_dir, write_final_metrics
+
+MONITOR = f"val/{VAL_SCENARIO}/mae"
+
+
+def _quiet_lightning() -> None:
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*TreeSpec.*")
+
+
+def build(cfg: DictConfig) -> tuple[ColdStartDataModule, MetaLearner]:
+    """Data module (already set up) and learner for ``cfg``."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = ColdStartDataModule(data_config(cfg.data), seed=cfg.seed)
+    dm.setup()
+    ds = dm.dataset
+    model_entry = MODELS.get(cfg.model.name)
+    model = model_entry.factory(ds.schema, to_object(cfg.model, model_entry.config_cls))
+    model.set_output_bias(dm.train_rating_mean())
+    ctx = LearnerContext(
+        rating_range=tuple(ds.rating_range),
+        train_rating_mean=dm.train_rating_mean(),
+        val_scenarios=[VAL_SCENARIO],
+        test_scenarios=dm.scenarios,
+        train_items=dm.split.train_ratings(),
+        n_items=ds.n_items,
+    )
+    entry = LEARNERS.get(cfg.learner.name)
+    learner = entry.factory(model, ctx, to_object(cfg.learner, entry.config_cls))
+    return dm, learner
+
+
+def _logger(cfg: DictConfig, run_dir: Path):
+    if cfg.logger.name == "csv":
+        return pl.loggers.CSVLogger(save_dir=str(run_dir), name="logs", version="")
+    os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return pl.loggers.WandbLogger(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        save_dir=str(run_dir),
+        group=cfg.run.experiment,
+        name=run_dir.name,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def _trainer(cfg: DictConfig, run_dir: Path, trainable: bool) -> tuple[pl.Trainer, Any]:
+    t = cfg.trainer
+    callbacks: list[pl.Callback] = []
+    checkpoint = None
+    if trainable:
+        checkpoint = pl.callbacks.ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"), monitor=MONITOR, mode="min", save_last=True,
+            filename="best-{epoch}",
+        )
+        callbacks.append(checkpoint)
+        if t.patience > 0:
+            callbacks.append(pl.callbacks.EarlyStopping(monitor=MONITOR, mode="min", patience=t.patience))
+    limits = {k: t[k] for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches") if t[k] is not None}
+    trainer = pl.Trainer(
+        default_root_dir=str(run_dir),
+        max_epochs=t.max_epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        precision=t.precision,
+        gradient_clip_val=t.gradient_clip_val,
+        deterministic=t.deterministic,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.enable_progress_bar,
+        enable_model_summary=False,
+        fast_dev_run=t.fast_dev_run,
+        num_sanity_val_steps=0,
+        inference_mode=False,  # adaptation at val/test time needs autograd
+        logger=_logger(cfg, run_dir),
+        callbacks=callbacks,
+        **limits,
+    )
+    return trainer, checkpoint
+
+
+def fit(cfg: DictConfig) -> Path:
+    """Train and test one run; returns its folder (finished once ``metrics.json`` is written)."""
+    _quiet_lightning()
+    label = cfg.run.name or f"{cfg.learner.name}-s{cfg.seed}"
+    run_dir = new_run_dir(cfg.run.root, cfg.run.experiment, label)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    dm, learner = build(cfg)
+    dm.save_manifest(run_dir / "split_manifest.json")
+    trainer, checkpoint = _trainer(cfg, run_dir, learner.needs_training)
+    epochs = 0
+    if learner.needs_training:
+        trainer.fit(learner, datamodule=dm)
+        epochs = trainer.current_epoch
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+    ckpt = None
+    if checkpoint is not None and checkpoint.best_model_path and not cfg.trainer.fast_dev_run:
+        ckpt = checkpoint.best_model_path
+    results = trainer.test(learner, datamodule=dm, ckpt_path=ckpt, verbose=False)
+    metrics = {}
+    for block in results:
+        for k, v in block.items():
+            if k.startswith("test/") and not k.endswith("/loss"):
+                metrics[k] = float(v)
+    if checkpoint is not None and checkpoint.best_model_score is not None:
+        metrics[MONITOR] = float(checkpoint.best_model_score)
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    record = {
+        "learner": cfg.learner.name,
+        "model": cfg.model.name,
+        "data": cfg.data.source,
+        "experiment": cfg.run.experiment,
+        "seed": int(cfg.seed),
+        "split_hash": dm.split.manifest["content_hash"],
+        "split_stats": dm.split.manifest["stats"],
+        "epochs": int(epochs),
+        "best_checkpoint": os.path.relpath(ckpt, run_dir) if ckpt else None,
+        "non_finite_metrics": bad,
+        "metrics": metrics,
+    }
+    write_final_metrics(run_dir, record)
+    return run_dir
