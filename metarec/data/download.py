@@ -75,6 +75,9 @@ def _download(url: str, dest: Path, names: list[str], timeout: float) -> Path:
         request = urllib.request.Request(url, headers={"User-Agent": "metarec"})
         with open(tmp, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
             shutil.copyfileobj(resp, out, _CHUNK)
+            size, declared = out.tell(), resp.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) != size:
+            raise http.client.IncompleteRead(b"", int(declared) - size)
         final = dest / _archive_name(url, names)
         os.replace(tmp, final)
         return final
@@ -92,12 +95,15 @@ def _reason(e: BaseException) -> str:
         return f"HTTP {e.code} {e.reason}"
     if isinstance(e, urllib.error.URLError):
         return str(e.reason)
+    if isinstance(e, http.client.IncompleteRead):
+        return f"connection closed with {e.expected} bytes still to come"
     return str(e) or type(e).__name__
 
 
 def _archive_name(url: str, names: list[str]) -> str:
+    """A hidden name, so that a user's own file of the same name is never overwritten or deleted."""
     base = Path(urllib.parse.urlparse(url).path).name or "download.zip"
-    return base + ".archive" if base in names else base
+    return f".{base}.archive" if f".{base}" in names else f".{base}"
 
 
 def _temp_path(dest: Path, label: str) -> Path:
@@ -132,8 +138,8 @@ def _checked_members(zf: zipfile.ZipFile, url: str) -> dict[str, zipfile.ZipInfo
                 f"refusing the archive from {url}: member {info.filename!r} has an absolute path "
                 "or '..' component"
             )
-        mode = info.external_attr >> 16
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        file_type = stat.S_IFMT(info.external_attr >> 16)  # 0 when the archiver recorded none
+        if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
             raise DataError(
                 f"refusing the archive from {url}: member {info.filename!r} is a symlink or special file"
             )

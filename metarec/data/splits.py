@@ -290,7 +290,7 @@ def load_split(ds: RecDataset, path: str | Path) -> ColdStartSplit:
         return codes, ratings[pos]
 
     episodes = {}
-    for name, tasks in manifest["episodes"].items():
+    for name, tasks in ((s, manifest["episodes"][s]) for s in ["val", *cfg.scenarios]):  # make_split order
         out = []
         for t in tasks:
             u = user_code[t["user"]]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,7 +207,7 @@ def _check_field_counts(path: Path, lines: list[str], sep: str, n_fields: int) -
     )
 
 
-def _fail_at(path: Path, bad: np.ndarray, what) -> None:
+def _fail_at(path: Path, bad: np.ndarray, what: Callable[[int], str]) -> None:
     """Raise ``DataError`` for the first row where ``bad`` is true (row i is line i + 1)."""
     if bad.any():
         i = int(np.argmax(bad))

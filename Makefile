@@ -1,0 +1,24 @@
+# metarec: `make test` and `make demo` set up .venv on first use (see scripts/setup_env.sh).
+PYTHON ?= python3.11
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+export PYTHON TORCH_SPEC
+
+.PHONY: setup test demo bench-smoke clean
+
+setup:
+	@bash scripts/setup_env.sh $(VENV)
+
+test: setup
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	@bash scripts/demo.sh $(VENV)
+
+bench-smoke: setup
+	$(VENV)/bin/python benchmarks/ml100k_baselines.py --smoke
+
+clean:
+	rm -rf $(VENV) .pytest_cache
