@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     fit = sub.add_parser(
         "fit",
         help="meta-train and test one run",
-        epilog=_fit_epilog() if any(a in ("-h", "--help") for a in sys.argv[2:3]) else None,
+        epilog=_fit_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fit.add_argument("overrides", nargs="*", metavar="group=option|key=value")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -131,10 +132,16 @@ def compose(args: list[str], root: Path | None = None) -> DictConfig:
     if experiment is not None:
         cfg = OmegaConf.merge(cfg, experiment)
         cfg.run.experiment = choices_cli["experiment"]
-    try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    for arg in overrides:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([arg]))
+        except (OmegaConfBaseException, yaml.YAMLError) as e:  # e.g. `k=[1,2` or a `!!python/...` tag
+            raise ConfigError(f"bad override {arg!r}: {str(e).strip().splitlines()[0]}") from None
+    try:  # ${...} interpolations: resolve now so that a bad one is a ConfigError, not a crash later
+        OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
+        key = getattr(e, "full_key", "") or "?"
+        raise ConfigError(f"cannot resolve {key}: {str(e).strip().splitlines()[0]}") from None
     cfg.choices = choices
     return validate(cfg)
 
@@ -172,7 +179,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         if key not in allowed:
             raise ConfigError(f"unknown config key {key!r} (known: {', '.join(sorted(allowed))})")
     out = OmegaConf.create({"seed": cfg.get("seed", 0), "choices": cfg.get("choices", {})})
-    if not isinstance(out.seed, int):
+    if isinstance(out.seed, bool) or not isinstance(out.seed, int):
         raise ConfigError(f"seed must be an integer, got {out.seed!r}")
     out.run = _check_section("run", cfg.get("run"), RunConfig)
     out.trainer = _check_section("trainer", cfg.get("trainer"), TrainerConfig)

@@ -102,7 +102,7 @@ def test_maml_one_inner_step_matches_closed_form(first_order):
     batch = tiny_batch(ds)
     model = linear_head_model(ds)
     alpha = 0.1
-    learner = build_learner("maml", model, ctx(ds), MAMLConfig(inner_lr=alpha, inner_steps=1, first_order=first_order))
+    learner = build_learner("maml", model, ctx(ds), MAMLConfig(inner_lr=alpha, inner_steps=1, first_order=first_order, scope="head"))
     loss, preds = learner.meta_step(batch, train=True)
     loss.backward()
     lin = model.head[0]
@@ -119,7 +119,7 @@ def test_first_and_second_order_meta_gradients_differ_on_a_curved_loss():
     grads = {}
     for fo in (False, True):
         model = linear_head_model(ds)
-        learner = build_learner("maml", model, ctx(ds), MAMLConfig(inner_lr=0.1, first_order=fo))
+        learner = build_learner("maml", model, ctx(ds), MAMLConfig(inner_lr=0.1, first_order=fo, scope="head"))
         learner.meta_step(batch, train=True)[0].backward()
         grads[fo] = torch.cat([p.grad.flatten() for p in model.head.parameters()])
     # The squared loss has Hessian 2/n X^T X != 0, so the second-order term must show.
@@ -130,7 +130,7 @@ def test_zero_inner_steps_is_the_unadapted_model():
     ds = tiny_dataset()
     batch = tiny_batch(ds)
     model = linear_head_model(ds)
-    learner = build_learner("maml", model, ctx(ds), MAMLConfig(inner_steps=0))
+    learner = build_learner("maml", model, ctx(ds), MAMLConfig(inner_steps=0, scope="head"))
     _, preds = learner.meta_step(batch, train=False)
     direct = model(batch.user, batch.item)[:, batch.n_support :]
     torch.testing.assert_close(preds, direct.detach())
@@ -153,7 +153,7 @@ def test_evaluation_keeps_no_graph_and_touches_no_parameter():
     ds = tiny_dataset()
     batch = tiny_batch(ds)
     model = linear_head_model(ds)
-    learner = build_learner("maml", model, ctx(ds), MAMLConfig(inner_lr=0.1, inner_steps=3))
+    learner = build_learner("maml", model, ctx(ds), MAMLConfig(inner_lr=0.1, inner_steps=3, scope="head"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     learner.test_step(batch, 0)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

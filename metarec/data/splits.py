@@ -284,15 +284,22 @@ def load_split(ds: RecDataset, path: str | Path) -> ColdStartSplit:
     new_item[[item_code[i] for i in manifest["new_items"]]] = True
 
     def lookup(u, raw_items):
-        items, ratings = lists[u]
-        codes = np.array([item_code[i] for i in raw_items], dtype=np.int64)
-        pos = np.searchsorted(items, codes)
+        items, ratings = lists.get(u, (np.zeros(0, np.int64), np.zeros(0, np.float32)))
+        try:
+            codes = np.array([item_code[i] for i in raw_items], dtype=np.int64)
+        except KeyError as e:
+            raise DataError(f"split manifest {path} names item {e.args[0]!r}, which is not in {ds.name}") from None
+        pos = np.minimum(np.searchsorted(items, codes), max(len(items) - 1, 0))
+        if len(codes) and (len(items) == 0 or not np.array_equal(items[pos], codes)):
+            raise DataError(f"split manifest {path} lists an item that user {ds.user_ids[u]!r} never rated")
         return codes, ratings[pos]
 
     episodes = {}
     for name, tasks in ((s, manifest["episodes"][s]) for s in ["val", *cfg.scenarios]):  # make_split order
         out = []
         for t in tasks:
+            if t["user"] not in user_code:
+                raise DataError(f"split manifest {path} names user {t['user']!r}, which is not in {ds.name}")
             u = user_code[t["user"]]
             s_items, s_r = lookup(u, t["support"])
             q_items, q_r = lookup(u, t["query"])

@@ -1,19 +1,31 @@
-"""Meta-learners and baselines, registered by name; each pairs a LightningModule with its config."""
+"""Meta-learners and baselines, registered by name; each pairs a LightningModule with its config.
+
+Adding a learner: a module with a config dataclass and a ``MetaLearner`` subclass, one ``register``
+line below, one YAML file in ``configs/learner/``. Presets of a registered learner are YAML only.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from metarec.learners.base import LearnerContext, MetaLearner
-from metarec.learners.baselines import GlobalConfig, GlobalModel, ItemMean, ItemMeanConfig
+from metarec.learners.baselines import (
+    FineTune, FineTuneConfig, GlobalConfig, GlobalModel, ItemMean, ItemMeanConfig, UserMean, UserMeanConfig,
+)
 from metarec.learners.maml import MAML, MAMLConfig
+from metarec.learners.metasgd import MetaSGD, MetaSGDConfig
+from metarec.learners.reptile import Reptile, ReptileConfig
 from metarec.models.base import BaseRecommender
 from metarec.registry import Registry
 
 LEARNERS: Registry[MetaLearner] = Registry("learner")
-LEARNERS.register("maml", MAMLConfig, help="MAML / FOMAML via learn2learn clone/adapt")(MAML)
+LEARNERS.register("maml", MAMLConfig, help="MAML / FOMAML / ANIL / MeLU via learn2learn MAML")(MAML)
+LEARNERS.register("metasgd", MetaSGDConfig, help="Meta-SGD: learned per-parameter inner rates")(MetaSGD)
+LEARNERS.register("reptile", ReptileConfig, help="Reptile: first-order, theta += eps * (phi - theta)")(Reptile)
 LEARNERS.register("global", GlobalConfig, help="base model trained on all warm ratings, no adaptation")(GlobalModel)
+LEARNERS.register("finetune", FineTuneConfig, help="global model + SGD on the user's support at test")(FineTune)
 LEARNERS.register("item_mean", ItemMeanConfig, help="each item's mean training rating")(ItemMean)
+LEARNERS.register("user_mean", UserMeanConfig, help="the user's support mean")(UserMean)
 
 
 def build_learner(name: str, model: BaseRecommender, ctx: LearnerContext, cfg: Any) -> MetaLearner:

@@ -92,4 +92,4 @@ class MetaLearner(pl.LightningModule):
         self._log_metrics("test", self.test_metrics)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -1,7 +1,10 @@
 """Non-meta baselines behind the meta-learner interface, so every table compares like with like.
 
 - ``global``: the base model trained on all ratings of the training users, no per-user adaptation.
+- ``finetune``: the ``global`` model, then plain SGD on each user's support at evaluation time — no
+  meta-training: the fair "is meta-learning worth it?" baseline.
 - ``item_mean``: each item's mean training rating; the training mean for items never seen in training.
+- ``user_mean``: the mean of the user's support ratings (the training mean if the support is empty).
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from metarec._l2l import l2l
 from metarec.data.episodes import EpisodeBatch
+from metarec.errors import ConfigError
+from metarec.learners.adaptation import TaskAdapter
 from metarec.learners.base import LearnerContext, MetaLearner, masked_mse_per_task
-from metarec.models.base import BaseRecommender
+from metarec.models.base import SCOPES, BaseRecommender
 
 
 @dataclass
@@ -56,6 +62,52 @@ class ItemMean(MetaLearner):
     def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         _, y, m = batch.part("query")
         q = self.item_means[batch.item_ids[:, batch.n_support :]]
+        return masked_mse_per_task(q, y, m).mean(), q
+
+    def configure_optimizers(self):
+        return None
+
+
+@dataclass
+class FineTuneConfig(GlobalConfig):
+    finetune_lr: float = 0.01
+    finetune_steps: int = 5
+    scope: str = "all"
+
+
+class FineTune(GlobalModel):
+    def __init__(self, model: BaseRecommender, ctx: LearnerContext, cfg: FineTuneConfig) -> None:
+        super().__init__(model, ctx, cfg)
+        if cfg.scope not in SCOPES or cfg.finetune_steps < 0 or cfg.finetune_lr < 0:
+            raise ConfigError(
+                f"learner: scope must be one of {', '.join(SCOPES)} and finetune_steps/finetune_lr >= 0"
+            )
+        self.cfg = cfg
+        self.adapter = TaskAdapter(model, cfg.scope, l2l.algorithms.MAML, cfg.finetune_lr, first_order=True)
+
+    def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if train:
+            return super().meta_step(batch, train=True)
+        return self.adapter.run(batch, self.cfg.finetune_steps, first_order=True, detach=True)
+
+
+@dataclass
+class UserMeanConfig:
+    pass
+
+
+class UserMean(MetaLearner):
+    needs_training = False
+
+    def __init__(self, model: BaseRecommender, ctx: LearnerContext, cfg: UserMeanConfig) -> None:
+        super().__init__(model, ctx)
+
+    def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        _, ys, ms = batch.part("support")
+        _, y, m = batch.part("query")
+        n = ms.sum(-1, keepdim=True)
+        mean = torch.where(n > 0, (ys * ms).sum(-1, keepdim=True) / n.clamp_min(1), self.ctx.train_rating_mean)
+        q = mean.expand_as(y).to(y.dtype)
         return masked_mse_per_task(q, y, m).mean(), q
 
     def configure_optimizers(self):

@@ -1,20 +1,25 @@
 """The base-recommender contract every model implements.
 
 A base recommender maps (user features, item features) to a score, on any leading shape. It is split
-into a ``body`` (embeddings and pooling, shared, never adapted under the ``head`` scope) and a ``head``
-(the decision layers): learners that adapt only the head compute the body once per meta-batch.
+into a ``body`` (embeddings and pooling) and a ``head`` (the decision layers, an ``nn.Sequential`` ending
+in the output layer). Adaptation scopes:
+
+- ``all``: every parameter adapts per task;
+- ``head``: the decision layers adapt (MeLU's local update); the body is computed once per meta-batch;
+- ``output``: only the final output layer adapts (ANIL); body and lower decision layers run once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from metarec.errors import ConfigError
 
-SCOPES = ("head", "all")
+SCOPES = ("all", "head", "output")
 
 
 @dataclass
@@ -39,13 +44,26 @@ class BaseRecommender(nn.Module):
     def forward(self, user: Features, item: Features) -> torch.Tensor:
         return self.head(self.body(user, item)).squeeze(-1)
 
+    def scope_split(self, scope: str) -> tuple[Callable[[Features, Features], torch.Tensor] | None, nn.Module]:
+        """``(prefix, adapted)``: ``adapted(prefix(user, item))`` equals ``forward`` up to a final squeeze.
+
+        ``prefix`` is the part that does not adapt under ``scope`` (``None`` for ``all``, where the
+        adapted module is the whole model and takes ``(user, item)``).
+        """
+        if scope == "all":
+            return None, self
+        if scope == "head":
+            return self.body, self.head
+        if scope == "output":
+            lower = self.head[:-1]
+            return (lambda user, item: lower(self.body(user, item))), self.head[-1]
+        raise ConfigError(f"unknown adaptation scope {scope!r} (known: {', '.join(SCOPES)})")
+
     def adapted_parameter_names(self, scope: str) -> list[str]:
         """Names (as in ``named_parameters``) of the parameters adapted per task under ``scope``."""
-        if scope == "head":
-            return [f"head.{n}" for n, _ in self.head.named_parameters()]
-        if scope == "all":
-            return [n for n, _ in self.named_parameters()]
-        raise ConfigError(f"unknown adaptation scope {scope!r} (known: {', '.join(SCOPES)})")
+        _, module = self.scope_split(scope)
+        ids = {id(p) for p in module.parameters()}
+        return [n for n, p in self.named_parameters() if id(p) in ids]
 
     def set_output_bias(self, value: float) -> None:
         """Start the output at ``value`` (e.g. the mean training rating) so training starts centred."""

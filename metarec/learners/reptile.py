@@ -1,0 +1,79 @@
+"""Reptile (Nichol et al., 2018): theta <- theta + epsilon * mean_tasks(phi_task - theta).
+
+phi_task comes from ``inner_steps`` SGD steps on the task's support, taken with the same clone/adapt
+machinery as MAML (first order: no graph through the steps). The outer update is applied by the
+configured optimiser to the pseudo-gradient ``theta - mean(phi)``: with ``outer_optimizer: sgd`` and
+``lr = epsilon`` this is exactly Reptile's update. Parameters outside the adapted scope get no update.
+Evaluation adapts exactly like MAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from metarec._l2l import l2l
+from metarec.data.episodes import EpisodeBatch
+from metarec.errors import ConfigError
+from metarec.learners.adaptation import TaskAdapter
+from metarec.learners.base import LearnerContext, MetaLearner
+from metarec.learners.maml import check_inner
+from metarec.models.base import BaseRecommender
+
+
+@dataclass
+class ReptileConfig:
+    inner_lr: float = 0.01
+    inner_steps: int = 5
+    eval_inner_steps: Optional[int] = None
+    scope: str = "all"
+    lr: float = 0.1  # epsilon, the outer step size
+    outer_optimizer: str = "sgd"  # sgd | adam
+    weight_decay: float = 0.0
+
+
+class Reptile(MetaLearner):
+    def __init__(self, model: BaseRecommender, ctx: LearnerContext, cfg: ReptileConfig) -> None:
+        super().__init__(model, ctx, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        check_inner(cfg)
+        if cfg.outer_optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"learner.outer_optimizer must be sgd or adam, got {cfg.outer_optimizer!r}")
+        self.cfg = cfg
+        self.adapter = TaskAdapter(model, cfg.scope, l2l.algorithms.MAML, cfg.inner_lr, first_order=True)
+        self.automatic_optimization = False
+
+    def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        steps = self.cfg.inner_steps if train or self.cfg.eval_inner_steps is None else self.cfg.eval_inner_steps
+        return self.adapter.run(batch, steps, first_order=True, detach=True)
+
+    def reptile_direction(self, batch: EpisodeBatch) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``theta - mean(phi)`` for every adapted parameter, and the mean query loss after adaptation."""
+        x = self.adapter.prefix_features(batch, detach=True)
+        params = list(self.adapter.wrapper.module.parameters())
+        total = [torch.zeros_like(p) for p in params]
+        losses = []
+        for t in range(batch.n_tasks):
+            learner = self.adapter.adapt(batch, x, t, self.cfg.inner_steps, first_order=True)
+            with torch.no_grad():
+                losses.append(self.adapter.query_loss(learner, batch, x, t)[0])
+                for acc, p, phi in zip(total, params, learner.module.parameters()):
+                    acc += p.detach() - phi.detach()
+        return [d / batch.n_tasks for d in total], torch.stack(losses).mean()
+
+    def training_step(self, batch: EpisodeBatch, batch_idx: int) -> torch.Tensor:
+        opt = self.optimizers()
+        opt.zero_grad()
+        direction, loss = self.reptile_direction(batch)
+        for p, d in zip(self.adapter.wrapper.module.parameters(), direction):
+            p.grad = d
+        opt.step()
+        self.log("train/loss", loss, batch_size=batch.n_tasks, prog_bar=True, on_step=True, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        params = list(self.adapter.wrapper.module.parameters())
+        if self.cfg.outer_optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
