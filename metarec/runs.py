@@ -12,6 +12,7 @@ import io
 import json
 import os
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,27 @@ def new_run_dir(root: str | Path, experiment: str, label: str) -> Path:
             return path
         except FileExistsError:  # pragma: no cover - 24 random bits collided
             continue
+
+
+def named_run_dir(root: str | Path, experiment: str, name: str) -> Path:
+    """The folder ``root/experiment/name``: created, or cleared if it holds an unfinished run.
+
+    A finished run is never overwritten (``MetarecError``); a folder that is not a run folder is never
+    cleared.
+    """
+    from metarec.errors import MetarecError
+
+    if not name or "/" in name or name in (".", ".."):
+        raise MetarecError(f"run.name {name!r} must be a plain folder name")
+    path = Path(root) / experiment / name
+    if path.exists():
+        if is_finished(path):
+            raise MetarecError(f"run {path} is already finished; choose another run.name or delete it")
+        if any(path.iterdir()) and not (path / "config.yaml").is_file():
+            raise MetarecError(f"{path} exists and is not a metarec run folder; choose another run.name")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

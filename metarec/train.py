@@ -18,7 +18,7 @@ from metarec.data.datamodule import VAL_SCENARIO, ColdStartDataModule
 from metarec.errors import ConfigError
 from metarec.learners import LEARNERS, LearnerContext, MetaLearner
 from metarec.models import MODELS
-from metarec.runs import atomic_write_text, new_run_dir, write_final_metrics
+from metarec.runs import atomic_write_text, named_run_dir, new_run_dir, write_final_metrics
 
 MONITOR = f"val/{VAL_SCENARIO}/mae"
 
@@ -102,11 +102,36 @@ def _trainer(cfg: DictConfig, run_dir: Path, trainable: bool) -> tuple[pl.Traine
     return trainer, checkpoint
 
 
+def learner_label(cfg: DictConfig) -> str:
+    """The learner's option name (e.g. ``fomaml``, ``melu5``), else its registry name."""
+    choices = cfg.get("choices") or {}
+    return str(choices.get("learner") or cfg.learner.name)
+
+
+def _test(trainer: pl.Trainer, learner: MetaLearner, dm: ColdStartDataModule, ckpt, support_size) -> dict:
+    """One test pass over every scenario; with ``support_size`` K, metrics are named ``test_kK/...``."""
+    dm.test_support_size = support_size
+    learner.test_stage = "test" if support_size is None else f"test_k{support_size}"
+    try:
+        results = trainer.test(learner, datamodule=dm, ckpt_path=ckpt, verbose=False)
+    finally:
+        dm.test_support_size, learner.test_stage = None, "test"
+    return {
+        k: float(v)
+        for block in results
+        for k, v in block.items()
+        if k.split("/")[0].startswith("test") and not k.endswith("/loss")
+    }
+
+
 def fit(cfg: DictConfig) -> Path:
     """Train and test one run; returns its folder (finished once ``metrics.json`` is written)."""
     _quiet_lightning()
-    label = cfg.run.name or f"{cfg.learner.name}-s{cfg.seed}"
-    run_dir = new_run_dir(cfg.run.root, cfg.run.experiment, label)
+    label = learner_label(cfg)
+    if cfg.run.name:
+        run_dir = named_run_dir(cfg.run.root, cfg.run.experiment, cfg.run.name)
+    else:
+        run_dir = new_run_dir(cfg.run.root, cfg.run.experiment, f"{label}-s{cfg.seed}")
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     dm, learner = build(cfg)
     dm.save_manifest(run_dir / "split_manifest.json")
@@ -120,17 +145,15 @@ def fit(cfg: DictConfig) -> Path:
     ckpt = None
     if checkpoint is not None and checkpoint.best_model_path and not cfg.trainer.fast_dev_run:
         ckpt = checkpoint.best_model_path
-    results = trainer.test(learner, datamodule=dm, ckpt_path=ckpt, verbose=False)
-    metrics = {}
-    for block in results:
-        for k, v in block.items():
-            if k.startswith("test/") and not k.endswith("/loss"):
-                metrics[k] = float(v)
+    metrics = _test(trainer, learner, dm, ckpt, None)
+    for k in cfg.data.eval_support_sizes:
+        metrics.update(_test(trainer, learner, dm, ckpt, int(k)))
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics[MONITOR] = float(checkpoint.best_model_score)
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     record = {
-        "learner": cfg.learner.name,
+        "learner": label,
+        "algorithm": cfg.learner.name,
         "model": cfg.model.name,
         "data": cfg.data.source,
         "experiment": cfg.run.experiment,

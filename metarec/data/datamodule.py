@@ -33,6 +33,7 @@ class DataConfig:
     manifest: Optional[str] = None
     meta_batch_size: int = 32
     eval_batch_size: int = 64
+    eval_support_sizes: list[int] = field(default_factory=list)  # extra test passes: support cut to K
     num_workers: int = 0
     hide_new_item_ids: bool = True
 
@@ -96,6 +97,7 @@ class ColdStartDataModule(pl.LightningDataModule):
         self.dataset: RecDataset | None = None
         self.split: ColdStartSplit | None = None
         self.collate: EpisodeCollator | None = None
+        self.test_support_size: int | None = None  # set to K to test on supports cut to K ratings
 
     # ------------------------------------------------------------------ set-up
     def setup(self, stage: str | None = None) -> None:
@@ -145,5 +147,18 @@ class ColdStartDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader(ListDataset(self.split.episodes["val"]), self.cfg.eval_batch_size)
 
+    def test_tasks(self, scenario: str) -> list[Task]:
+        """The scenario's fixed episodes; with ``test_support_size = K``, the users with at least K
+        support ratings, their support cut to its first K (the manifest's random order)."""
+        tasks = self.split.episodes[scenario]
+        k = self.test_support_size
+        if k is None:
+            return tasks
+        return [
+            Task(t.user, t.support_items[:k], t.support_ratings[:k], t.query_items, t.query_ratings)
+            for t in tasks
+            if len(t.support_items) >= k
+        ]
+
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(ListDataset(self.split.episodes[s]), self.cfg.eval_batch_size) for s in self.scenarios]
+        return [self._loader(ListDataset(self.test_tasks(s)), self.cfg.eval_batch_size) for s in self.scenarios]

@@ -40,6 +40,7 @@ def masked_mse_per_task(pred: torch.Tensor, target: torch.Tensor, mask: torch.Te
 
 class MetaLearner(pl.LightningModule):
     needs_training = True
+    test_stage = "test"  # metric prefix of test passes; e.g. "test_k5" for a support-size-5 pass
 
     def __init__(self, model: BaseRecommender, ctx: LearnerContext, lr: float = 1e-3, weight_decay: float = 0.0):
         super().__init__()
@@ -70,7 +71,8 @@ class MetaLearner(pl.LightningModule):
         _, target, mask = batch.part("query")
         metrics = (self.val_metrics if stage == "val" else self.test_metrics)[scenario]
         metrics.update(preds.float(), target.float(), mask)
-        self.log(f"{stage}/{scenario}/loss", loss.detach(), batch_size=batch.n_tasks, add_dataloader_idx=False)
+        prefix = self.test_stage if stage == "test" else stage
+        self.log(f"{prefix}/{scenario}/loss", loss.detach(), batch_size=batch.n_tasks, add_dataloader_idx=False)
 
     def validation_step(self, batch: EpisodeBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step("val", batch, dataloader_idx)
@@ -89,7 +91,7 @@ class MetaLearner(pl.LightningModule):
         self._log_metrics("val", self.val_metrics)
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics("test", self.test_metrics)
+        self._log_metrics(self.test_stage, self.test_metrics)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
