@@ -1,4 +1,5 @@
-"""``metarec`` command line: ``fit`` (train + test one run) and ``report`` (table of finished runs).
+"""``metarec`` command line: ``fit`` (train + test one run), ``report`` (table of finished runs) and
+``compare`` (a grid of learners x seeds on one split, with tables and plots).
 
 User errors print one line ``metarec: error: ...`` and exit with code 2, without a traceback.
 """
@@ -44,7 +45,49 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="print a table of the finished runs under a folder")
     rep.add_argument("root", nargs="+", help="run folders or folders holding runs")
     rep.add_argument("--stage", default="test")
+    _add_compare(sub)
     return p
+
+
+def _compare_epilog() -> str:
+    from metarec.compare import HELP
+    from metarec.config import config_dir, group_options
+
+    try:
+        learners = ", ".join(group_options("learner", config_dir()))
+    except MetarecError as e:
+        learners = f"(config folder not found: {e})"
+    return f"{HELP}\nlearner options (configs/learner/): {learners}"
+
+
+def _add_compare(sub) -> None:
+    from metarec.compare import DEFAULT_SEEDS, DEFAULT_SUPPORT_SIZES
+
+    cmp = sub.add_parser(
+        "compare",
+        help="train and test learners x seeds on one split; results table, CSV and plots",
+        description="Compare learners over seeds on one shared cold-start split (resumable).",
+        epilog=_compare_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmp.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reused to resume)")
+    cmp.add_argument("--learners", nargs="+", metavar="LEARNER",
+                     help="learner options (default: all of configs/learner)")
+    cmp.add_argument("--seeds", nargs="+", metavar="SEED",
+                     help="seeds of model initialisation and training order (default: "
+                          f"{' '.join(map(str, DEFAULT_SEEDS))})")
+    cmp.add_argument("--support-sizes", nargs="+", metavar="K",
+                     help="support sizes K of the extra test passes (default: "
+                          f"{' '.join(map(str, DEFAULT_SUPPORT_SIZES))})")
+    cmp.add_argument("overrides", nargs="*", metavar="group=option|key=value", help="applied to every run")
+
+
+def _split_off_overrides(values: list[str] | None, overrides: list[str]) -> list[str] | None:
+    """``--learners a b data=x``: argparse gives ``data=x`` to ``--learners``; move it to the overrides."""
+    if values is None:
+        return None
+    overrides.extend(v for v in values if "=" in v)
+    return [v for v in values if "=" not in v]
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -82,11 +125,30 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from metarec.compare import compare, make_spec
+
+    overrides = list(args.overrides)
+    learners = _split_off_overrides(args.learners, overrides)
+    seeds = _split_off_overrides(args.seeds, overrides)
+    sizes = _split_off_overrides(args.support_sizes, overrides)
+    spec = make_spec(args.out, learners, seeds, sizes, overrides)
+    result = compare(spec, echo=lambda line: print(line, flush=True))
+    print()
+    print(result["markdown"])
+    print("wrote " + ", ".join(str(p) for p in result["outputs"]))
+    if result["wandb"] is not None:
+        print(f"W&B run: {result['wandb']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "fit":
             return _cmd_fit(args)
+        if args.command == "compare":
+            return _cmd_compare(args)
         return _cmd_report(args)
     except MetarecError as e:
         print(f"metarec: error: {e}", file=sys.stderr)

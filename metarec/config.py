@@ -85,7 +85,7 @@ def _load_yaml(path: Path) -> DictConfig:
 
 def _option_file(root: Path, group: str, option: str) -> Path:
     path = root / group / f"{option}.yaml"
-    if not path.is_file():
+    if option not in group_options(group, root):  # also refuses names like ../defaults
         known = ", ".join(group_options(group, root)) or "none"
         raise ConfigError(f"unknown {group} option {option!r} (available: {known})")
     return path
@@ -183,6 +183,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"seed must be an integer, got {out.seed!r}")
     out.run = _check_section("run", cfg.get("run"), RunConfig)
     out.trainer = _check_section("trainer", cfg.get("trainer"), TrainerConfig)
+    if out.trainer.max_epochs < 1 or out.trainer.patience < 0:
+        raise ConfigError("trainer.max_epochs must be >= 1 and trainer.patience >= 0")
     out.logger = _check_section("logger", cfg.get("logger"), LoggerConfig)
     if out.logger.name not in ("csv", "wandb"):
         raise ConfigError(f"logger.name must be csv or wandb, got {out.logger.name!r}")

@@ -1,4 +1,4 @@
-"""Tables of finished runs: mean ± sample standard deviation over seeds, per learner and scenario."""
+"""Tables of finished runs: mean ± sample standard deviation (or confidence interval) over seeds."""
 
 from __future__ import annotations
 
@@ -48,3 +48,20 @@ def markdown_table(records: list[dict[str, Any]], metrics=DEFAULT_METRICS, stage
                 cells.append(f"{mean:.4f} ± {std:.4f}" if len(values) > 1 else f"{mean:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width ``h`` of its Student-t confidence interval (``mean ± h``).
+
+    ``h = t.ppf((1 + confidence) / 2, n - 1) * s / sqrt(n)`` with ``s`` the sample standard deviation;
+    ``h`` is NaN for fewer than two values (no interval), and both are NaN for none.
+    """
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean, std = mean_std(list(values))
+    if n < 2:
+        return mean, math.nan
+    from scipy.stats import t
+
+    return mean, float(t.ppf((1.0 + confidence) / 2.0, n - 1)) * std / math.sqrt(n)

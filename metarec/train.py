@@ -166,4 +166,8 @@ def fit(cfg: DictConfig) -> Path:
         "metrics": metrics,
     }
     write_final_metrics(run_dir, record)
+    if cfg.logger.name == "wandb":  # end the W&B run, else the next fit() in this process logs into it
+        import wandb
+
+        wandb.finish()
     return run_dir

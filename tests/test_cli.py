@@ -444,3 +444,30 @@ def test_wandb_offline(tmp_path: Path) -> None:
         assert key in logged, sorted(logged)
         assert logged[key] == pytest.approx(record["metrics"][key], rel=1e-6)
     assert not (d / "logs" / "metrics.csv").exists()  # the CSV logger was not used
+
+
+def test_wandb_two_fits_in_one_process(tmp_path: Path) -> None:
+    """Each fit() gets its own W&B run (WandbLogger would otherwise reuse the first, still-active one)."""
+    wandb_home = tmp_path / "wandb-home"
+    (tmp_path / "no-data").mkdir()
+    env = _env(tmp_path / "no-data", WANDB_MODE="offline", WANDB_DIR=str(wandb_home),
+               WANDB_CONFIG_DIR=str(wandb_home / "config"), WANDB_CACHE_DIR=str(wandb_home / "cache"),
+               WANDB_DATA_DIR=str(wandb_home / "data"), WANDB_SILENT="true")
+    wandb_home.mkdir()
+    root = tmp_path / "runs"
+    common = ["fit", "logger=wandb", "learner=item_mean", "data.params.n_users=200",
+              "trainer.enable_progress_bar=false", f"run.root={root}"]
+    code = (
+        "import sys\nfrom metarec.cli import main\n"
+        f"sys.exit(main({[*common, 'seed=0']!r}) or main({[*common, 'seed=1']!r}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr
+    dirs = run_dirs(root)
+    assert len(dirs) == 2
+    for d in dirs:
+        offline = sorted((d / "wandb").glob("offline-run-*"))
+        assert len(offline) == 1, d
+        record = json.loads((d / "metrics.json").read_text())
+        assert _logged_values(offline[0])["test/warm/mae"] == pytest.approx(record["metrics"]["test/warm/mae"])

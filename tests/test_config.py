@@ -58,6 +58,16 @@ def _error(args: list[str], root: Path | None = None) -> str:
 # Defaults, groups, experiments
 
 
+def _assert_contains(actual: dict, expected: dict, path: str) -> None:
+    """Every leaf of ``expected`` is in ``actual`` with the same value (``actual`` may hold more)."""
+    for key, value in expected.items():
+        assert key in actual, f"{path}.{key}"
+        if isinstance(value, dict):
+            _assert_contains(actual[key], value, f"{path}.{key}")
+        else:
+            assert actual[key] == value, f"{path}.{key}"
+
+
 def test_defaults() -> None:
     defaults = OmegaConf.load(CONFIGS / "defaults.yaml")
     cfg = compose([])
@@ -70,9 +80,7 @@ def test_defaults() -> None:
     # every value of the chosen option files is there ...
     for group in GROUPS:
         option = OmegaConf.load(CONFIGS / group / f"{defaults.defaults[group]}.yaml")
-        for key, value in OmegaConf.to_container(option).items():
-            if key != "params":
-                assert OmegaConf.to_container(cfg[group])[key] == value, (group, key)
+        _assert_contains(OmegaConf.to_container(cfg[group]), OmegaConf.to_container(option), group)
     # ... and the dataclass defaults fill in everything the YAML leaves out
     assert cfg.trainer.gradient_clip_val is None and cfg.trainer.fast_dev_run is False
     assert cfg.learner.eval_inner_steps is None and cfg.learner.weight_decay == 0.0

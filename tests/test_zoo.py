@@ -122,7 +122,7 @@ def test_inner_loop_leaves_everything_outside_the_scope_untouched(scope):
     batch = tiny_batch(ds)
     model = _melu(ds)
     learner = build_learner("maml", model, ctx(ds), MAMLConfig(inner_lr=0.5, inner_steps=3, scope=scope))
-    adapter = learner.adapter
+    adapter = learner.executor
     x = adapter.prefix_features(batch, detach=False)
     fast = adapter.adapt(batch, x, 0, steps=3, first_order=False)
     adapted = set(model.adapted_parameter_names(scope))

@@ -17,7 +17,7 @@ import torch
 from metarec._l2l import l2l
 from metarec.data.episodes import EpisodeBatch
 from metarec.errors import ConfigError
-from metarec.learners.adaptation import TaskAdapter
+from metarec.learners.executors import make_executor
 from metarec.learners.base import LearnerContext, MetaLearner, masked_mse_per_task
 from metarec.models.base import SCOPES, BaseRecommender
 
@@ -73,6 +73,7 @@ class FineTuneConfig(GlobalConfig):
     finetune_lr: float = 0.01
     finetune_steps: int = 5
     scope: str = "all"
+    executor: str = "learn2learn"
 
 
 class FineTune(GlobalModel):
@@ -83,12 +84,12 @@ class FineTune(GlobalModel):
                 f"learner: scope must be one of {', '.join(SCOPES)} and finetune_steps/finetune_lr >= 0"
             )
         self.cfg = cfg
-        self.adapter = TaskAdapter(model, cfg.scope, l2l.algorithms.MAML, cfg.finetune_lr, first_order=True)
+        self.executor = make_executor(cfg.executor, model, cfg.scope, l2l.algorithms.MAML, cfg.finetune_lr, True)
 
     def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if train:
             return super().meta_step(batch, train=True)
-        return self.adapter.run(batch, self.cfg.finetune_steps, first_order=True, detach=True)
+        return self.executor.run(batch, self.cfg.finetune_steps, first_order=True, detach=True)
 
 
 @dataclass

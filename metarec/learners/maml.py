@@ -17,7 +17,7 @@ import torch
 from metarec._l2l import l2l
 from metarec.data.episodes import EpisodeBatch
 from metarec.errors import ConfigError
-from metarec.learners.adaptation import TaskAdapter
+from metarec.learners.executors import make_executor
 from metarec.learners.base import LearnerContext, MetaLearner
 from metarec.models.base import SCOPES, BaseRecommender
 
@@ -31,6 +31,8 @@ class MAMLConfig:
     scope: str = "all"
     lr: float = 1e-3
     weight_decay: float = 0.0
+    executor: str = "learn2learn"  # learn2learn | vmap (same numbers; vmap is faster)
+    chunk_size: Optional[int] = None  # vmap: tasks per vectorised chunk (bounds memory)
 
 
 def check_inner(cfg) -> None:
@@ -49,8 +51,10 @@ class MAML(MetaLearner):
         super().__init__(model, ctx, lr=cfg.lr, weight_decay=cfg.weight_decay)
         check_inner(cfg)
         self.cfg = cfg
-        self.adapter = TaskAdapter(model, cfg.scope, self.wrapper_cls, cfg.inner_lr, cfg.first_order)
-        self.maml = self.adapter.wrapper  # registered so its own parameters (e.g. MetaSGD lrs) train
+        self.executor = make_executor(
+            cfg.executor, model, cfg.scope, self.wrapper_cls, cfg.inner_lr, cfg.first_order, cfg.chunk_size
+        )
+        self.maml = self.executor.wrapper  # registered so its own parameters (e.g. MetaSGD lrs) train
 
     def steps(self, train: bool) -> int:
         if train or self.cfg.eval_inner_steps is None:
@@ -59,4 +63,4 @@ class MAML(MetaLearner):
 
     def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         first_order = self.cfg.first_order or not train
-        return self.adapter.run(batch, self.steps(train), first_order, detach=not train)
+        return self.executor.run(batch, self.steps(train), first_order, detach=not train)

@@ -17,7 +17,7 @@ import torch
 from metarec._l2l import l2l
 from metarec.data.episodes import EpisodeBatch
 from metarec.errors import ConfigError
-from metarec.learners.adaptation import TaskAdapter
+from metarec.learners.executors import make_executor
 from metarec.learners.base import LearnerContext, MetaLearner
 from metarec.learners.maml import check_inner
 from metarec.models.base import BaseRecommender
@@ -32,6 +32,8 @@ class ReptileConfig:
     lr: float = 0.1  # epsilon, the outer step size
     outer_optimizer: str = "sgd"  # sgd | adam
     weight_decay: float = 0.0
+    executor: str = "learn2learn"
+    chunk_size: Optional[int] = None
 
 
 class Reptile(MetaLearner):
@@ -41,39 +43,33 @@ class Reptile(MetaLearner):
         if cfg.outer_optimizer not in ("sgd", "adam"):
             raise ConfigError(f"learner.outer_optimizer must be sgd or adam, got {cfg.outer_optimizer!r}")
         self.cfg = cfg
-        self.adapter = TaskAdapter(model, cfg.scope, l2l.algorithms.MAML, cfg.inner_lr, first_order=True)
+        self.executor = make_executor(
+            cfg.executor, model, cfg.scope, l2l.algorithms.MAML, cfg.inner_lr, True, cfg.chunk_size
+        )
         self.automatic_optimization = False
 
     def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         steps = self.cfg.inner_steps if train or self.cfg.eval_inner_steps is None else self.cfg.eval_inner_steps
-        return self.adapter.run(batch, steps, first_order=True, detach=True)
+        return self.executor.run(batch, steps, first_order=True, detach=True)
 
     def reptile_direction(self, batch: EpisodeBatch) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """``theta - mean(phi)`` for every adapted parameter, and the mean query loss after adaptation."""
-        x = self.adapter.prefix_features(batch, detach=True)
-        params = list(self.adapter.wrapper.module.parameters())
-        total = [torch.zeros_like(p) for p in params]
-        losses = []
-        for t in range(batch.n_tasks):
-            learner = self.adapter.adapt(batch, x, t, self.cfg.inner_steps, first_order=True)
-            with torch.no_grad():
-                losses.append(self.adapter.query_loss(learner, batch, x, t)[0])
-                for acc, p, phi in zip(total, params, learner.module.parameters()):
-                    acc += p.detach() - phi.detach()
-        return [d / batch.n_tasks for d in total], torch.stack(losses).mean()
+        """``theta - mean_tasks(phi_task)`` for every adapted parameter; and the mean query loss
+        after adaptation (for monitoring)."""
+        phis, loss = self.executor.adapted_parameters(batch, self.cfg.inner_steps)
+        return [p.detach() - phi.mean(0) for p, phi in zip(self.executor.module.parameters(), phis)], loss
 
     def training_step(self, batch: EpisodeBatch, batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()
         opt.zero_grad()
         direction, loss = self.reptile_direction(batch)
-        for p, d in zip(self.adapter.wrapper.module.parameters(), direction):
+        for p, d in zip(self.executor.module.parameters(), direction):
             p.grad = d
         opt.step()
         self.log("train/loss", loss, batch_size=batch.n_tasks, prog_bar=True, on_step=True, on_epoch=True)
         return loss
 
     def configure_optimizers(self):
-        params = list(self.adapter.wrapper.module.parameters())
+        params = list(self.executor.module.parameters())
         if self.cfg.outer_optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.lr, weight_decay=self.weight_decay)
         return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)

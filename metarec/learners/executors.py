@@ -1,0 +1,201 @@
+"""Executors: how the per-task inner loop runs. The algorithm is the same for both:
+
+    for each task:  theta_t = theta;  repeat k times: theta_t -= lr * grad L_support(theta_t)
+                    loss_t = L_query(theta_t)
+
+where theta are the parameters of the adapted scope (see ``BaseRecommender.scope_split``) and ``lr``
+is a float (MAML) or a tensor per parameter (Meta-SGD). The non-adapted prefix of the model runs once
+per meta-batch in both executors.
+
+- ``learn2learn``: the reference. ``l2l.algorithms.MAML`` / ``MetaSGD`` ``clone()`` + ``adapt()``,
+  one task at a time.
+- ``vmap``: the same loop as a pure function of (parameters, support) with
+  ``torch.func.functional_call`` + ``grad``, ``vmap``-ed over the padded meta-batch (masks handle
+  ragged support/query lengths; ``chunk_size`` bounds memory). One backward gives the full
+  second-order meta-gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.func import functional_call, grad, vmap
+
+from metarec.data.episodes import EpisodeBatch
+from metarec.errors import ConfigError
+from metarec.learners.base import masked_mse_per_task
+from metarec.models.base import BaseRecommender, Features
+
+EXECUTORS = ("vmap", "learn2learn")
+
+
+class Executor:
+    """Shared set-up: the adapted module wrapped in a learn2learn algorithm (it also owns Meta-SGD's
+    learned rates, so both executors train the very same parameters)."""
+
+    def __init__(self, model: BaseRecommender, scope: str, wrapper_cls: Any, inner_lr: float, first_order: bool):
+        self.prefix, module = model.scope_split(scope)
+        self.wrapper = wrapper_cls(module, lr=inner_lr, first_order=first_order)
+        self.inner_lr = inner_lr
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.wrapper.module
+
+    def prefix_features(self, batch: EpisodeBatch, detach: bool) -> torch.Tensor | None:
+        """The non-adapted computation for the whole meta-batch (``None`` when everything adapts)."""
+        if self.prefix is None:
+            return None
+        x = self.prefix(batch.user, batch.item)
+        return x.detach() if detach else x
+
+    def run(self, batch: EpisodeBatch, steps: int, first_order: bool, detach: bool):
+        """Adapt every task; mean query loss over tasks and query predictions ``[T, Q]``."""
+        raise NotImplementedError
+
+    def adapted_parameters(self, batch: EpisodeBatch, steps: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """First-order adapted parameters per task, stacked ``[T, *p.shape]`` per parameter (no graph),
+        in ``module.parameters()`` order; and the mean query loss after adaptation."""
+        raise NotImplementedError
+
+
+class L2LExecutor(Executor):
+    """learn2learn clone/adapt, one task at a time."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._is_maml = not hasattr(self.wrapper, "lrs")
+
+    def block(self, batch: EpisodeBatch, x: torch.Tensor | None, t: int, which: str):
+        """Inputs of the adapted module, targets and mask for task ``t``'s support or query block."""
+        s = batch.n_support
+        sl = slice(0, s) if which == "support" else slice(s, None)
+        mask = (batch.support_mask if which == "support" else batch.query_mask)[t, sl]
+        if x is not None:
+            args: tuple = (x[t, sl],)
+        else:
+            user = Features(batch.user.categorical[t], batch.user.multihot[t])
+            item = Features(batch.item.categorical[t, sl], batch.item.multihot[t, sl])
+            args = (user, item)
+        return args, batch.ratings[t, sl], mask
+
+    def predict(self, learner, args: tuple) -> torch.Tensor:
+        out = learner(*args)
+        return out.squeeze(-1) if self.prefix is not None else out
+
+    def adapt(self, batch: EpisodeBatch, x: torch.Tensor | None, t: int, steps: int, first_order: bool):
+        """A clone of the wrapped module after ``steps`` SGD steps on task ``t``'s support loss."""
+        learner = self.wrapper.clone()
+        args, y, m = self.block(batch, x, t, "support")
+        for _ in range(steps):
+            loss = masked_mse_per_task(self.predict(learner, args), y, m)
+            if self._is_maml:
+                learner.adapt(loss, first_order=first_order, allow_unused=True)
+            else:
+                learner.adapt(loss, first_order=first_order)
+        return learner
+
+    def query_loss(self, learner, batch: EpisodeBatch, x: torch.Tensor | None, t: int):
+        args, y, m = self.block(batch, x, t, "query")
+        out = self.predict(learner, args)
+        return masked_mse_per_task(out, y, m), out
+
+    def run(self, batch: EpisodeBatch, steps: int, first_order: bool, detach: bool):
+        x = self.prefix_features(batch, detach)
+        losses, preds = [], []
+        for t in range(batch.n_tasks):
+            learner = self.adapt(batch, x, t, steps, first_order)
+            loss, out = self.query_loss(learner, batch, x, t)
+            losses.append(loss)
+            preds.append(out.detach() if detach else out)
+        return torch.stack(losses).mean(), torch.stack(preds)
+
+    def adapted_parameters(self, batch: EpisodeBatch, steps: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x = self.prefix_features(batch, detach=True)
+        per_task, losses = [], []
+        for t in range(batch.n_tasks):
+            learner = self.adapt(batch, x, t, steps, first_order=True)
+            with torch.no_grad():
+                losses.append(self.query_loss(learner, batch, x, t)[0])
+            per_task.append([p.detach() for p in learner.module.parameters()])
+        return [torch.stack(ps) for ps in zip(*per_task)], torch.stack(losses).mean()
+
+
+class VmapExecutor(Executor):
+    """``torch.func`` inner loop, vmapped over the tasks of a meta-batch."""
+
+    def __init__(self, *args, chunk_size: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.chunk_size = chunk_size
+        self.names = [n for n, _ in self.module.named_parameters()]
+
+    def _lrs(self) -> dict[str, Any]:
+        lrs = getattr(self.wrapper, "lrs", None)
+        if lrs is None:
+            return {n: self.inner_lr for n in self.names}
+        return dict(zip(self.names, lrs))
+
+    def _inputs(self, batch: EpisodeBatch, x: torch.Tensor | None, which: str) -> tuple:
+        s = batch.n_support
+        sl = slice(0, s) if which == "support" else slice(s, None)
+        mask = batch.support_mask[:, sl] if which == "support" else batch.query_mask[:, sl]
+        if x is not None:
+            args: tuple = (x[:, sl],)
+        else:
+            args = (batch.user.categorical, batch.user.multihot, batch.item.categorical[:, sl], batch.item.multihot[:, sl])
+        return args, batch.ratings[:, sl], mask
+
+    def _forward(self, params: dict, args: tuple) -> torch.Tensor:
+        if len(args) == 1:
+            return functional_call(self.module, params, args).squeeze(-1)
+        uc, um, ic, im = args
+        return functional_call(self.module, params, (Features(uc, um), Features(ic, im)))
+
+    def _per_task(self, steps: int, first_order: bool, lrs: dict):
+        """The inner loop of one task as a pure function: (parameters, support, query) ->
+        (adapted parameters, query loss, query predictions)."""
+
+        def support_loss(p, args, y, m):
+            return masked_mse_per_task(self._forward(p, args), y, m)
+
+        def task(params, s_args, s_y, s_m, q_args, q_y, q_m):
+            p = params
+            for _ in range(steps):
+                g = grad(support_loss)(p, s_args, s_y, s_m)
+                p = {n: p[n] - lrs[n] * (g[n].detach() if first_order else g[n]) for n in self.names}
+            out = self._forward(p, q_args)
+            return p, masked_mse_per_task(out, q_y, q_m), out
+
+        return task
+
+    def _vmapped(self, batch: EpisodeBatch, steps: int, first_order: bool, detach: bool, params: dict, lrs: dict):
+        x = self.prefix_features(batch, detach)
+        s_args, s_y, s_m = self._inputs(batch, x, "support")
+        q_args, q_y, q_m = self._inputs(batch, x, "query")
+        task = self._per_task(steps, first_order, lrs)
+        return vmap(task, in_dims=(None, 0, 0, 0, 0, 0, 0), chunk_size=self.chunk_size)(
+            params, s_args, s_y, s_m, q_args, q_y, q_m
+        )
+
+    def run(self, batch: EpisodeBatch, steps: int, first_order: bool, detach: bool):
+        params = dict(self.module.named_parameters())
+        _, losses, preds = self._vmapped(batch, steps, first_order, detach, params, self._lrs())
+        if detach:
+            losses, preds = losses.detach(), preds.detach()
+        return losses.mean(), preds
+
+    def adapted_parameters(self, batch: EpisodeBatch, steps: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        params = {n: p.detach() for n, p in self.module.named_parameters()}
+        lrs = {n: (lr.detach() if torch.is_tensor(lr) else lr) for n, lr in self._lrs().items()}
+        adapted, losses, _ = self._vmapped(batch, steps, True, True, params, lrs)
+        return [adapted[n].detach() for n in self.names], losses.detach().mean()
+
+
+def make_executor(name: str, model: BaseRecommender, scope: str, wrapper_cls: Any, inner_lr: float,
+                  first_order: bool, chunk_size: int | None = None) -> Executor:
+    if name == "learn2learn":
+        return L2LExecutor(model, scope, wrapper_cls, inner_lr, first_order)
+    if name == "vmap":
+        return VmapExecutor(model, scope, wrapper_cls, inner_lr, first_order, chunk_size=chunk_size)
+    raise ConfigError(f"learner.executor must be one of {', '.join(EXECUTORS)}, got {name!r}")
