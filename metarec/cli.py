@@ -31,8 +31,16 @@ def _fit_epilog() -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are user errors too: one line on stderr, exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"metarec: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="metarec", description="Meta-learned cold-start recommendation.")
+    p = _Parser(prog="metarec", description="Meta-learned cold-start recommendation.")
     sub = p.add_subparsers(dest="command", required=True)
     fit = sub.add_parser(
         "fit",

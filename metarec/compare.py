@@ -219,7 +219,7 @@ def check_finished_run(run_dir: Path, cfg) -> None:
         raise DataError(f"finished run {run_dir} has no readable config.yaml ({e}); delete the run folder") from None
     old_flat = _comparable(old if isinstance(old, dict) else {})
     new_flat = _comparable(OmegaConf.to_container(cfg, resolve=True))
-    for key in sorted(set(old_flat) | set(new_flat)):
+    for key in sorted(set(old_flat) | set(new_flat), key=lambda k: (k != "data.source", k)):  # the source first
         a, b = old_flat.get(key, "<unset>"), new_flat.get(key, "<unset>")
         if a != b:
             hint = "use the same --support-sizes" if key == "data.eval_support_sizes" else "use the same overrides"

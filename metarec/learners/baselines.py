@@ -73,7 +73,7 @@ class FineTuneConfig(GlobalConfig):
     finetune_lr: float = 0.01
     finetune_steps: int = 5
     scope: str = "all"
-    executor: str = "learn2learn"
+    executor: str = "vmap"
 
 
 class FineTune(GlobalModel):

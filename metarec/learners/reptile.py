@@ -32,7 +32,7 @@ class ReptileConfig:
     lr: float = 0.1  # epsilon, the outer step size
     outer_optimizer: str = "sgd"  # sgd | adam
     weight_decay: float = 0.0
-    executor: str = "learn2learn"
+    executor: str = "vmap"
     chunk_size: Optional[int] = None
 
 
