@@ -19,6 +19,8 @@ demo: setup
 
 bench-smoke: setup
 	$(VENV)/bin/python benchmarks/ml100k_baselines.py --smoke
+	$(VENV)/bin/python benchmarks/quality_ml100k.py --smoke
+	$(VENV)/bin/python benchmarks/speed.py --smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -38,27 +38,61 @@ class DataConfig:
     hide_new_item_ids: bool = True
 
 
+_M1, _M2, _M3 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijective, well-mixed hash of 64-bit integers (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * _M1
+        x = (x ^ (x >> np.uint64(27))) * _M2
+        return x ^ (x >> np.uint64(31))
+
+
+def epoch_keys(seed: int, epoch: int, n: int) -> np.ndarray:
+    """``n`` pseudo-random 64-bit keys determined by (seed, epoch) alone (counter-based)."""
+    base = _mix64(np.array([seed], dtype=np.uint64))[0] ^ _mix64(np.array([epoch + 1], dtype=np.uint64) * _M3)[0]
+    with np.errstate(over="ignore"):
+        return _mix64(base + np.arange(1, n + 1, dtype=np.uint64) * _M3)
+
+
 class TrainEpisodes(Dataset):
-    """Indexed by ``(epoch, i)``: draws training user ``i``'s query/support split for that epoch."""
+    """Indexed by ``(epoch, i)``: training user ``i``'s query/support split for that epoch.
+
+    Every user's ratings are shuffled at once per epoch (one ``lexsort`` of counter-based keys, cached
+    per epoch), so an episode costs a slice; the order depends only on (seed, epoch), so every
+    DataLoader worker draws the same episodes.
+    """
 
     def __init__(self, split: ColdStartSplit, cfg: SplitConfig) -> None:
         self.users = split.train_users
-        self.pool = split.train_pool
+        pools = [split.train_pool[int(u)] for u in self.users]
+        lengths = np.array([len(p[0]) for p in pools], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        self.items = np.concatenate([p[0] for p in pools])
+        self.ratings = np.concatenate([p[1] for p in pools])
+        self.segment = np.repeat(np.arange(len(pools)), lengths)
         self.cfg = cfg
+        self._epoch: int | None = None
+        self._order: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.users)
 
+    def order(self, epoch: int) -> np.ndarray:
+        """Positions into the flat rating arrays, randomly permuted within each user's segment."""
+        if self._epoch != epoch:
+            self._order = np.lexsort((epoch_keys(self.cfg.seed, epoch, len(self.items)), self.segment))
+            self._epoch = epoch
+        return self._order
+
     def __getitem__(self, key: tuple[int, int]) -> Task:
         epoch, i = key
-        user = int(self.users[i])
-        items, ratings = self.pool[user]
-        rng = np.random.default_rng([self.cfg.seed, 1000 + epoch, user])
-        perm = rng.permutation(len(items))
-        q, s = perm[: self.cfg.query_size], perm[self.cfg.query_size :]
+        idx = self.order(epoch)[self.offsets[i] : self.offsets[i + 1]]
+        q, s = idx[: self.cfg.query_size], idx[self.cfg.query_size :]
         if self.cfg.support_size is not None:
             s = s[: self.cfg.support_size]
-        return Task(user, items[s], ratings[s], items[q], ratings[q])
+        return Task(int(self.users[i]), self.items[s], self.ratings[s], self.items[q], self.ratings[q])
 
 
 class EpochShuffleSampler(Sampler):

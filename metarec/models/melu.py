@@ -67,8 +67,11 @@ class MeLU(BaseRecommender):
         self.head = nn.Sequential(*layers)
 
     def body(self, user: Features, item: Features) -> torch.Tensor:
-        u = self.user_encoder(user)
-        i = self.item_encoder(item)
+        return self.combine(self.user_encoder(user), self.item_encoder(item))
+
+    @staticmethod
+    def combine(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """The body from encoded users and items (item encodings can be cached when serving)."""
         while u.dim() < i.dim():  # user features [T, F] broadcast over item positions [T, L, F]
             u = u.unsqueeze(-2)
         return torch.cat([u.expand(*i.shape[:-1], u.shape[-1]), i], dim=-1)
