@@ -46,6 +46,21 @@ def winners(stats, learners: list[str]) -> list[str]:
     return lines
 
 
+def mae_table(stats, learners: list[str]) -> str:
+    """Query MAE per learner and scenario (full support): mean ± 95% CI half-width, best in bold."""
+    cells = {(l, sc): stats.get((l, ALL, sc, "mae")) for l in learners for sc in SCENARIOS}
+    best = {sc: min((cells[(l, sc)].mean for l in learners if cells[(l, sc)]), default=None) for sc in SCENARIOS}
+    lines = ["| learner | " + " | ".join(f"{sc} MAE" for sc in SCENARIOS) + " |", "|---" * (len(SCENARIOS) + 1) + "|"]
+    for l in learners:
+        row = []
+        for sc in SCENARIOS:
+            st = cells[(l, sc)]
+            text = "–" if st is None else f"{st.mean:.4f} ± {st.half_width:.4f}"
+            row.append(f"**{text}**" if st is not None and st.mean == best[sc] else text)
+        lines.append(f"| {l} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def update_readme(block: str) -> None:
     readme = HERE.parent / "README.md"
     src = readme.read_text()
@@ -93,8 +108,8 @@ def main() -> int:
     )
     md = result["markdown"] + "\n\n## Winners (full support, query MAE)\n\n" + "\n".join(summary) + "\n\n" + footer + "\n"
     (RESULTS / f"{NAME}.md").write_text(md)
-    main_table = result["markdown"].split("\n\n")
     readme_block = "\n".join([
+        mae_table(stats, spec.learners), "",
         "\n".join(summary), "",
         f"Full table with 95% confidence intervals: [`benchmarks/results/{NAME}.md`](benchmarks/results/{NAME}.md).",
         "", f"![user-cold curve](benchmarks/results/{NAME}/curve_user_cold.png)", "", footer,

@@ -18,7 +18,6 @@ Sections (each printed as a table and written to ``benchmarks/results/speed.{jso
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import resource

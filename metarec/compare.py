@@ -15,27 +15,21 @@ Heavy modules (torch, Lightning, matplotlib, scipy, wandb) are imported where th
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
-import os
-import secrets
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
+from metarec.compare_outputs import (  # noqa: F401  (re-exported: the public names of compare)
+    ALL, CSV_COLUMNS, CURVE_METRIC, MANIFEST, TABLE_METRICS, Stat, _finish_wandb_run, atomic_write_bytes, csv_text, log_to_wandb,
+    parse_metric, plot_bars, plot_curves, render_markdown, result_rows, summarize,
+)
 from metarec.errors import ConfigError, DataError, MetarecError
 
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_SUPPORT_SIZES = (1, 3, 5, 10, 20)
-TABLE_METRICS = ("mae", "rmse", "ndcg@3")  # columns of the main table
-CURVE_METRIC = "mae"
-ALL = "all"  # support_size of the full-support test pass
-CSV_COLUMNS = ("learner", "seed", "support_size", "scenario", "metric", "value", "run_dir")
-MANIFEST = "split_manifest.json"
 RUNS = "runs"  # run.experiment: the runs live in DIR/runs/<learner>-s<seed>
 
 # Settings that do not change a run's results: a finished run made with other values of these is still
@@ -87,16 +81,6 @@ class CompareSpec:
     seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
     support_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_SUPPORT_SIZES))
     overrides: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Stat:
-    """Summary over seeds of one (learner, support size, scenario, metric): non-finite values are left out."""
-
-    n: int
-    mean: float
-    std: float
-    half_width: float  # of the 95% Student-t confidence interval; NaN when n < 2
 
 
 # ----------------------------------------------------------------------------------------- arguments
@@ -288,15 +272,6 @@ def prepare_split(spec: CompareSpec, cfg) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- the runs
-def _finish_wandb_run() -> None:
-    """``fit`` leaves its W&B run open; close it so that the next run gets its own."""
-    import sys
-
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
-
-
 def run_grid(spec: CompareSpec, echo: Callable[[str], None] = print) -> list[dict]:
     """Run (or reuse) every learner x seed; returns their metrics records, in grid order."""
     from metarec.runs import is_finished
@@ -341,314 +316,6 @@ def run_grid(spec: CompareSpec, echo: Callable[[str], None] = print) -> list[dic
         record["run_dir"] = str(d)
         records.append(record)
     return records
-
-
-# ---------------------------------------------------------------------------------------- aggregation
-def parse_metric(name: str) -> Optional[tuple[str | int, str, str]]:
-    """``test/user_cold/mae`` -> ``("all", "user_cold", "mae")``; ``test_k5/...`` -> ``(5, ...)``; else None."""
-    parts = name.split("/")
-    if len(parts) != 3:
-        return None
-    stage, scenario, metric = parts
-    if stage == "test":
-        return ALL, scenario, metric
-    if stage.startswith("test_k") and stage[6:].isdigit():
-        return int(stage[6:]), scenario, metric
-    return None
-
-
-def result_rows(records: Iterable[dict], out: Optional[Path] = None) -> list[dict]:
-    """One row per run and test metric (see ``CSV_COLUMNS``); ``run_dir`` relative to ``out`` if given."""
-    rows = []
-    for r in records:
-        run_dir = r.get("run_dir", "")
-        if out is not None and run_dir:
-            run_dir = os.path.relpath(run_dir, out)
-        for name, value in sorted(r["metrics"].items()):
-            parsed = parse_metric(name)
-            if parsed is None:
-                continue
-            support, scenario, metric = parsed
-            rows.append({
-                "learner": r["learner"], "seed": int(r["seed"]), "support_size": support,
-                "scenario": scenario, "metric": metric, "value": float(value), "run_dir": run_dir,
-            })
-    return rows
-
-
-def summarize(rows: Iterable[dict], confidence: float = 0.95) -> dict[tuple, Stat]:
-    """``{(learner, support_size, scenario, metric): Stat}`` over the rows' seeds (non-finite values dropped)."""
-    from metarec.report import mean_ci, mean_std
-
-    groups: dict[tuple, list[float]] = {}
-    for row in rows:
-        key = (row["learner"], row["support_size"], row["scenario"], row["metric"])
-        values = groups.setdefault(key, [])
-        if math.isfinite(row["value"]):
-            values.append(float(row["value"]))
-    out = {}
-    for key, values in groups.items():
-        if not values:
-            out[key] = Stat(0, math.nan, math.nan, math.nan)
-            continue
-        mean, half = mean_ci(values, confidence)
-        out[key] = Stat(len(values), mean, mean_std(values)[1] if len(values) > 1 else math.nan, half)
-    return out
-
-
-def _support_key(s: str | int) -> tuple[int, int]:
-    return (1, 0) if s == ALL else (0, int(s))
-
-
-def _scenarios(stats: dict[tuple, Stat], support: str | int | None = None) -> list[str]:
-    from metarec.data.splits import SCENARIOS
-
-    present = {k[2] for k in stats if support is None or k[1] == support}
-    return [s for s in SCENARIOS if s in present] + sorted(present - set(SCENARIOS))
-
-
-def _metric_label(m: str) -> str:
-    return m.upper() if m in ("mae", "rmse") else m.replace("ndcg", "nDCG")
-
-
-def _lower_is_better(metric: str) -> bool:
-    return not metric.startswith("ndcg")
-
-
-def _cell(stat: Optional[Stat], seeds: int, digits: int = 4) -> str:
-    if stat is None or stat.n == 0:
-        return "–"
-    text = f"{stat.mean:.{digits}f}"
-    if stat.n > 1:
-        text += f" ± {stat.half_width:.{digits}f}"
-    if stat.n != seeds:
-        text += f" (n={stat.n})"
-    return text
-
-
-def _table(header: list[str], rows: list[str], columns: list[list[Optional[Stat]]], lower: list[bool],
-           seeds: int) -> list[str]:
-    """Markdown table: ``columns[j][i]`` is row ``i``'s stat in column ``j``; best mean per column in bold."""
-    best: list[Optional[str]] = []
-    for col, low in zip(columns, lower):
-        means = [s.mean for s in col if s is not None and s.n > 0]
-        best.append(None if not means else f"{(min(means) if low else max(means)):.4f}")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i, name in enumerate(rows):
-        cells = [name]
-        for j, col in enumerate(columns):
-            stat = col[i]
-            text = _cell(stat, seeds)
-            if stat is not None and stat.n > 0 and best[j] is not None and f"{stat.mean:.4f}" == best[j]:
-                text = f"**{text}**"
-            cells.append(text)
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def render_markdown(stats: dict[tuple, Stat], learners: list[str], seeds: list[int], support_sizes: list[int],
-                    split_hash: str, n_runs: int, title: str = "metarec compare",
-                    overrides: Iterable[str] = ()) -> str:
-    n_seeds = len(seeds)
-    if n_seeds > 1:
-        ci = (f"Cells: mean ± h over {n_seeds} seeds, h = half-width of the 95% confidence interval of the mean "
-              f"(Student t, t.ppf(0.975, n-1) · s/√n); `(n=…)` marks a cell with fewer finite values than seeds.")
-    else:
-        ci = f"One seed ({seeds[0]}): the cells show that run's value only, no confidence interval."
-    over = " ".join(f"`{o}`" for o in overrides) or "none"
-    lines = [
-        f"# {title}",
-        "",
-        f"Split `{split_hash}` (DIR/{MANIFEST}, the same for every run); seeds {', '.join(map(str, seeds))}; "
-        f"{n_runs} runs ({_plural(len(learners), 'learner')} × {_plural(n_seeds, 'seed')}). Overrides: {over}.",
-        "",
-        "## Test metrics, full support",
-        "",
-        ci + " Best per column in **bold** (lowest MAE and RMSE, highest nDCG).",
-        "",
-    ]
-    scenarios = _scenarios(stats, ALL)
-    header = ["learner"] + [f"{s} {_metric_label(m)}" for s in scenarios for m in TABLE_METRICS]
-    columns = [[stats.get((l, ALL, s, m)) for l in learners] for s in scenarios for m in TABLE_METRICS]
-    lower = [_lower_is_better(m) for _ in scenarios for m in TABLE_METRICS]
-    lines += _table(header, learners, columns, lower, n_seeds)
-    lines += [
-        "",
-        f"## {_metric_label(CURVE_METRIC)} by support size (the cold-start curve)",
-        "",
-        "Column K: every test user's support cut to its first K ratings; users with fewer than K support ratings "
-        "are left out of that column (– where no user has K). Column all: the full support (as above). "
-        "Best per column in **bold** (lowest).",
-    ]
-    sizes: list[str | int] = [*support_sizes, ALL]
-    curve_scenarios = _scenarios(stats)
-    ordered = sorted(curve_scenarios, key=lambda s: s != "user_cold")  # user_cold first, then SCENARIOS order
-    for s in ordered:
-        header = ["learner"] + [f"K={k}" if k != ALL else "all" for k in sizes]
-        columns = [[stats.get((l, k, s, CURVE_METRIC)) for l in learners] for k in sizes]
-        lines += ["", f"### {s}", ""]
-        lines += _table(header, learners, columns, [_lower_is_better(CURVE_METRIC)] * len(sizes), n_seeds)
-    lines.append("")
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------- writing
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def csv_text(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
-    w.writeheader()
-    for row in rows:
-        w.writerow({**row, "value": repr(row["value"])})
-    return buf.getvalue()
-
-
-def _colors(n: int) -> list:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
-def _save(fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
-def _err(stat: Optional[Stat]) -> float:
-    return stat.half_width if stat is not None and stat.n > 1 and math.isfinite(stat.half_width) else 0.0
-
-
-def _mean(stat: Optional[Stat]) -> float:
-    return stat.mean if stat is not None and stat.n > 0 else math.nan
-
-
-def plot_curves(stats: dict[tuple, Stat], learners: list[str], support_sizes: list[int], n_seeds: int,
-                out: Path) -> list[Path]:
-    """``curve_<scenario>.png``: MAE vs support size K per learner (and the full-support value at 'all')."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullLocator
-
-    paths = []
-    colors = _colors(len(learners))
-    markers = "osD^vP*Xh<>p"
-    x_all = max(support_sizes) * 2.0
-    for scenario in _scenarios(stats):
-        fig = Figure(figsize=(7.5, 4.6))
-        ax = fig.add_subplot()
-        for i, learner in enumerate(learners):
-            shift = 1.025 ** (i - (len(learners) - 1) / 2)  # spread overlapping error bars a little
-            ks = [k * shift for k in support_sizes]
-            st = [stats.get((learner, k, scenario, CURVE_METRIC)) for k in support_sizes]
-            full = stats.get((learner, ALL, scenario, CURVE_METRIC))
-            style = dict(color=colors[i], marker=markers[i % len(markers)], markersize=5, capsize=3)
-            ax.errorbar(ks, [_mean(s) for s in st], yerr=[_err(s) for s in st], label=learner, linewidth=1.6, **style)
-            ax.errorbar([x_all * shift], [_mean(full)], yerr=[_err(full)], linestyle="none", **style)
-        ax.set_xscale("log")
-        ax.axvline((max(support_sizes) * x_all) ** 0.5, color="0.8", linestyle=":", linewidth=1)
-        ax.set_xticks([*support_sizes, x_all])
-        ax.set_xticklabels([str(k) for k in support_sizes] + ["all"])
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlabel("support size K (ratings of each test user used for adaptation; all = full support)")
-        ax.set_ylabel(f"test {_metric_label(CURVE_METRIC)} (lower is better)")
-        ci = "error bars: 95% CI over seeds" if n_seeds > 1 else "one seed: no error bars"
-        ax.set_title(f"{scenario}: {_metric_label(CURVE_METRIC)} vs support size ({ci})")
-        ax.grid(True, alpha=0.3)
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, title="learner")
-        paths.append(_save(fig, out / f"curve_{scenario}.png"))
-    return paths
-
-
-def plot_bars(stats: dict[tuple, Stat], learners: list[str], n_seeds: int, out: Path) -> Path:
-    """``bars_mae.png``: full-support MAE, grouped by scenario, one bar per learner, CI error bars."""
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    scenarios = _scenarios(stats, ALL)
-    colors = _colors(len(learners))
-    width = 0.8 / max(len(learners), 1)
-    fig = Figure(figsize=(max(7.5, 1.2 + 0.25 * len(learners) * len(scenarios)), 4.6))
-    ax = fig.add_subplot()
-    x = np.arange(len(scenarios))
-    lo, hi = math.inf, -math.inf
-    for i, learner in enumerate(learners):
-        st = [stats.get((learner, ALL, s, "mae")) for s in scenarios]
-        means, errs = [_mean(s) for s in st], [_err(s) for s in st]
-        ax.bar(x + (i - (len(learners) - 1) / 2) * width, means, width, yerr=errs, capsize=2,
-               color=colors[i], label=learner)
-        for m, e in zip(means, errs):
-            if math.isfinite(m):
-                lo, hi = min(lo, m - e), max(hi, m + e)
-    cut = ""
-    if math.isfinite(lo):
-        pad = max(hi - lo, 1e-3)
-        bottom = max(0.0, lo - pad)
-        ax.set_ylim(bottom, hi + 0.15 * pad)
-        cut = ", axis cut" if bottom > 0 else ""
-    ax.set_xticks(x)
-    ax.set_xticklabels(scenarios)
-    ax.set_xlabel("test scenario")
-    ax.set_ylabel(f"test MAE at full support (lower is better{cut})")
-    ci = "error bars: 95% CI over seeds" if n_seeds > 1 else "one seed: no error bars"
-    ax.set_title(f"MAE per scenario and learner ({ci})")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, title="learner")
-    return _save(fig, out / "bars_mae.png")
-
-
-def log_to_wandb(logger_cfg, out: Path, rows: list[dict], stats: dict[tuple, Stat], images: list[Path],
-                 config: dict) -> Optional[Path]:
-    """With ``logger.name == "wandb"``: one extra W&B run (under ``out/wandb``) holding the results table, a
-    summary table and the plots; returns its local folder. A no-op (``None``) for any other logger."""
-    if logger_cfg is None or logger_cfg.name != "wandb":
-        return None
-    os.environ.setdefault("WANDB_MODE", str(logger_cfg.mode))
-    os.environ.setdefault("WANDB_SILENT", "true")
-    import wandb
-
-    _finish_wandb_run()
-    run = wandb.init(
-        project=logger_cfg.project,
-        entity=logger_cfg.entity,
-        dir=str(out),
-        name=f"compare-{out.name}",
-        group="compare",
-        job_type="compare",
-        config=config,
-    )
-    try:
-        def plain(v):
-            return v if not isinstance(v, float) or math.isfinite(v) else None
-
-        results = wandb.Table(columns=list(CSV_COLUMNS), data=[[plain(r[c]) if c != "support_size" else str(r[c])
-                                                                for c in CSV_COLUMNS] for r in rows])
-        summary = wandb.Table(
-            columns=["learner", "support_size", "scenario", "metric", "n", "mean", "std", "ci95_half_width"],
-            data=[[k[0], str(k[1]), k[2], k[3], s.n, plain(s.mean), plain(s.std), plain(s.half_width)]
-                  for k, s in sorted(stats.items(), key=lambda kv: (kv[0][0], _support_key(kv[0][1]), kv[0][2:]))],
-        )
-        payload: dict[str, Any] = {"results": results, "summary": summary}
-        for p in images:
-            payload[p.stem] = wandb.Image(str(p), caption=p.stem)
-        run.log(payload)
-        local = Path(run.dir).parent
-    finally:
-        run.finish()
-    return local
 
 
 # ------------------------------------------------------------------------------------------ together

@@ -10,12 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metarec.config import data_config, to_object
 from metarec.data.datamodule import VAL_SCENARIO, ColdStartDataModule
-from metarec.errors import ConfigError
 from metarec.learners import LEARNERS, LearnerContext, MetaLearner
 from metarec.models import MODELS
 from metarec.runs import atomic_write_text, named_run_dir, new_run_dir, write_final_metrics

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
 import struct
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import cli_env, run_cli
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,19 +30,7 @@ TIMEOUT_S = 300
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "METAREC_"))}
-    env.update(
-        METAREC_CONFIG_DIR=str(CONFIGS),
-        METAREC_DATA_DIR=str(data_dir),
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
-        PYTHONUNBUFFERED="1",
-        # one thread per process: the models are tiny, and several OpenMP thread pools fighting over
-        # two cores (runs side by side, other test processes) can slow a run down tenfold
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-    )
-    env.update(extra)
-    return env
+    return cli_env(data_dir, **extra)
 
 
 def metarec(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -51,10 +39,7 @@ def metarec(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
         empty = cwd / "no-data"
         empty.mkdir(exist_ok=True)
         env = _env(empty)
-    return subprocess.run(
-        [sys.executable, "-m", "metarec.cli", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
-    )
+    return run_cli(*args, cwd=cwd, env=env)
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:

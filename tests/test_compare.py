@@ -9,14 +9,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import cli_env, run_cli
 import yaml
 
 from metarec.compare import ALL, Stat, make_spec, parse_metric, render_markdown, result_rows, summarize
@@ -31,33 +30,18 @@ LEARNERS = ("global", "item_mean", "user_mean")
 SEEDS = (0, 1)
 SIZES = (1, 3)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TIMEOUT_S = 300
 # scipy.stats.t.ppf(0.975, df): written out so that the arithmetic is checked against fixed numbers
 T975 = {1: 12.706204736174694, 2: 4.302652729749462, 3: 3.1824463052837078}
 
 
 def _env(tmp: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "METAREC_"))}
     empty = tmp / "no-data"
     empty.mkdir(exist_ok=True)
-    env.update(
-        METAREC_CONFIG_DIR=str(CONFIGS),
-        METAREC_DATA_DIR=str(empty),
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
-        PYTHONUNBUFFERED="1",
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        MPLCONFIGDIR=str(tmp / "mpl"),
-    )
-    env.update(extra)
-    return env
+    return cli_env(empty, MPLCONFIGDIR=str(tmp / "mpl"), **extra)
 
 
 def metarec(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "metarec.cli", *args],
-        cwd=cwd, env=env or _env(cwd), capture_output=True, text=True, timeout=TIMEOUT_S,
-    )
+    return run_cli(*args, cwd=cwd, env=env or _env(cwd))
 
 
 def grid_args(out: Path, *extra: str) -> list[str]:

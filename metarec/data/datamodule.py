@@ -13,7 +13,6 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from metarec.data.episodes import EpisodeCollator, FeatureTables
