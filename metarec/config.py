@@ -40,6 +40,8 @@ class TrainerConfig:
     limit_val_batches: Optional[float] = None
     limit_test_batches: Optional[float] = None
     fast_dev_run: bool = False
+    nonfinite: str = "skip"  # skip | fail: a meta-step with a non-finite loss or meta-gradient
+    max_nonfinite: int = 10  # with skip: stop (NonFiniteError) once more steps than this were skipped
 
 
 @dataclass
@@ -185,6 +187,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     out.trainer = _check_section("trainer", cfg.get("trainer"), TrainerConfig)
     if out.trainer.max_epochs < 1 or out.trainer.patience < 0:
         raise ConfigError("trainer.max_epochs must be >= 1 and trainer.patience >= 0")
+    if out.trainer.nonfinite not in ("skip", "fail") or out.trainer.max_nonfinite < 0:
+        raise ConfigError("trainer.nonfinite must be skip or fail, and trainer.max_nonfinite >= 0")
     out.logger = _check_section("logger", cfg.get("logger"), LoggerConfig)
     if out.logger.name not in ("csv", "wandb"):
         raise ConfigError(f"logger.name must be csv or wandb, got {out.logger.name!r}")

@@ -15,3 +15,7 @@ class ConfigError(MetarecError):
 
 class DataError(MetarecError):
     """Missing, malformed or unusable data files or splits."""
+
+
+class NonFiniteError(MetarecError):
+    """Meta-training produced a non-finite loss or meta-gradient and the policy says stop."""

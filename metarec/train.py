@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metarec.config import data_config, to_object
 from metarec.data.datamodule import VAL_SCENARIO, ColdStartDataModule
+from metarec.errors import MetarecError
 from metarec.learners import LEARNERS, LearnerContext, MetaLearner
 from metarec.models import MODELS
 from metarec.runs import atomic_write_text, named_run_dir, new_run_dir, write_final_metrics
@@ -27,6 +29,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*TreeSpec.*")
+    warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")  # a skipped non-finite step
 
 
 def build(cfg: DictConfig) -> tuple[ColdStartDataModule, MetaLearner]:
@@ -45,10 +48,25 @@ def build(cfg: DictConfig) -> tuple[ColdStartDataModule, MetaLearner]:
         test_scenarios=dm.scenarios,
         train_items=dm.split.train_ratings(),
         n_items=ds.n_items,
+        label=learner_label(cfg),
+        nonfinite=cfg.trainer.nonfinite,
+        max_nonfinite=cfg.trainer.max_nonfinite,
+        hint=_nonfinite_hint(cfg),
     )
     entry = LEARNERS.get(cfg.learner.name)
     learner = entry.factory(model, ctx, to_object(cfg.learner, entry.config_cls))
     return dm, learner
+
+
+def _nonfinite_hint(cfg: DictConfig) -> str:
+    parts = []
+    if "inner_lr" in cfg.learner:
+        parts.append(f"lower learner.inner_lr (now {cfg.learner.inner_lr})")
+    parts.append(f"lower learner.lr (now {cfg.learner.get('lr', '-')})")
+    parts.append("set trainer.gradient_clip_val")
+    if "inner_grad_clip" in cfg.learner:
+        parts.append("set learner.inner_grad_clip")
+    return ", ".join(parts[:-1]) + " or " + parts[-1]
 
 
 def _logger(cfg: DictConfig, run_dir: Path):
@@ -100,6 +118,28 @@ def _trainer(cfg: DictConfig, run_dir: Path, trainable: bool) -> tuple[pl.Traine
     return trainer, checkpoint
 
 
+def check_checkpoint(path: str | Path) -> None:
+    """Refuse, with one clear line, a checkpoint that is missing, truncated or corrupt, or that carries
+    anything but tensors and plain data (it is only ever read with ``torch.load(weights_only=True)``)."""
+    import pickle
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MetarecError(f"checkpoint {path} does not exist") from None
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise MetarecError(
+                f"checkpoint {path} holds objects other than tensors and plain data; refusing to load it "
+                f"(loaded with weights_only=True): {first}"
+            ) from None
+        raise MetarecError(f"checkpoint {path} is truncated or corrupt: {first}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MetarecError(f"checkpoint {path} is truncated or corrupt: {first}") from None
+
+
 def learner_label(cfg: DictConfig) -> str:
     """The learner's option name (e.g. ``fomaml``, ``melu5``), else its registry name."""
     choices = cfg.get("choices") or {}
@@ -110,8 +150,10 @@ def _test(trainer: pl.Trainer, learner: MetaLearner, dm: ColdStartDataModule, ck
     """One test pass over every scenario; with ``support_size`` K, metrics are named ``test_kK/...``."""
     dm.test_support_size = support_size
     learner.test_stage = "test" if support_size is None else f"test_k{support_size}"
+    if ckpt is not None:
+        check_checkpoint(ckpt)
     try:
-        results = trainer.test(learner, datamodule=dm, ckpt_path=ckpt, verbose=False)
+        results = trainer.test(learner, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
     finally:
         dm.test_support_size, learner.test_stage = None, "test"
     return {

@@ -14,6 +14,7 @@ import torch
 
 from metarec.data.schema import RecDataset
 from metarec.data.splits import Task
+from metarec.errors import DataError
 from metarec.models.base import Features
 
 
@@ -77,6 +78,8 @@ class EpisodeCollator:
 
     def __call__(self, tasks: list[Task]) -> EpisodeBatch:
         n = len(tasks)
+        if n == 0:
+            raise DataError("cannot collate an empty list of tasks")
         s_len = max(1, max(len(t.support_items) for t in tasks))
         q_len = max(1, max(len(t.query_items) for t in tasks))
         length = s_len + q_len

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from metarec.data.episodes import EpisodeBatch
+from metarec.errors import NonFiniteError
 from metarec.metrics import rating_metrics
 from metarec.models.base import BaseRecommender
 
@@ -30,6 +31,10 @@ class LearnerContext:
     test_scenarios: list[str]
     train_items: Any = None  # (items, ratings) arrays seen by training; for statistics baselines
     n_items: int = 0
+    label: str = "learner"  # the learner option's name, for messages
+    nonfinite: str = "skip"  # skip | fail: what a non-finite loss or meta-gradient does
+    max_nonfinite: int = 10  # with "skip": fail once more meta-steps than this were skipped
+    hint: str = "lower learner.inner_lr or set trainer.gradient_clip_val / learner.inner_grad_clip"
 
 
 def masked_mse_per_task(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -57,10 +62,40 @@ class MetaLearner(pl.LightningModule):
         raise NotImplementedError
 
     # --------------------------------------------------------------- lightning
-    def training_step(self, batch: EpisodeBatch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: EpisodeBatch, batch_idx: int) -> torch.Tensor | None:
         loss, _ = self.meta_step(batch, train=True)
+        if not torch.isfinite(loss):
+            self.nonfinite_step("query loss")
+            return None  # Lightning skips backward and the optimiser step
         self.log("train/loss", loss, batch_size=batch.n_tasks, prog_bar=True, on_step=True, on_epoch=True)
         return loss
+
+    # -------------------------------------------------------------- non-finite guard
+    skipped_steps = 0
+
+    def nonfinite_step(self, what: str) -> None:
+        """Count a meta-step dropped for a non-finite ``what``; raise per the policy."""
+        self.skipped_steps += 1
+        step = self.trainer.global_step if self._trainer is not None else self.skipped_steps
+        if self._trainer is not None:
+            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+        if self.ctx.nonfinite == "fail" or self.skipped_steps > self.ctx.max_nonfinite:
+            why = ""
+            if self.ctx.nonfinite != "fail":
+                why = f" ({self.skipped_steps} meta-steps skipped, more than trainer.max_nonfinite={self.ctx.max_nonfinite})"
+            raise NonFiniteError(f"{self.ctx.label}: non-finite {what} at meta-step {step}{why}; {self.ctx.hint}")
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """Run the step's closure (training_step + backward), then drop the step if a meta-gradient is
+        not finite; otherwise step the optimiser."""
+        if optimizer_closure is not None:
+            optimizer_closure()
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and not all(torch.isfinite(g).all() for g in grads):
+            optimizer.zero_grad()
+            self.nonfinite_step("meta-gradient")
+            return
+        optimizer.step()
 
     def _eval_step(self, stage: str, batch: EpisodeBatch, dataloader_idx: int) -> None:
         names = self.ctx.val_scenarios if stage == "val" else self.ctx.test_scenarios

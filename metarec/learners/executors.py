@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch.func import functional_call, grad, vmap
 
+from metarec._l2l import l2l
 from metarec.data.episodes import EpisodeBatch
 from metarec.errors import ConfigError
 from metarec.learners.base import masked_mse_per_task
@@ -30,14 +31,26 @@ from metarec.models.base import BaseRecommender, Features
 EXECUTORS = ("vmap", "learn2learn")
 
 
+def clip_by_global_norm(grads: list, max_norm: float | None) -> list:
+    """Scale a task's inner gradients so that their joint L2 norm is at most ``max_norm``
+    (differentiably, so the meta-gradient sees the clipping). ``None`` entries are kept."""
+    if max_norm is None:
+        return grads
+    norm = torch.sqrt(sum((g**2).sum() for g in grads if g is not None))
+    scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    return [None if g is None else g * scale for g in grads]
+
+
 class Executor:
     """Shared set-up: the adapted module wrapped in a learn2learn algorithm (it also owns Meta-SGD's
     learned rates, so both executors train the very same parameters)."""
 
-    def __init__(self, model: BaseRecommender, scope: str, wrapper_cls: Any, inner_lr: float, first_order: bool):
+    def __init__(self, model: BaseRecommender, scope: str, wrapper_cls: Any, inner_lr: float, first_order: bool,
+                 inner_grad_clip: float | None = None):
         self.prefix, module = model.scope_split(scope)
         self.wrapper = wrapper_cls(module, lr=inner_lr, first_order=first_order)
         self.inner_lr = inner_lr
+        self.inner_grad_clip = inner_grad_clip
 
     @property
     def module(self) -> torch.nn.Module:
@@ -90,11 +103,25 @@ class L2LExecutor(Executor):
         args, y, m = self.block(batch, x, t, "support")
         for _ in range(steps):
             loss = masked_mse_per_task(self.predict(learner, args), y, m)
-            if self._is_maml:
+            if self.inner_grad_clip is not None:
+                self._clipped_update(learner, loss, first_order)
+            elif self._is_maml:
                 learner.adapt(loss, first_order=first_order, allow_unused=True)
             else:
                 learner.adapt(loss, first_order=first_order)
         return learner
+
+    def _clipped_update(self, learner, loss: torch.Tensor, first_order: bool) -> None:
+        """``learner.adapt`` with the task's inner gradient clipped (learn2learn's own update rules)."""
+        grads = torch.autograd.grad(
+            loss, list(learner.module.parameters()), create_graph=not first_order, retain_graph=not first_order,
+            allow_unused=True,
+        )
+        grads = clip_by_global_norm(list(grads), self.inner_grad_clip)
+        if self._is_maml:
+            learner.module = l2l.algorithms.maml_update(learner.module, learner.lr, grads)
+        else:
+            learner.module = l2l.algorithms.meta_sgd_update(learner.module, learner.lrs, grads)
 
     def query_loss(self, learner, batch: EpisodeBatch, x: torch.Tensor | None, t: int):
         args, y, m = self.block(batch, x, t, "query")
@@ -143,7 +170,8 @@ class VmapExecutor(Executor):
         if x is not None:
             args: tuple = (x[:, sl],)
         else:
-            args = (batch.user.categorical, batch.user.multihot, batch.item.categorical[:, sl], batch.item.multihot[:, sl])
+            item = batch.item
+            args = (batch.user.categorical, batch.user.multihot, item.categorical[:, sl], item.multihot[:, sl])
         return args, batch.ratings[:, sl], mask
 
     def _forward(self, params: dict, args: tuple) -> torch.Tensor:
@@ -163,6 +191,7 @@ class VmapExecutor(Executor):
             p = params
             for _ in range(steps):
                 g = grad(support_loss)(p, s_args, s_y, s_m)
+                g = dict(zip(self.names, clip_by_global_norm([g[n] for n in self.names], self.inner_grad_clip)))
                 p = {n: p[n] - lrs[n] * (g[n].detach() if first_order else g[n]) for n in self.names}
             out = self._forward(p, q_args)
             return p, masked_mse_per_task(out, q_y, q_m), out
@@ -193,9 +222,11 @@ class VmapExecutor(Executor):
 
 
 def make_executor(name: str, model: BaseRecommender, scope: str, wrapper_cls: Any, inner_lr: float,
-                  first_order: bool, chunk_size: int | None = None) -> Executor:
+                  first_order: bool, chunk_size: int | None = None, inner_grad_clip: float | None = None) -> Executor:
+    if inner_grad_clip is not None and inner_grad_clip <= 0:
+        raise ConfigError(f"learner.inner_grad_clip must be > 0 or null, got {inner_grad_clip}")
     if name == "learn2learn":
-        return L2LExecutor(model, scope, wrapper_cls, inner_lr, first_order)
+        return L2LExecutor(model, scope, wrapper_cls, inner_lr, first_order, inner_grad_clip)
     if name == "vmap":
-        return VmapExecutor(model, scope, wrapper_cls, inner_lr, first_order, chunk_size=chunk_size)
+        return VmapExecutor(model, scope, wrapper_cls, inner_lr, first_order, inner_grad_clip, chunk_size=chunk_size)
     raise ConfigError(f"learner.executor must be one of {', '.join(EXECUTORS)}, got {name!r}")

@@ -32,7 +32,8 @@ class MAMLConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     executor: str = "vmap"  # vmap | learn2learn (the reference; same numbers, slower)
-    chunk_size: Optional[int] = None  # vmap: tasks per vectorised chunk (bounds memory)
+    chunk_size: Optional[int] = None
+    inner_grad_clip: Optional[float] = None  # clip each task's inner gradient to this global L2 norm  # vmap: tasks per vectorised chunk (bounds memory)
 
 
 def check_inner(cfg) -> None:
@@ -52,7 +53,8 @@ class MAML(MetaLearner):
         check_inner(cfg)
         self.cfg = cfg
         self.executor = make_executor(
-            cfg.executor, model, cfg.scope, self.wrapper_cls, cfg.inner_lr, cfg.first_order, cfg.chunk_size
+            cfg.executor, model, cfg.scope, self.wrapper_cls, cfg.inner_lr, cfg.first_order, cfg.chunk_size,
+            cfg.inner_grad_clip,
         )
         self.maml = self.executor.wrapper  # registered so its own parameters (e.g. MetaSGD lrs) train
 

@@ -34,6 +34,7 @@ class ReptileConfig:
     weight_decay: float = 0.0
     executor: str = "vmap"
     chunk_size: Optional[int] = None
+    inner_grad_clip: Optional[float] = None  # clip each task's inner gradient to this global L2 norm
 
 
 class Reptile(MetaLearner):
@@ -44,7 +45,8 @@ class Reptile(MetaLearner):
             raise ConfigError(f"learner.outer_optimizer must be sgd or adam, got {cfg.outer_optimizer!r}")
         self.cfg = cfg
         self.executor = make_executor(
-            cfg.executor, model, cfg.scope, l2l.algorithms.MAML, cfg.inner_lr, True, cfg.chunk_size
+            cfg.executor, model, cfg.scope, l2l.algorithms.MAML, cfg.inner_lr, True, cfg.chunk_size,
+            cfg.inner_grad_clip,
         )
         self.automatic_optimization = False
 
@@ -62,6 +64,9 @@ class Reptile(MetaLearner):
         opt = self.optimizers()
         opt.zero_grad()
         direction, loss = self.reptile_direction(batch)
+        if not (torch.isfinite(loss) and all(torch.isfinite(d).all() for d in direction)):
+            self.nonfinite_step("adapted parameters or query loss")
+            return None
         for p, d in zip(self.executor.module.parameters(), direction):
             p.grad = d
         opt.step()

@@ -89,6 +89,8 @@ def _check(cfg: SyntheticConfig) -> None:
     for key in ("user_spread", "prior_strength", "item_bias", "noise", "popularity"):
         if getattr(cfg, key) < 0:
             raise bad(f"{key} must not be negative, got {getattr(cfg, key)}")
+    if cfg.seed < 0:
+        raise bad(f"seed must not be negative, got {cfg.seed}")
 
 
 def _user_categorical(rng: np.random.Generator, n_users: int) -> np.ndarray:
