@@ -135,6 +135,8 @@ def summarise(run: dict) -> dict:
         "growth_last_half_pct": 100 * growth / rss[n],
         "slope_second_half_mb_per_100": slope_per_100(second_half),
         "limit_mb": limit,
+        "below_1pct_rss": growth < REL_LIMIT * rss[n],
+        "below_5mb": growth < ABS_LIMIT_MB,
         "plateau": growth < limit,
         "seconds": run["seconds"],
         "ms_per_batch": 1000 * run["seconds"] / n,
@@ -160,15 +162,18 @@ def table(rows: list[dict]) -> str:
     n = rows[0]["batches"]
     half = n // 2
     head = (f"| executor | RSS @1 MB | RSS @100 MB | RSS @{half} MB | RSS @{n} MB | growth 100->{n} MB "
-            f"| growth last {n - half} MB (% RSS) | slope 2nd half MB/100 batches | ms/batch | verdict |")
-    lines = [head, "|" + "---|" * 10]
+            f"| growth last {n - half} MB (% RSS) | slope 2nd half MB/100 batches | < 1% RSS | < 5 MB | ms/batch "
+            "| verdict |")
+    lines = [head, "|" + "---|" * 12]
+    yn = {True: "yes", False: "no"}
     for r in rows:
         verdict = "PLATEAU" if r["plateau"] else "GROWS"
         lines.append(
             f"| {r['executor']} | {r['rss_first_mb']:.1f} | {r['rss_100_mb']:.1f} | {r['rss_half_mb']:.1f} "
             f"| {r['rss_final_mb']:.1f} | {r['growth_100_to_final_mb']:+.2f} "
             f"| {r['growth_last_half_mb']:+.2f} ({r['growth_last_half_pct']:+.2f}%) "
-            f"| {r['slope_second_half_mb_per_100']:+.3f} | {r['ms_per_batch']:.0f} | **{verdict}** |"
+            f"| {r['slope_second_half_mb_per_100']:+.3f} | {yn[r['below_1pct_rss']]} | {yn[r['below_5mb']]} "
+            f"| {r['ms_per_batch']:.0f} | **{verdict}** |"
         )
     return "\n".join(lines)
 
@@ -248,6 +253,9 @@ def main() -> None:
         "",
         f"**{verdict}** (criterion: growth from batch {n // 2} to {n} < max(1% of final RSS, "
         f"{ABS_LIMIT_MB:.0f} MB); the slope is a least-squares fit over batches {n // 2}..{n}.)",
+        "",
+        "Most of the RSS is the imported libraries (torch alone maps about 700 MB, Lightning about 300 MB "
+        "more), so 1% of RSS is about 11 MB; the table also shows the stricter 5 MB test on its own.",
         "",
         "## RSS samples",
         "",

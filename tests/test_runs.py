@@ -1,0 +1,64 @@
+"""Run folders: unique, never clobbered, finished only when metrics.json exists."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from metarec.errors import MetarecError
+from metarec.runs import finished_runs, is_finished, named_run_dir, new_run_dir, write_final_metrics
+
+
+def test_concurrent_runs_with_the_same_label_get_distinct_folders(tmp_path):
+    made: list = []
+    lock = threading.Lock()
+
+    def make():
+        for _ in range(25):
+            path = new_run_dir(tmp_path, "exp", "maml-s0")
+            with lock:
+                made.append(path)
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 100 and len(set(made)) == 100
+    assert all(p.is_dir() and p.parent == tmp_path / "exp" for p in made)
+
+
+def test_a_run_is_finished_exactly_when_its_metrics_file_exists(tmp_path):
+    run = new_run_dir(tmp_path, "exp", "x")
+    (run / "metrics.csv").write_text("half-written")
+    assert not is_finished(run) and finished_runs(tmp_path) == []
+    write_final_metrics(run, {"learner": "x", "metrics": {"test/warm/mae": 0.5}})
+    assert is_finished(run)
+    assert json.loads((run / "metrics.json").read_text())["metrics"] == {"test/warm/mae": 0.5}
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_named_runs_are_never_overwritten_once_finished_and_restart_when_not(tmp_path):
+    run = named_run_dir(tmp_path, "exp", "maml-s0")
+    (run / "config.yaml").write_text("a: 1")
+    (run / "partial").write_text("left by an interrupted run")
+    again = named_run_dir(tmp_path, "exp", "maml-s0")  # unfinished: cleared and reused
+    assert again == run and list(again.iterdir()) == []
+    (again / "config.yaml").write_text("a: 1")
+    write_final_metrics(again, {"learner": "maml", "metrics": {}})
+    with pytest.raises(MetarecError, match="already finished"):
+        named_run_dir(tmp_path, "exp", "maml-s0")
+    assert is_finished(run)
+
+
+def test_a_folder_that_is_not_a_run_is_never_cleared(tmp_path):
+    precious = tmp_path / "exp" / "notes"
+    precious.mkdir(parents=True)
+    (precious / "thesis.tex").write_text("keep me")
+    with pytest.raises(MetarecError, match="not a metarec run folder"):
+        named_run_dir(tmp_path, "exp", "notes")
+    assert (precious / "thesis.tex").read_text() == "keep me"
+    with pytest.raises(MetarecError, match="plain folder name"):
+        named_run_dir(tmp_path, "exp", "../escape")
