@@ -74,7 +74,7 @@ def child(executor: str, n_batches: int, extra: list[str]) -> dict:
     class RssProbe(pl.Callback):
         def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
             n = batch_idx + 1
-            if n == 1 or n % EVERY == 0:
+            if n == 1 or n % EVERY == 0 or n == n_batches:
                 samples.append((n, rss_mb()))
                 times.append(time.perf_counter())
 

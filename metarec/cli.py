@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("root", nargs="+", help="run folders or folders holding runs")
     rep.add_argument("--stage", default="test")
     _add_compare(sub)
+    _add_recommend(sub)
     return p
 
 
@@ -88,6 +89,97 @@ def _add_compare(sub) -> None:
                      help="support sizes K of the extra test passes (default: "
                           f"{' '.join(map(str, DEFAULT_SUPPORT_SIZES))})")
     cmp.add_argument("overrides", nargs="*", metavar="group=option|key=value", help="applied to every run")
+
+
+def _add_recommend(sub) -> None:
+    rec = sub.add_parser(
+        "recommend",
+        help="adapt a finished run to a new user's ratings and print the top-k items",
+        description="Adapt a finished run's learner to a new user's ratings (as at test time) and rank "
+                    "every item.",
+        epilog="The ratings file is CSV with the header `item,rating` (original item ids). Rows are "
+               "numbered as in a spreadsheet: the header is row 1.",
+    )
+    rec.add_argument("--run", required=True, metavar="RUN", help="a finished run folder (holding metrics.json)")
+    rec.add_argument("--ratings", required=True, metavar="CSV", help="the new user's ratings: columns item,rating")
+    rec.add_argument("-k", type=int, default=10, help="number of items to list (default: 10)")
+    rec.add_argument("--include-seen", action="store_true", help="also list the items the user rated")
+    rec.add_argument("--user-feature", action="append", default=[], metavar="FIELD=CODE",
+                     help="a user feature value code (repeatable; unknown when not given)")
+
+
+def _read_ratings_csv(path: Path) -> tuple[list[tuple[str, float]], list[str]]:
+    """``(item, rating)`` pairs of a CSV with header ``item,rating``; each named by its row ("row N")."""
+    import csv
+
+    if not path.is_file():
+        raise MetarecError(f"ratings file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MetarecError(f"cannot read ratings file {path}: {e}") from None
+    try:
+        rows = list(csv.reader(text.splitlines()))
+    except csv.Error as e:
+        raise MetarecError(f"ratings file {path} is not valid CSV: {e}") from None
+    numbered = [(n, row) for n, row in enumerate(rows, start=1) if any(c.strip() for c in row)]
+    if not numbered:
+        raise MetarecError(f"ratings file {path} is empty; expected the header item,rating")
+    header = [c.strip().lower() for c in numbered[0][1]]
+    if "item" not in header or "rating" not in header:
+        raise MetarecError(f"ratings file {path}: the header must name the columns item and rating, got {','.join(header)}")
+    i_item, i_rating = header.index("item"), header.index("rating")
+    pairs, names = [], []
+    for n, row in numbered[1:]:
+        where = f"{path} row {n}"
+        if len(row) != len(header):
+            raise MetarecError(f"{where}: expected {len(header)} columns ({','.join(header)}), got {len(row)}")
+        item, rating = row[i_item].strip(), row[i_rating].strip()
+        if not item:
+            raise MetarecError(f"{where}: missing item")
+        if not rating:
+            raise MetarecError(f"{where}: missing rating")
+        try:
+            value = float(rating)
+        except ValueError:
+            raise MetarecError(f"{where}: rating {rating!r} is not a number") from None
+        pairs.append((item, value))
+        names.append(where)
+    if not pairs:
+        raise MetarecError(f"ratings file {path} has no ratings below its header")
+    return pairs, names
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    features: dict[str, int] = {}
+    for arg in args.user_feature:
+        name, sep, value = arg.partition("=")
+        if not sep or not name.strip():
+            raise MetarecError(f"--user-feature {arg!r} is not of the form FIELD=CODE")
+        try:
+            features[name.strip()] = int(value)
+        except ValueError:
+            raise MetarecError(f"--user-feature {arg!r}: {value!r} is not an integer code") from None
+    if args.k < 1:
+        raise MetarecError(f"-k must be at least 1, got {args.k}")
+    pairs, names = _read_ratings_csv(Path(args.ratings))  # before torch is imported: bad rows fail fast
+    from metarec.recommend import Recommender
+
+    rec = Recommender.load(args.run)
+    user = rec.adapt(pairs, features or None, entry_names=names)
+    top = user.recommend(args.k, exclude_seen=not args.include_seen)
+    rows = [(str(r), str(item), title, f"{score:.2f}") for r, (item, title, score) in enumerate(top, start=1)]
+    head = ("rank", "item", "title", "predicted rating")
+    widths = [max(len(h), *(len(row[j]) for row in rows)) if rows else len(h) for j, h in enumerate(head)]
+
+    def line(cells) -> str:
+        return "  ".join([cells[0].rjust(widths[0]), cells[1].rjust(widths[1]), cells[2].ljust(widths[2]),
+                          cells[3].rjust(widths[3])]).rstrip()
+
+    print(line(head))
+    for row in rows:
+        print(line(row))
+    return 0
 
 
 def _split_off_overrides(values: list[str] | None, overrides: list[str]) -> list[str] | None:
@@ -157,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_fit(args)
         if args.command == "compare":
             return _cmd_compare(args)
+        if args.command == "recommend":
+            return _cmd_recommend(args)
         return _cmd_report(args)
     except MetarecError as e:
         print(f"metarec: error: {e}", file=sys.stderr)

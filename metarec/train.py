@@ -52,6 +52,11 @@ def build(cfg: DictConfig) -> tuple[ColdStartDataModule, MetaLearner]:
         nonfinite=cfg.trainer.nonfinite,
         max_nonfinite=cfg.trainer.max_nonfinite,
         hint=_nonfinite_hint(cfg),
+        ranking_ks=tuple(int(k) for k in cfg.data.ranking_ks),
+        all_items=dm.collate.tables.items(torch.arange(ds.n_items)),
+        new_item_mask=torch.as_tensor(dm.split.new_item_mask),
+        relevance_threshold=float(cfg.data.relevance_threshold),
+        implicit=bool(getattr(ds, "implicit", False)),
     )
     entry = LEARNERS.get(cfg.learner.name)
     learner = entry.factory(model, ctx, to_object(cfg.learner, entry.config_cls))

@@ -194,13 +194,59 @@ def test_ml100k_loader_corrupted_file(corruption: tuple[str, bytes]) -> None:
 # 2. Splits and collation on random shapes
 
 
+INVALID = st.sampled_from([None] * 6 + ["one"])  # about one example in seven gets one invalid option
+
+
 @st.composite
-def synthetic_params(draw) -> dict:
-    n_items = draw(st.integers(1, 25))
-    lo = draw(st.integers(1, n_items))
-    hi = draw(st.integers(lo, n_items))
+def split_configs(draw) -> SplitConfig:
+    """Mostly valid configs (so that splits get made) with now and then one invalid option."""
+    query = draw(st.integers(1, 5))
+    support = draw(st.one_of(st.none(), st.integers(1, 5)))
+    min_support = draw(st.integers(1, 3))
+    lo = query + max(min_support, support or 0) + draw(st.integers(0, 4))
+    fraction = st.one_of(st.floats(0.15, 0.6), st.floats(0.0, 0.6))  # 0 often leaves a scenario empty
+    values = dict(
+        seed=draw(st.integers(0, 2**32)),
+        min_ratings=lo,
+        max_ratings=lo + draw(st.one_of(st.integers(4, 15), st.integers(0, 15))),
+        new_user_fraction=draw(fraction),
+        val_user_fraction=draw(fraction),
+        new_item_method=draw(st.sampled_from(NEW_ITEM_METHODS)),
+        new_item_fraction=draw(fraction),
+        new_item_year=draw(st.integers(1945, 2005)),
+        query_size=query,
+        support_size=support,
+        min_support=min_support,
+        scenarios=draw(st.lists(st.sampled_from(SCENARIOS), min_size=1, max_size=4, unique=True)),
+    )
+    if draw(INVALID):
+        key, bad = draw(
+            st.sampled_from([
+                ("seed", -1), ("query_size", 0), ("query_size", -3), ("support_size", 0),
+                ("min_support", 0), ("min_ratings", lo - 1), ("max_ratings", lo - 1),
+                ("new_user_fraction", 1.0), ("val_user_fraction", -0.1), ("new_item_fraction", 1.5),
+                ("new_item_fraction", float("nan")), ("new_item_method", "bogus"),
+                ("scenarios", []), ("scenarios", ["warm", "nope"]),
+            ])
+        )  # fmt: skip
+        values[key] = bad
+    return SplitConfig(**values)
+
+
+@st.composite
+def synthetic_params(draw, cfg: SplitConfig) -> dict:
+    """A small synthetic dataset whose users' rating counts mostly overlap the split's range."""
+    if draw(st.sampled_from(["aimed"] * 3 + ["free"])) == "aimed":  # counts inside the split's range
+        top = max(cfg.max_ratings, cfg.min_ratings, 1)
+        lo = draw(st.integers(max((cfg.min_ratings + top) // 2, 1), top))  # upper half: room for new items
+        hi = draw(st.integers(lo, max(lo, cfg.max_ratings)))
+        n_items = draw(st.integers(hi, hi + 20))
+    else:
+        n_items = draw(st.integers(1, 30))
+        lo = draw(st.integers(1, n_items))
+        hi = draw(st.integers(lo, n_items))
     params = dict(
-        n_users=draw(st.integers(1, 30)),
+        n_users=draw(st.one_of(st.integers(8, 40), st.integers(1, 40))),
         n_items=n_items,
         min_ratings=lo,
         max_ratings=hi,
@@ -208,37 +254,10 @@ def synthetic_params(draw) -> dict:
         n_genres=draw(st.integers(1, 5)),
         seed=draw(st.integers(0, 2**32)),
     )
-    # Now and then an invalid option: the source must answer with ConfigError.
-    bad = draw(st.sampled_from([None] * 8 + ["n_users", "n_items", "min_ratings", "max_ratings", "seed"]))
-    if bad is not None:
-        params[bad] = draw(st.integers(-3, 0)) if bad != "max_ratings" else lo - 1
+    if draw(INVALID):  # the source must answer with ConfigError
+        key = draw(st.sampled_from(["n_users", "n_items", "min_ratings", "max_ratings", "seed", "n_genres"]))
+        params[key] = lo - 1 if key == "max_ratings" else draw(st.integers(-3, 0))
     return params
-
-
-@st.composite
-def split_configs(draw) -> SplitConfig:
-    fraction = st.one_of(st.floats(0.0, 0.95), st.sampled_from([0.0, 0.5, -0.1, 1.0, 1.5]))
-    lo = draw(st.integers(0, 25))
-    return SplitConfig(
-        seed=draw(st.integers(-2, 2**32)),
-        min_ratings=lo,
-        max_ratings=draw(st.integers(lo - 2, 30)),
-        new_user_fraction=draw(fraction),
-        val_user_fraction=draw(fraction),
-        new_item_method=draw(st.sampled_from([*NEW_ITEM_METHODS, "bogus"])),
-        new_item_fraction=draw(fraction),
-        new_item_year=draw(st.integers(1945, 2005)),
-        query_size=draw(st.integers(-1, 8)),
-        support_size=draw(st.one_of(st.none(), st.integers(-1, 8))),
-        min_support=draw(st.integers(0, 4)),
-        scenarios=draw(
-            st.one_of(
-                st.lists(st.sampled_from(SCENARIOS), min_size=1, max_size=4, unique=True),
-                st.just([]),
-                st.just(["warm", "nope"]),
-            )
-        ),
-    )
 
 
 def _check_split(ds: RecDataset, cfg: SplitConfig, split: ColdStartSplit) -> None:
@@ -253,9 +272,11 @@ def _check_split(ds: RecDataset, cfg: SplitConfig, split: ColdStartSplit) -> Non
         assert tasks, f"scenario {name} is empty"
         for t in tasks:
             assert len(t.query_items) == cfg.query_size == len(t.query_ratings)
-            assert len(t.support_items) == len(t.support_ratings) >= cfg.needed_support
-            if cfg.support_size is not None:
-                assert len(t.support_items) <= cfg.support_size
+            assert len(t.support_items) == len(t.support_ratings)
+            if cfg.support_size is not None:  # support_size wins over min_support (as in test_splits)
+                assert len(t.support_items) == cfg.support_size
+            else:
+                assert len(t.support_items) >= cfg.min_support
             both = np.concatenate([t.support_items, t.query_items])
             assert len(np.unique(both)) == len(both), "support and query overlap"
             want_new = name in ("item_cold", "user_item_cold")
@@ -263,14 +284,16 @@ def _check_split(ds: RecDataset, cfg: SplitConfig, split: ColdStartSplit) -> Non
             ratings = np.concatenate([t.support_ratings, t.query_ratings])
             for i, r in zip(both, ratings):
                 assert np.isclose(rated[(t.user, int(i))], r)
-    for u, (items, ratings) in split.train_pool.items():
+    for items, _ in split.train_pool.values():
         assert len(items) >= cfg.query_size + cfg.needed_support
         assert not split.new_item_mask[items].any()
 
 
-@settings(max_examples=150, **FUZZ)
-@given(synthetic_params(), split_configs())
-def test_make_split_random_shapes(params: dict, cfg: SplitConfig) -> None:
+@settings(max_examples=200, **FUZZ)
+@given(data=st.data())
+def test_make_split_random_shapes(data) -> None:
+    cfg = data.draw(split_configs(), label="cfg")
+    params = data.draw(synthetic_params(cfg), label="params")
     try:
         ds = load_dataset("synthetic", params, None)
     except ConfigError as e:
@@ -362,15 +385,22 @@ def test_collator_empty_task_list(small_ds: RecDataset) -> None:
 # ---------------------------------------------------------------------------------------------
 # 3. Manifest round trip under corruption
 
-MANIFEST_SPLIT = dict(min_ratings=6, max_ratings=12, query_size=3, support_size=None, new_item_fraction=0.25)
+MANIFEST_SPLIT = dict(min_ratings=8, max_ratings=16, query_size=2, new_item_fraction=0.3)
+
+
+class _Saved(tuple):
+    """(dataset, split, manifest bytes), with a short repr for hypothesis' failure reports."""
+
+    def __repr__(self) -> str:
+        return "<saved split>"
 
 
 @pytest.fixture(scope="module")
 def saved_split(tmp_path_factory) -> tuple[RecDataset, ColdStartSplit, bytes]:
-    ds = load_dataset("synthetic", dict(n_users=40, n_items=30, min_ratings=6, max_ratings=12, seed=3), None)
+    ds = load_dataset("synthetic", dict(n_users=40, n_items=30, min_ratings=8, max_ratings=16, seed=3), None)
     split = make_split(ds, SplitConfig(**MANIFEST_SPLIT))
     path = save_manifest(split, tmp_path_factory.mktemp("manifest") / "split.json")
-    return ds, split, path.read_bytes()
+    return _Saved((ds, split, path.read_bytes()))
 
 
 def _same_split(a: ColdStartSplit, b: ColdStartSplit) -> bool:
@@ -433,7 +463,8 @@ def _paths(obj, prefix=()) -> list[tuple]:
 
 JSON_JUNK = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**65), 2**65), st.floats(allow_nan=False),
-    st.sampled_from(["", "x", "val", "warm", "random", "synthetic"]), st.just([]), st.just({}), st.just([1, "a"]),
+    st.sampled_from(["", "x", "val", "warm", "random", "synthetic"]),
+    st.builds(list), st.builds(dict), st.builds(lambda: [1, "a"]),  # fresh objects: they get edited
 )  # fmt: skip
 
 
@@ -481,7 +512,7 @@ def test_manifest_byte_corruption(saved_split, data) -> None:
 @settings(max_examples=200, **FUZZ)
 @given(data=st.data())
 def test_manifest_structural_corruption(saved_split, data) -> None:
-    ds, split, text = saved_split
+    ds, _, text = saved_split
     mutated, rehashed = data.draw(structural_mutation(text), label="mutated")
     assume(mutated != text)
     try:

@@ -33,6 +33,8 @@ class DataConfig:
     meta_batch_size: int = 32
     eval_batch_size: int = 64
     eval_support_sizes: list[int] = field(default_factory=list)  # extra test passes: support cut to K
+    ranking_ks: list[int] = field(default_factory=lambda: [5, 10, 20])  # full-ranking Recall/nDCG/HitRate@k
+    relevance_threshold: float = 4.0  # full ranking: query ratings >= this are relevant (explicit data)
     num_workers: int = 0
     hide_new_item_ids: bool = True
 

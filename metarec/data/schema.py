@@ -100,6 +100,7 @@ class RecDataset:
     item_year: np.ndarray
     rating_range: tuple[float, float] = (1.0, 5.0)
     item_titles: list[str] = field(default_factory=list)
+    implicit: bool = False  # True: ratings are derived from implicit feedback (e.g. play counts), not given
 
     @property
     def n_users(self) -> int:

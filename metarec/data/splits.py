@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -54,6 +54,8 @@ class SplitConfig:
 
     def check(self) -> None:
         """Raise ``ConfigError`` with one line naming the option to fix."""
+        if self.seed < 0:
+            raise ConfigError(f"data.split.seed must be >= 0, got {self.seed}")
         if self.query_size < 1:
             raise ConfigError(f"data.split.query_size must be >= 1, got {self.query_size}")
         if self.min_support < 1:
@@ -268,19 +270,22 @@ def load_split(ds: RecDataset, path: str | Path) -> ColdStartSplit:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise DataError(f"split manifest {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too-long numbers, nesting
         raise DataError(f"split manifest {path} is not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise DataError(f"split manifest {path} has an unknown format; re-create it with this metarec version")
     if manifest.get("content_hash") != content_hash(manifest):
         raise DataError(f"split manifest {path} does not match its content hash (edited or corrupt)")
+    cfg = _check_manifest(manifest, path)
     if manifest["dataset"] != ds.name or manifest["dataset_fingerprint"] != dataset_fingerprint(ds):
         raise DataError(f"split manifest {path} was made on other data than {ds.name}")
-    cfg = SplitConfig(**manifest["config"])
     user_code = {v: i for i, v in enumerate(_ids(ds.user_ids, np.arange(ds.n_users)))}
     item_code = {v: i for i, v in enumerate(_ids(ds.item_ids, np.arange(ds.n_items)))}
     lists = _user_rating_lists(ds)
     new_item = np.zeros(ds.n_items, dtype=bool)
+    unknown = [i for i in manifest["new_items"] if i not in item_code]
+    if unknown:
+        raise DataError(f"split manifest {path} names item {unknown[0]!r}, which is not in {ds.name}")
     new_item[[item_code[i] for i in manifest["new_items"]]] = True
 
     def lookup(u, raw_items):
@@ -308,9 +313,77 @@ def load_split(ds: RecDataset, path: str | Path) -> ColdStartSplit:
     min_len = cfg.query_size + cfg.needed_support
     train_pool = {}
     for raw in manifest["users"]["train"]:
+        if raw not in user_code:
+            raise DataError(f"split manifest {path} names user {raw!r}, which is not in {ds.name}")
         u = user_code[raw]
-        items, ratings = lists[u]
+        items, ratings = lists.get(u, (np.zeros(0, np.int64), np.zeros(0, np.float32)))
         keep = ~new_item[items]
         if keep.sum() >= min_len:
             train_pool[u] = (items[keep], ratings[keep])
     return ColdStartSplit(manifest, new_item, train_pool, episodes)
+
+
+def _is_id(v) -> bool:
+    return isinstance(v, (int, float, str)) and not isinstance(v, bool)
+
+
+def _check_manifest(manifest: dict, path: Path) -> SplitConfig:
+    """Check the keys and value types ``load_split`` relies on (as ``make_split`` writes them); the config.
+
+    Raises ``DataError`` rather than letting a KeyError or TypeError escape from a manifest that was edited
+    and re-hashed, or written by another tool.
+    """
+
+    def bad(what: str) -> DataError:
+        return DataError(f"split manifest {path} is malformed: {what}; re-create it with this metarec version")
+
+    def id_list(value, where: str) -> None:
+        if not isinstance(value, list) or not all(_is_id(v) for v in value):
+            raise bad(f"{where} must be a list of ids")
+
+    for key, typ in (("dataset", str), ("dataset_fingerprint", str), ("config", dict), ("users", dict),
+                     ("new_items", list), ("episodes", dict), ("stats", dict)):  # fmt: skip
+        if not isinstance(manifest.get(key), typ):
+            raise bad(f"{key!r} is missing or not a {'JSON object' if typ is dict else typ.__name__}")
+    cfg = _manifest_config(manifest["config"], bad)
+    for group in ("new", "val", "train"):
+        id_list(manifest["users"].get(group), f"users.{group}")
+    id_list(manifest["new_items"], "new_items")
+    for name in ["val", *cfg.scenarios]:
+        tasks = manifest["episodes"].get(name)
+        if not isinstance(tasks, list):
+            raise bad(f"episodes.{name} is missing or not a list")
+        for t in tasks:
+            if not isinstance(t, dict) or not _is_id(t.get("user")):
+                raise bad(f"an episode of episodes.{name} has no user id")
+            id_list(t.get("support"), f"the support of an episode of episodes.{name}")
+            id_list(t.get("query"), f"the query of an episode of episodes.{name}")
+    return cfg
+
+
+def _manifest_config(raw: dict, bad) -> SplitConfig:
+    """The manifest's ``config`` as a checked ``SplitConfig`` (missing keys take their defaults)."""
+    defaults = SplitConfig()
+    known = [f.name for f in fields(SplitConfig)]
+    for key, value in raw.items():
+        if key not in known:
+            raise bad(f"config has unknown key {key!r}")
+        default = getattr(defaults, key)
+        if key == "support_size":
+            ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:  # scenarios
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if not ok:
+            raise bad(f"config.{key} has the wrong type ({type(value).__name__})")
+    cfg = SplitConfig(**raw)
+    try:
+        cfg.check()
+    except ConfigError as e:
+        raise bad(f"invalid config ({e})") from None
+    return cfg

@@ -14,11 +14,13 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torchmetrics import MetricCollection
 
 from metarec.data.episodes import EpisodeBatch
 from metarec.errors import NonFiniteError
 from metarec.metrics import rating_metrics
-from metarec.models.base import BaseRecommender
+from metarec.metrics.full_ranking import full_ranking_metrics
+from metarec.models.base import BaseRecommender, Features
 
 
 @dataclass
@@ -35,6 +37,12 @@ class LearnerContext:
     nonfinite: str = "skip"  # skip | fail: what a non-finite loss or meta-gradient does
     max_nonfinite: int = 10  # with "skip": fail once more meta-steps than this were skipped
     hint: str = "lower learner.inner_lr or set trainer.gradient_clip_val / learner.inner_grad_clip"
+    # full-ranking evaluation at test time (empty ranking_ks: off)
+    ranking_ks: tuple = ()
+    all_items: Any = None  # Features of every item [I, ...]
+    new_item_mask: Any = None  # bool tensor [I]
+    relevance_threshold: float = 4.0  # a query rating >= this is a relevant item (explicit feedback)
+    implicit: bool = False  # implicit feedback: every query item is relevant
 
 
 def masked_mse_per_task(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -55,6 +63,10 @@ class MetaLearner(pl.LightningModule):
         self.weight_decay = weight_decay
         self.val_metrics = nn.ModuleDict({s: rating_metrics() for s in ctx.val_scenarios})
         self.test_metrics = nn.ModuleDict({s: rating_metrics() for s in ctx.test_scenarios})
+        self.rank_metrics = nn.ModuleDict(
+            {s: MetricCollection(full_ranking_metrics(ctx.ranking_ks), compute_groups=False) for s in ctx.test_scenarios}
+            if ctx.ranking_ks else {}
+        )
 
     # ----------------------------------------------------------------- contract
     def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,6 +120,42 @@ class MetaLearner(pl.LightningModule):
         metrics.update(preds.float(), target.float(), mask)
         prefix = self.test_stage if stage == "test" else stage
         self.log(f"{prefix}/{scenario}/loss", loss.detach(), batch_size=batch.n_tasks, add_dataloader_idx=False)
+        if stage == "test" and self.rank_metrics:
+            with torch.enable_grad():
+                items = self.ctx.all_items
+                dev = batch.item_ids.device
+                items = Features(items.categorical.to(dev), items.multihot.to(dev))
+                scores = self.score_candidates(batch, items).detach().float()
+            candidates, relevant = self.ranking_targets(batch, scenario)
+            self.rank_metrics[scenario].update(scores.masked_fill(~candidates, float("-inf")), relevant & candidates)
+
+    # ------------------------------------------------------------ full ranking
+    def score_candidates(self, batch: EpisodeBatch, items: Features) -> torch.Tensor:
+        """Scores ``[T, I]`` of every item for each task's user after adaptation. Default: the base model
+        as it is (learners that adapt override this)."""
+        t = batch.n_tasks
+        cat, multi = items.categorical, items.multihot
+        expanded = Features(cat.expand(t, *cat.shape), multi.expand(t, *multi.shape))
+        return self.model(batch.user, expanded)
+
+    def ranking_targets(self, batch: EpisodeBatch, scenario: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(candidates, relevant)``, bool ``[T, I]``. Candidates: the scenario's items (new items in the
+        item-cold scenarios, existing items otherwise) except the user's support items. Relevant: the
+        query items rated at least ``relevance_threshold`` (every query item for implicit feedback)."""
+        new = self.ctx.new_item_mask.to(batch.item_ids.device)
+        pool = new if scenario in ("item_cold", "user_item_cold") else ~new
+        t, n_items, s = batch.n_tasks, new.shape[0], batch.n_support
+
+        def scatter(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(t, n_items + 1, dtype=torch.bool, device=ids.device)
+            out.scatter_(1, torch.where(mask, ids, n_items), True)
+            return out[:, :n_items]
+
+        candidates = pool.unsqueeze(0).expand(t, -1) & ~scatter(batch.item_ids[:, :s], batch.support_mask[:, :s])
+        q_mask = batch.query_mask[:, s:]
+        if not self.ctx.implicit:
+            q_mask = q_mask & (batch.ratings[:, s:] >= self.ctx.relevance_threshold)
+        return candidates, scatter(batch.item_ids[:, s:], q_mask)
 
     def validation_step(self, batch: EpisodeBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step("val", batch, dataloader_idx)
@@ -127,6 +175,7 @@ class MetaLearner(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_stage, self.test_metrics)
+        self._log_metrics(self.test_stage, self.rank_metrics)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -17,7 +17,7 @@ import torch
 from metarec._l2l import l2l
 from metarec.data.episodes import EpisodeBatch
 from metarec.errors import ConfigError
-from metarec.learners.executors import make_executor
+from metarec.learners.executors import make_executor, score_with
 from metarec.learners.base import LearnerContext, MetaLearner, masked_mse_per_task
 from metarec.models.base import SCOPES, BaseRecommender
 
@@ -64,6 +64,9 @@ class ItemMean(MetaLearner):
         q = self.item_means[batch.item_ids[:, batch.n_support :]]
         return masked_mse_per_task(q, y, m).mean(), q
 
+    def score_candidates(self, batch: EpisodeBatch, items) -> torch.Tensor:
+        return self.item_means.unsqueeze(0).expand(batch.n_tasks, -1)
+
     def configure_optimizers(self):
         return None
 
@@ -91,6 +94,9 @@ class FineTune(GlobalModel):
             return super().meta_step(batch, train=True)
         return self.executor.run(batch, self.cfg.finetune_steps, first_order=True, detach=True)
 
+    def score_candidates(self, batch: EpisodeBatch, items) -> torch.Tensor:
+        return score_with(self.executor, batch, self.cfg.finetune_steps, items)
+
 
 @dataclass
 class UserMeanConfig:
@@ -110,6 +116,10 @@ class UserMean(MetaLearner):
         mean = torch.where(n > 0, (ys * ms).sum(-1, keepdim=True) / n.clamp_min(1), self.ctx.train_rating_mean)
         q = mean.expand_as(y).to(y.dtype)
         return masked_mse_per_task(q, y, m).mean(), q
+
+    def score_candidates(self, batch: EpisodeBatch, items) -> torch.Tensor:
+        """The same score for every item: a user mean cannot rank (its ranking metrics are chance level)."""
+        return torch.zeros(batch.n_tasks, items.categorical.shape[0], device=batch.ratings.device)
 
     def configure_optimizers(self):
         return None

@@ -73,6 +73,23 @@ class Executor:
         raise NotImplementedError
 
 
+def score_with(executor: "Executor", batch: EpisodeBatch, steps: int, items: Features,
+               chunk_size: int | None = None) -> torch.Tensor:
+    """Scores ``[T, I]`` of every item in ``items`` for each task's user, with the task's adapted
+    parameters (first-order adaptation, as at evaluation). No graph is kept."""
+    phis, _ = executor.adapted_parameters(batch, steps)
+    names = [n for n, _ in executor.module.named_parameters()]
+
+    def one(params: dict, uc: torch.Tensor, um: torch.Tensor) -> torch.Tensor:
+        user = Features(uc, um)
+        if executor.prefix is None:
+            return functional_call(executor.module, params, (user, items))
+        return functional_call(executor.module, params, (executor.prefix(user, items),)).squeeze(-1)
+
+    with torch.no_grad():
+        return vmap(one, chunk_size=chunk_size)(dict(zip(names, phis)), batch.user.categorical, batch.user.multihot)
+
+
 class L2LExecutor(Executor):
     """learn2learn clone/adapt, one task at a time."""
 

@@ -17,7 +17,7 @@ import torch
 from metarec._l2l import l2l
 from metarec.data.episodes import EpisodeBatch
 from metarec.errors import ConfigError
-from metarec.learners.executors import make_executor
+from metarec.learners.executors import make_executor, score_with
 from metarec.learners.base import LearnerContext, MetaLearner
 from metarec.models.base import SCOPES, BaseRecommender
 
@@ -66,3 +66,6 @@ class MAML(MetaLearner):
     def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         first_order = self.cfg.first_order or not train
         return self.executor.run(batch, self.steps(train), first_order, detach=not train)
+
+    def score_candidates(self, batch: EpisodeBatch, items) -> torch.Tensor:
+        return score_with(self.executor, batch, self.steps(False), items, self.cfg.chunk_size)

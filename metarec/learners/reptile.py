@@ -17,7 +17,7 @@ import torch
 from metarec._l2l import l2l
 from metarec.data.episodes import EpisodeBatch
 from metarec.errors import ConfigError
-from metarec.learners.executors import make_executor
+from metarec.learners.executors import make_executor, score_with
 from metarec.learners.base import LearnerContext, MetaLearner
 from metarec.learners.maml import check_inner
 from metarec.models.base import BaseRecommender
@@ -78,3 +78,7 @@ class Reptile(MetaLearner):
         if self.cfg.outer_optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.lr, weight_decay=self.weight_decay)
         return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def score_candidates(self, batch: EpisodeBatch, items) -> torch.Tensor:
+        steps = self.cfg.inner_steps if self.cfg.eval_inner_steps is None else self.cfg.eval_inner_steps
+        return score_with(self.executor, batch, steps, items, self.cfg.chunk_size)

@@ -66,3 +66,4 @@ def _as_plain_dict(name: str, params: Mapping[str, Any] | DictConfig | None) -> 
 
 # Import the source modules so that they register themselves.
 from metarec.data.sources import movielens, synthetic  # noqa: E402,F401
+from metarec.data.sources import bookcrossing, lastfm, movielens_more, recbole, tabular  # noqa: E402,F401

@@ -60,6 +60,7 @@ YEAR_BUCKET_SIZE = 5
 _DATA_COLS = ("user", "item", "rating", "timestamp")
 _USER_COLS = ("user", "age", "gender", "occupation", "zip")
 _ITEM_COLS = ("item", "title", "release_date", "video_release_date", "url", *(f"g{i}" for i in range(19)))
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 _RELEASE_DATE = re.compile(r"^\d{1,2}-[A-Za-z]{3}-(\d{4})$")
 
 
@@ -160,12 +161,15 @@ def read_table(path: Path, sep: str, columns: Sequence[str], int_cols: Sequence[
     dtype = {c: (np.int64 if c in int_cols else str) for c in columns}
     try:
         return _parse(text, sep, columns, dtype)
-    except (ValueError, pd.errors.ParserError) as e:
+    except (ValueError, OverflowError, pd.errors.ParserError) as e:  # OverflowError: beyond 64 bits
         df = _parse(text, sep, columns, {c: str for c in columns})
         for col in int_cols:
             ok = df[col].str.fullmatch(r"\s*[+-]?\d+\s*").to_numpy(dtype=bool)
             _fail_at(path, ~ok, lambda i, col=col: f"{col} {df[col].iat[i]!r} is not an integer")
-        raise DataError(f"{path}: cannot parse ({e})") from None
+            big = np.array([not _INT64_MIN <= int(v) <= _INT64_MAX for v in df[col]], dtype=bool)
+            _fail_at(path, big, lambda i, col=col: f"{col} {df[col].iat[i].strip()} is out of range")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: cannot parse ({first})") from None
 
 
 def _parse(text: str, sep: str, columns: Sequence[str], dtype: dict) -> pd.DataFrame:
@@ -191,6 +195,9 @@ def _read_lines(path: Path) -> list[str]:
     lines = text.split("\n")
     if "\r" in text:
         lines = [line.rstrip("\r") for line in lines]
+        # The CSV parser would end a line at a lone \r, shifting the line numbers of every message.
+        stray = np.array(["\r" in line for line in lines], dtype=bool)
+        _fail_at(path, stray, lambda i: "carriage return (\\r) inside the line")
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:

@@ -1,0 +1,539 @@
+"""Shared parsing, validation and feature-encoding helpers of the file-based sources.
+
+Every table read here comes back as a DataFrame whose index is the 1-based line number of each row
+in its file (the header is line 1 when there is one), so that later checks can name the line of
+the first offending row. Errors are :class:`DataError` with one line: ``<file>, line <n>: <what>``.
+
+Line numbers are exact for files up to :data:`CHECK_FIELDS_MAX_BYTES`, whose every record is also
+checked for its number of fields before parsing; larger files are parsed directly by pandas (too many
+fields is still an error naming the line; a short row shows up as a missing id or value), and there a
+quoted field spanning several lines shifts the line numbers of the rows after it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from metarec.data.schema import CategoricalField, FeatureTable, MultiHotField
+from metarec.errors import ConfigError, DataError
+
+CHECK_FIELDS_MAX_BYTES = 64 << 20
+_CHUNK_ROWS = 1 << 19
+_INT = re.compile(r"\s*[+-]?\d+\s*")
+_PLAIN_INT_ID = re.compile(r"0|-?[1-9]\d{0,17}")  # ids that round-trip through int64 unchanged
+_TITLE_YEAR = re.compile(r"\((\d{4})(?:[-\u2013]\d{0,4})?\)\s*$")
+_PANDAS_FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+_SEP_STAND_IN = "\x1f"  # multi-character separators are replaced by this before parsing
+
+UNKNOWN_IDS = ("error", "drop")
+PARQUET_SUFFIXES = (".parquet", ".pq")  # rows of these files are numbered from 1, without a header
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+def fail_at(path: Path | str, lines: Sequence[int] | np.ndarray | pd.Index, bad, what: Callable[[int], str]) -> None:
+    """Raise ``DataError`` for the first row where ``bad`` is true; ``what(i)`` describes row position i."""
+    bad = np.asarray(bad, dtype=bool)
+    if bad.any():
+        i = int(np.argmax(bad))
+        unit = "row" if str(path).lower().endswith(PARQUET_SUFFIXES) else "line"
+        raise DataError(f"{path}, {unit} {int(np.asarray(lines)[i])}: {what(i)}")
+
+
+def check_option(source: str, option: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"data source {source!r}: option {option} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def require_files(folder: Path, names: Sequence[str], hint: str) -> None:
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise DataError(f"files missing in {folder}: {', '.join(missing)}; {hint}")
+
+
+def read_text(path: Path, encoding: str) -> str:
+    """The whole file decoded; ``DataError`` naming the line of an undecodable byte."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}, line {line}: not valid {encoding} text ({e.reason} at byte {e.start})") from None
+    except LookupError:
+        raise ConfigError(f"unknown text encoding {encoding!r} for {path}") from None
+
+
+def read_table(
+    path: Path,
+    *,
+    sep: str,
+    names: Sequence[str] | None = None,
+    header: bool = True,
+    encoding: str = "utf-8",
+    kinds: Mapping[str, str] | None = None,
+    required: Sequence[str] = (),
+    usecols: Sequence[str] | None = None,
+    quoted: bool = False,
+    escapechar: str | None = None,
+) -> pd.DataFrame:
+    """A delimited text table; the index holds each row's line number.
+
+    ``names`` are the column names of a headerless file (with ``header`` the file's first line gives
+    them and ``names`` is ignored). ``kinds`` maps columns to ``"int"`` (int64) or ``"float"``
+    (float64, must not be empty or NaN); other columns are strings (``""`` when empty). ``required``
+    columns must exist in the header; ``usecols`` limits the columns returned (default: all).
+    ``quoted``: fields may be quoted with ``"`` (``""`` or ``escapechar`` escape a quote inside).
+    """
+    kinds = dict(kinds or {})
+    size = _file_size(path)
+    small = size <= CHECK_FIELDS_MAX_BYTES or len(sep) > 1
+    text = read_text(path, encoding) if small else None
+    if text is not None and len(sep) > 1:
+        if _SEP_STAND_IN in text:
+            line = text.count("\n", 0, text.index(_SEP_STAND_IN)) + 1
+            raise DataError(f"{path}, line {line}: contains the control character \\x1f")
+        text = text.replace(sep, _SEP_STAND_IN)
+    psep = _SEP_STAND_IN if len(sep) > 1 else sep
+    if text is not None and not text.strip():
+        raise DataError(f"{path} is empty")
+    if header:
+        names = _header(path, text, psep, encoding, quoted, escapechar)
+        missing = [c for c in (*required, *(usecols or ())) if c not in names]
+        if missing:
+            raise DataError(
+                f"{path}, line 1: missing column{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(map(repr, dict.fromkeys(missing)))} (the header has {', '.join(map(repr, names))})"
+            )
+        dup = [c for c in names if names.count(c) > 1]
+        if dup:
+            raise DataError(f"{path}, line 1: column {dup[0]!r} appears more than once in the header")
+    assert names is not None
+    names = list(names)
+    first = 2 if header else 1
+    lines = None
+    if text is not None:
+        lines = _record_lines(path, text, psep, len(names), quoted, escapechar, sep)
+        lines = lines[1:] if header else lines
+        if not len(lines):
+            raise DataError(f"{path} has no data rows")
+    cols = list(usecols) if usecols is not None else names
+    dtype = {c: ("int64" if kinds.get(c) == "int" else "float64" if kinds.get(c) == "float" else str) for c in cols}
+    kw = dict(
+        sep=psep,
+        header=0 if header else None,
+        names=names,
+        usecols=cols,
+        dtype=dtype,
+        keep_default_na=False,
+        na_values={c: [""] for c in cols if c in kinds},
+        quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE,
+        quotechar='"',
+        doublequote=True,
+        escapechar=escapechar,
+        index_col=False,
+        engine="c",
+    )
+    source = (lambda: io.StringIO(text)) if text is not None else (lambda: path)
+    if text is None:
+        kw["encoding"] = encoding
+    try:
+        df = pd.read_csv(source(), **kw)
+    except pd.errors.ParserError as e:
+        m = _PANDAS_FIELDS.search(str(e))
+        if m:
+            raise DataError(
+                f"{path}, line {m.group(2)}: expected {m.group(1)} fields separated by {sep!r}, found {m.group(3)}"
+            ) from None
+        raise DataError(f"{path}: cannot parse ({str(e).strip().splitlines()[-1]})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid {encoding} text ({e.reason})") from None
+    except ValueError as e:
+        _locate_bad_value(path, source, kw, kinds, first, lines)
+        raise DataError(f"{path}: cannot parse ({str(e).splitlines()[0]})") from None
+    if lines is not None and len(lines) == len(df):
+        df.index = pd.Index(lines, dtype=np.int64)
+    else:
+        df.index = pd.RangeIndex(first, first + len(df))
+    if len(df) == 0:
+        raise DataError(f"{path} has no data rows")
+    for c in cols:
+        if kinds.get(c) == "float":
+            v = df[c].to_numpy()
+            fail_at(path, df.index, ~np.isfinite(v), lambda i, c=c: f"{c} is missing or not a finite number")
+    return df
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _header(path: Path, text: str | None, sep: str, encoding: str, quoted: bool, escapechar: str | None) -> list[str]:
+    if text is None:
+        with open(path, encoding=encoding, errors="replace", newline="") as f:
+            first = f.readline()
+    else:
+        first = text.split("\n", 1)[0]
+    first = first.rstrip("\r\n").lstrip("\ufeff")
+    if not first.strip():
+        raise DataError(f"{path}, line 1: the header line is empty")
+    if quoted:
+        row = next(csv.reader([first], delimiter=sep, quotechar='"', escapechar=escapechar))
+    else:
+        row = first.split(sep)
+    return [c.strip() for c in row]
+
+
+def _record_lines(
+    path: Path, text: str, sep: str, n_fields: int, quoted: bool, escapechar: str | None, shown_sep: str
+) -> np.ndarray:
+    """The starting line of every record (header included); ``DataError`` for a wrong field count.
+
+    Blank lines at the end are ignored; a blank line elsewhere is an error.
+    """
+    if not quoted:
+        lines = text.split("\n")
+        while lines and not lines[-1].strip():
+            lines.pop()
+        counts = pd.Series(lines, dtype=object).str.count(re.escape(sep)).to_numpy() + 1
+        numbers = np.arange(1, len(lines) + 1)
+        fail_at(path, numbers, counts != n_fields,
+                lambda i: f"expected {n_fields} fields separated by {shown_sep!r}, found {counts[i]}")
+        return numbers
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, quotechar='"', escapechar=escapechar,
+                        doublequote=True, strict=False)
+    starts: list[int] = []
+    blank: int | None = None
+    prev = 0
+    try:
+        for row in reader:
+            start = prev + 1
+            prev = reader.line_num
+            if not row or row == [""] and n_fields > 1:
+                blank = start if blank is None else blank
+                continue
+            if blank is not None:
+                raise DataError(f"{path}, line {blank}: blank line")
+            if len(row) != n_fields:
+                raise DataError(f"{path}, line {start}: expected {n_fields} fields separated by {shown_sep!r}, found {len(row)}")
+            starts.append(start)
+    except csv.Error as e:
+        raise DataError(f"{path}, line {reader.line_num}: {e}") from None
+    return np.asarray(starts, dtype=np.int64)
+
+
+def _locate_bad_value(path, source, kw, kinds, first: int, lines) -> None:
+    """Find the first value that is not of its column's kind (called once parsing failed)."""
+    kw = {**kw, "dtype": str, "na_values": None, "keep_default_na": False, "na_filter": False}
+    offset = 0
+    try:
+        chunks = pd.read_csv(source(), chunksize=_CHUNK_ROWS, **kw)
+        for chunk in chunks:
+            n = len(chunk)
+            if lines is not None and len(lines) >= offset + n:
+                numbers = np.asarray(lines[offset: offset + n])
+            else:
+                numbers = np.arange(first + offset, first + offset + n)
+            for c in chunk.columns:
+                kind = kinds.get(c)
+                if kind not in ("int", "float"):
+                    continue
+                s = chunk[c].astype(str)
+                if kind == "int":
+                    bad = ~s.str.fullmatch(_INT.pattern).to_numpy(dtype=bool)
+                else:
+                    bad = pd.to_numeric(s, errors="coerce").isna().to_numpy()
+                what = "an integer" if kind == "int" else "a number"
+                fail_at(path, numbers, bad,
+                        lambda i, c=c, s=s, what=what: f"missing {c}" if not s.iat[i].strip() else f"{c} {s.iat[i]!r} is not {what}")
+            offset += n
+    except (ValueError, pd.errors.ParserError):
+        return
+
+
+# ---------------------------------------------------------------------------------------------
+# Ids
+
+
+def id_array(values: pd.Series | np.ndarray) -> np.ndarray:
+    """Original ids as int64 if every one is a plain integer (no sign, no leading zero), else str."""
+    s = pd.Series(values)
+    if s.dtype.kind in "iu":
+        return s.to_numpy(dtype=np.int64)
+    s = s.astype(str)
+    if len(s) and s.str.fullmatch(_PLAIN_INT_ID.pattern).all():
+        return s.astype(np.int64).to_numpy()
+    return s.to_numpy(dtype=str)
+
+
+def unique_ids(path: Path, ids: np.ndarray, lines, kind: str) -> np.ndarray:
+    """Sort order of ``ids`` after checking they are unique and non-empty."""
+    if ids.dtype.kind == "U":
+        fail_at(path, lines, np.char.str_len(ids) == 0, lambda i: f"missing {kind} id")
+    dup = pd.Series(ids).duplicated().to_numpy()
+    fail_at(path, lines, dup, lambda i: f"duplicate {kind} id {ids[i]}")
+    return np.argsort(ids, kind="stable")
+
+
+def codes_of(
+    path: Path, ids: np.ndarray, lines, known: np.ndarray, kind: str, table: str, drop: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``ids`` in the sorted array ``known`` and a keep mask.
+
+    Unknown ids are a ``DataError`` naming the line, or (``drop``) are left out by the mask.
+    """
+    ids = _same_kind(ids, known)
+    if len(known) == 0:
+        pos = np.zeros(len(ids), dtype=np.int64)
+        unknown = np.ones(len(ids), dtype=bool)
+    else:
+        pos = np.searchsorted(known, ids)
+        unknown = known[np.minimum(pos, len(known) - 1)] != ids
+    if not drop:
+        fail_at(path, lines, unknown, lambda i: f"{kind} id {ids[i]} is not in {table}")
+    return pos.astype(np.int64), ~unknown
+
+
+def _same_kind(ids: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """``ids`` converted to the dtype kind of ``known`` (ints compare to ints, strings to strings)."""
+    if known.dtype.kind == ids.dtype.kind or (known.dtype.kind in "iu" and ids.dtype.kind in "iu"):
+        return ids
+    if known.dtype.kind == "U":
+        return ids.astype(str)
+    s = pd.Series(ids).astype(str)
+    ok = s.str.fullmatch(_PLAIN_INT_ID.pattern).to_numpy(dtype=bool)
+    out = np.full(len(ids), np.iinfo(np.int64).min, dtype=np.int64)  # never a real id
+    out[ok] = s[ok].astype(np.int64).to_numpy()
+    return out
+
+
+def check_pairs(path: Path, lines, user: np.ndarray, item: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
+    """``DataError`` naming the line of the first repeated (user, item) pair."""
+    key = user.astype(np.int64) * (int(item.max(initial=0)) + 1) + item.astype(np.int64)
+    dup = pd.Series(key).duplicated().to_numpy()
+    fail_at(path, lines, dup, lambda i: f"duplicate rating of user {user_ids[user[i]]} for item {item_ids[item[i]]}")
+
+
+def nonempty(path: Path, n: int, why: str) -> None:
+    if n == 0:
+        raise DataError(f"{path}: no interactions left {why}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Features
+
+
+def vocab_codes(values: pd.Series, max_values: int | None = None) -> tuple[np.ndarray, int, list[str]]:
+    """Codes for string values: empty/NaN -> 0, the most frequent ``max_values`` values -> 1..k (by
+    descending count, ties by value), any other value -> k + 1 (``other``). Returns codes, cardinality
+    and the vocabulary."""
+    s = pd.Series(values, dtype=object).fillna("").astype(str).str.strip()
+    known = s[s != ""]
+    counts = known.value_counts()
+    order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    vocab = [v for v, _ in order]
+    truncated = max_values is not None and len(vocab) > max_values
+    if truncated:
+        vocab = vocab[:max_values]
+    mapping = {v: k + 1 for k, v in enumerate(vocab)}
+    other = len(vocab) + 1
+    codes = s.map(mapping).to_numpy(dtype=object)
+    codes = np.where(pd.isna(codes), np.where(s.to_numpy() == "", 0, other), codes).astype(np.int64)
+    return codes, len(vocab) + 1 + int(truncated), vocab
+
+
+def quantile_buckets(values: np.ndarray, n_buckets: int) -> tuple[np.ndarray, int]:
+    """Equal-frequency buckets of the known (finite) values -> codes 1..k (k <= n_buckets, fewer when
+    values repeat); NaN -> 0. Bucket edges are the ``j / n_buckets`` quantiles, j = 1..n_buckets-1,
+    and a value equal to an edge goes to the upper bucket."""
+    v = np.asarray(values, dtype=np.float64)
+    known = np.isfinite(v)
+    codes = np.zeros(len(v), dtype=np.int64)
+    if not known.any():
+        return codes, 1
+    edges = np.unique(np.quantile(v[known], np.arange(1, n_buckets) / n_buckets)) if n_buckets > 1 else np.array([])
+    codes[known] = np.searchsorted(edges, v[known], side="right") + 1
+    return codes, len(edges) + 2
+
+
+def multihot_from_lists(lists: pd.Series, max_values: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """A 0/1 float32 matrix over the ``max_values`` most frequent values (ties by value) of list cells."""
+    lists = lists.reset_index(drop=True)
+    exploded = lists.explode()
+    exploded = exploded[exploded.notna() & (exploded.astype(str) != "")].astype(str)
+    counts = exploded.value_counts()
+    vocab = [v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    if max_values is not None:
+        vocab = vocab[:max_values]
+    mat = np.zeros((len(lists), len(vocab)), dtype=np.float32)
+    if vocab:
+        col = exploded.map({v: k for k, v in enumerate(vocab)})
+        keep = col.notna().to_numpy()
+        rows = exploded.index.to_numpy(dtype=np.int64)
+        mat[rows[keep], col[keep].to_numpy(dtype=np.int64)] = 1.0
+    return mat, vocab
+
+
+def title_years(titles: pd.Series) -> np.ndarray:
+    """Release year from a MovieLens title ending in ``(1995)`` (or ``(2007-)``); NaN when absent."""
+    years = titles.astype(str).str.extract(_TITLE_YEAR, expand=False)
+    return pd.to_numeric(years, errors="coerce").to_numpy(dtype=np.float64)
+
+
+def constant_users(n: int) -> FeatureTable:
+    """One categorical field ``constant`` (cardinality 2, every user code 1): a user input that carries
+    no information, for sources without user features."""
+    return FeatureTable([CategoricalField("constant", 2)], np.ones((n, 1), dtype=np.int64))
+
+
+def feature_table(cat: list[tuple[str, np.ndarray, int]], multi: list[tuple[str, np.ndarray]], n: int) -> FeatureTable:
+    """A :class:`FeatureTable` from ``(name, codes, cardinality)`` and ``(name, 0/1 matrix)`` lists."""
+    fields = [CategoricalField(name, int(card)) for name, _, card in cat]
+    arr = np.stack([c for _, c, _ in cat], axis=1).astype(np.int64) if cat else np.zeros((n, 0), dtype=np.int64)
+    mh_fields = [MultiHotField(name, int(m.shape[1])) for name, m in multi]
+    mh = np.concatenate([m for _, m in multi], axis=1).astype(np.float32) if multi else None
+    return FeatureTable(fields, arr, mh_fields, mh)
+
+
+def item_id_field(n: int) -> tuple[str, np.ndarray, int]:
+    """The ``item_id`` categorical field (item code + 1; cardinality n + 1), as in the MovieLens sources."""
+    return ("item_id", np.arange(1, n + 1, dtype=np.int64), n + 1)
+
+
+def resolve_path(root: Path, name: str) -> Path:
+    """``name`` if absolute (after ``~`` expansion), else ``root / name``."""
+    p = Path(name).expanduser()
+    return p if p.is_absolute() else root / p
+
+
+def read_ragged(
+    path: Path, *, sep: str, encoding: str, required: Sequence[str], escapechar: str | None = None
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """A quoted, headed text table whose rows may have the wrong number of fields, as strings.
+
+    Short rows are padded with ``""`` and long rows cut. Returns the table (index: line numbers) and a
+    mask of the rows whose field count was wrong, for the caller to reject or to treat with care.
+    """
+    text = read_text(path, encoding)
+    if not text.strip():
+        raise DataError(f"{path} is empty")
+    names = _header(path, text, sep, encoding, True, escapechar)
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise DataError(
+            f"{path}, line 1: missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+            f"(the header has {', '.join(map(repr, names))})"
+        )
+    n = len(names)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, quotechar='"', escapechar=escapechar,
+                        doublequote=True, strict=False)
+    rows: list[list[str]] = []
+    starts: list[int] = []
+    ragged: list[bool] = []
+    prev = 0
+    try:
+        for k, row in enumerate(reader):
+            start, prev = prev + 1, reader.line_num
+            if k == 0 or not row:
+                continue
+            ragged.append(len(row) != n)
+            rows.append((row + [""] * n)[:n])
+            starts.append(start)
+    except csv.Error as e:
+        raise DataError(f"{path}, line {reader.line_num}: {e}") from None
+    if not rows:
+        raise DataError(f"{path} has no data rows")
+    df = pd.DataFrame(rows, columns=names, index=pd.Index(starts, dtype=np.int64), dtype=object)
+    return df, np.asarray(ragged, dtype=bool)
+
+
+def read_header(path: Path, sep: str, encoding: str, quoted: bool = False) -> list[str]:
+    """The column names in the first line of a headed text file."""
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    return _header(path, None, sep, encoding, quoted, None)
+
+
+FEATURE_TYPES = ("categorical", "multihot", "numeric")
+
+
+def encode_features(path: Path, df: pd.DataFrame, specs) -> tuple[list, list]:
+    """Categorical and multi-hot fields for ``feature_table`` from string columns of ``df``.
+
+    Each spec has ``name`` (field name; empty: the column), ``column``, ``type`` (see
+    :data:`FEATURE_TYPES`), ``sep`` (multihot separator), ``max_values`` and ``buckets``:
+    ``categorical`` -> :func:`vocab_codes` (the ``max_values`` most frequent values, one code for the
+    rest, 0 for empty); ``multihot`` -> :func:`multihot_from_lists` of the ``max_values`` most frequent
+    values; ``numeric`` -> :func:`quantile_buckets` into ``buckets`` equal-frequency buckets (empty -> 0;
+    anything else that is not a number is a ``DataError`` naming the line).
+    """
+    cat: list = []
+    multi: list = []
+    for spec in specs:
+        name = spec.name or spec.column
+        s = df[spec.column]
+        text = s.astype(object).where(s.notna(), "").astype(str)
+        if spec.type == "categorical":
+            codes, card, _ = vocab_codes(text, spec.max_values)
+            cat.append((name, codes, card))
+        elif spec.type == "multihot":
+            lists = text.str.split(spec.sep, regex=False).map(lambda xs: [x.strip() for x in xs if x.strip()])
+            mat, _ = multihot_from_lists(lists, spec.max_values)
+            multi.append((name, mat))
+        else:
+            values = numeric_column(path, s, df.index, spec.column)
+            codes, card = quantile_buckets(values, spec.buckets)
+            cat.append((name, codes, card))
+    return cat, multi
+
+
+def numeric_column(path: Path, s: pd.Series, lines, column: str) -> np.ndarray:
+    """Floats of a column; empty -> NaN; other non-numbers are a ``DataError`` naming the line."""
+    if s.dtype.kind in "iufb":
+        return s.to_numpy(dtype=np.float64)
+    text = s.astype(str).str.strip()
+    values = pd.to_numeric(text.mask(text == "", np.nan), errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.isnan(values) & (text != "").to_numpy() & ~text.str.lower().isin(("nan", "null", "na")).to_numpy()
+    fail_at(path, lines, bad, lambda i: f"{column} {text.iat[i]!r} is not a number")
+    return values
+
+
+def timestamps(path: Path, s: pd.Series, lines, column: str) -> np.ndarray:
+    """Integer seconds from integer (or float) seconds, or from date/time text (UTC unless it says)."""
+    if s.dtype.kind in "iu":
+        return s.to_numpy(dtype=np.int64)
+    if s.dtype.kind == "f":
+        v = s.to_numpy(dtype=np.float64)
+        fail_at(path, lines, ~np.isfinite(v), lambda i: f"missing {column}")
+        return np.floor(v).astype(np.int64)
+    if s.dtype.kind == "M" or isinstance(s.dtype, pd.DatetimeTZDtype):
+        dt = pd.to_datetime(s, utc=True)
+    else:
+        text = s.astype(str).str.strip()
+        fail_at(path, lines, (text == "").to_numpy(), lambda i: f"missing {column}")
+        num = pd.to_numeric(text, errors="coerce")
+        if num.notna().all():
+            return np.floor(num.to_numpy(dtype=np.float64)).astype(np.int64)
+        dt = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
+        bad = dt.isna().to_numpy()
+        fail_at(path, lines, bad, lambda i: f"{column} {text.iat[i]!r} is neither seconds nor a date/time")
+    fail_at(path, lines, dt.isna().to_numpy(), lambda i: f"missing {column}")
+    return ((dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
