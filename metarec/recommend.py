@@ -24,10 +24,10 @@ import copy
 import json
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from numbers import Real
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,10 +127,12 @@ class Recommender:
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def load(cls, run_dir: str | Path) -> "Recommender":
+    def load(cls, run_dir: str | Path) -> Recommender:
         """The learner of the finished run in ``run_dir``, on its own split, with its best checkpoint
         (else ``checkpoints/last.ckpt``), in eval mode."""
-        from omegaconf import OmegaConf
+        import yaml
+        from omegaconf import DictConfig, OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
 
         from metarec.config import validate
         from metarec.runs import METRICS_FILE
@@ -154,8 +156,10 @@ class Recommender:
             raise MetarecError(f"{run / METRICS_FILE} is not a metrics record")
         try:
             raw = OmegaConf.load(run / "config.yaml")
-        except Exception as e:  # yaml or OmegaConf errors
+        except (OmegaConfBaseException, yaml.YAMLError, OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{run / 'config.yaml'}: {_first_line(e)}") from None
+        if not isinstance(raw, DictConfig):
+            raise ConfigError(f"{run / 'config.yaml'}: expected a mapping at the top level")
         cfg = validate(raw)
         cfg.data.manifest = str(manifest.resolve())
         _quiet_lightning()
@@ -276,8 +280,8 @@ class Recommender:
         lo, hi = self.rating_range
         codes, values, first = [], [], {}
         for i, entry in enumerate(entries):
-            where = names[i] if names is not None else f"ratings entry {i + 1}"
-            if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 2:
+            where = names[i] if names is not None and i < len(names) else f"ratings entry {i + 1}"
+            if isinstance(entry, (str, bytes)) or not isinstance(entry, (Sequence, np.ndarray)) or len(entry) != 2:
                 raise MetarecError(f"{where}: {entry!r} is not an (item id, rating) pair")
             item, rating = entry
             code = self.item_code(item)
@@ -319,7 +323,7 @@ class Recommender:
 
     # ---------------------------------------------------------------- serving
     def adapt(self, ratings, user_features: Mapping[str, Any] | None = None, *,
-              entry_names: Sequence[str] | None = None) -> "AdaptedUser":
+              entry_names: Sequence[str] | None = None) -> AdaptedUser:
         """A new user adapted to ``ratings`` (``[(item id, rating), ...]`` or ``{item id: rating}``, original
         item ids). ``user_features`` maps user field names to value codes (``None`` or absent = unknown,
         code 0). ``entry_names`` (optional, one per rating) name the entries in error messages."""
@@ -350,7 +354,7 @@ class Recommender:
                     }
         return AdaptedUser(self, user, codes_np, values_np, params=params)
 
-    def _scores(self, u: "AdaptedUser", codes: np.ndarray) -> torch.Tensor:
+    def _scores(self, u: AdaptedUser, codes: np.ndarray) -> torch.Tensor:
         """Unclipped predicted ratings of item ``codes`` for the adapted user ``u``."""
         idx = torch.as_tensor(codes, dtype=torch.long)
         if self.kind == "user_mean":

@@ -12,7 +12,6 @@ no other exception type escapes.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from metarec.data.episodes import EpisodeCollator, FeatureTables
@@ -37,7 +36,7 @@ from metarec.data.splits import (
     make_split,
     save_manifest,
 )
-from metarec.errors import ConfigError, DataError, MetarecError
+from metarec.errors import ConfigError, DataError
 
 # No example database (nothing written into the working tree); no per-example deadline, since a
 # benchmark may be loading the machine.
@@ -173,8 +172,12 @@ def test_fake_ml100k_base_is_valid() -> None:
     assert (ds.n_users, ds.n_items, len(ds.ratings)) == (4, 4, 7)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")  # pandas on 'inf' ids
 @settings(max_examples=400, **FUZZ)
 @given(corrupted_file())
+@example(("u.data", b"-9223372036854775809\t1\t5\t881250949\n"))  # was OverflowError
+@example(("u.item", VALID["u.item"].replace(b"|0|", b"|99999999999999999999|", 1)))  # was OverflowError
+@example(("u.user", VALID["u.user"].replace(b"technician", b"tech\rnician")))  # lone \r: wrong line numbers
 def test_ml100k_loader_corrupted_file(corruption: tuple[str, bytes]) -> None:
     name, data = corruption
     try:
@@ -531,6 +534,25 @@ def test_manifest_structural_corruption(saved_split, data) -> None:
                 assert len(t.query_items) == len(t.query_ratings)
 
 
-def test_metarec_error_hierarchy() -> None:
-    assert issubclass(DataError, MetarecError) and issubclass(ConfigError, MetarecError)
-    assert dataclasses.is_dataclass(SplitConfig)
+def test_manifest_regressions(saved_split) -> None:
+    ds, _, text = saved_split
+    for edit in ("drop config", "unknown train user", "bad config type"):
+        m = json.loads(text)
+        if edit == "drop config":
+            del m["config"]
+        elif edit == "unknown train user":
+            m["users"]["train"].append(10**6)
+        else:
+            m["config"]["query_size"] = "3"
+        m["content_hash"] = content_hash(m)  # a hand edit that also fixed the hash
+        with pytest.raises(DataError):
+            _load_text(ds, json.dumps(m).encode())
+    with pytest.raises(DataError, match="not valid JSON"):
+        _load_text(ds, b"1" * 5000)  # int() digit limit: ValueError, not JSONDecodeError
+
+
+def test_negative_seeds_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="seed"):
+        load_dataset("synthetic", {"n_users": 3, "n_items": 3, "min_ratings": 1, "max_ratings": 2, "seed": -1}, None)
+    with pytest.raises(ConfigError, match="seed"):
+        SplitConfig(seed=-1).check()

@@ -252,7 +252,7 @@ def test_bad_user_features_and_items(recs) -> None:
 
 
 def _cli(tmp_path: Path, *args: str):
-    data = tmp_path / "no-data"
+    data = tmp_path / "no-data"  # synthetic data needs nothing on disk
     data.mkdir(exist_ok=True)
     return run_cli(*args, cwd=tmp_path, env=cli_env(data))
 
@@ -266,10 +266,25 @@ def _one_error_line(proc, *fragments: str) -> None:
         assert f in lines[0], detail
 
 
-def test_cli_recommend_prints_the_top_k(runs, recs, tmp_path) -> None:
-    csv = tmp_path / "new_user.csv"
-    csv.write_text("item,rating\n5,5\n17,4\n42,1\n")
-    proc = _cli(tmp_path, "recommend", "--run", str(runs["maml"]), "--ratings", str(csv), "-k", "4")
+@pytest.fixture(scope="module")
+def slow_cli(runs, tmp_path_factory) -> dict[str, object]:
+    """The CLI calls that load a run (seconds of imports each), run side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tmp = tmp_path_factory.mktemp("cli")
+    (tmp / "good.csv").write_text("item,rating\n5,5\n17,4\n42,1\n")
+    (tmp / "unknown.csv").write_text("item,rating\n5,5\n99999,3\n")
+    calls = {
+        "good": ("--run", str(runs["maml"]), "--ratings", str(tmp / "good.csv"), "-k", "4"),
+        "unknown": ("--run", str(runs["head"]), "--ratings", str(tmp / "unknown.csv")),
+    }
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = {name: pool.submit(_cli, tmp, "recommend", *args) for name, args in calls.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def test_cli_recommend_prints_the_top_k(recs, slow_cli) -> None:
+    proc = slow_cli["good"]
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     lines = proc.stdout.splitlines()
@@ -281,6 +296,10 @@ def test_cli_recommend_prints_the_top_k(runs, recs, tmp_path) -> None:
         assert title in line and line.endswith(f"{score:.2f}")
 
 
+def test_cli_recommend_refuses_an_unknown_item(slow_cli) -> None:
+    _one_error_line(slow_cli["unknown"], "unknown.csv row 3: unknown item id '99999'")
+
+
 @pytest.mark.parametrize(
     "text, fragment",
     [
@@ -288,7 +307,7 @@ def test_cli_recommend_prints_the_top_k(runs, recs, tmp_path) -> None:
         ("item,rating\n5,5\n17\n", "row 3: expected 2 columns"),
         ("item,rating\n5,5\n17,\n", "row 3: missing rating"),
         ("item,rating\n5,5\n\n17,great\n", "row 4: rating 'great' is not a number"),
-        ("item,rating\n5,5\n99999,3\n", "row 3: unknown item id '99999'"),
+        ("item,rating\n", "has no ratings below its header"),
     ],
 )
 def test_cli_recommend_refuses_malformed_rows(runs, tmp_path, text, fragment) -> None:
@@ -296,3 +315,18 @@ def test_cli_recommend_refuses_malformed_rows(runs, tmp_path, text, fragment) ->
     csv.write_text(text)
     proc = _cli(tmp_path, "recommend", "--run", str(runs["head"]), "--ratings", str(csv))
     _one_error_line(proc, fragment, "new_user.csv")
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--user-feature", "gender"], "--user-feature 'gender' is not of the form FIELD=CODE"),
+        (["--user-feature", "gender=male"], "'male' is not an integer code"),
+        (["-k", "0"], "-k must be at least 1"),
+        (["--ratings", "missing.csv"], "ratings file missing.csv does not exist"),
+    ],
+)
+def test_cli_recommend_refuses_bad_arguments(runs, tmp_path, extra, fragment) -> None:
+    (tmp_path / "ok.csv").write_text("item,rating\n5,5\n")
+    proc = _cli(tmp_path, "recommend", "--run", str(runs["head"]), "--ratings", "ok.csv", *extra)
+    _one_error_line(proc, fragment)

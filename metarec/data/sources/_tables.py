@@ -114,11 +114,11 @@ def read_table(
         raise DataError(f"{path} is empty")
     if header:
         names = _header(path, text, psep, encoding, quoted, escapechar)
-        missing = [c for c in (*required, *(usecols or ())) if c not in names]
+        missing = list(dict.fromkeys(c for c in (*required, *(usecols or ())) if c not in names))
         if missing:
             raise DataError(
                 f"{path}, line 1: missing column{'s' if len(missing) > 1 else ''} "
-                f"{', '.join(map(repr, dict.fromkeys(missing)))} (the header has {', '.join(map(repr, names))})"
+                f"{', '.join(map(repr, missing))} (the header has {', '.join(map(repr, names))})"
             )
         dup = [c for c in names if names.count(c) > 1]
         if dup:
@@ -133,12 +133,14 @@ def read_table(
         if not len(lines):
             raise DataError(f"{path} has no data rows")
     cols = list(usecols) if usecols is not None else names
-    dtype = {c: ("int64" if kinds.get(c) == "int" else "float64" if kinds.get(c) == "float" else str) for c in cols}
+    # Without the field-count check, read every column: pandas ignores surplus fields when given usecols.
+    parsed = cols if lines is not None else names
+    dtype = {c: ("int64" if kinds.get(c) == "int" else "float64" if kinds.get(c) == "float" else str) for c in parsed}
     kw = dict(
         sep=psep,
         header=0 if header else None,
         names=names,
-        usecols=cols,
+        usecols=parsed if lines is not None else None,  # any usecols turns off pandas' surplus-field error
         dtype=dtype,
         keep_default_na=False,
         na_values={c: [""] for c in cols if c in kinds},
@@ -166,6 +168,7 @@ def read_table(
     except ValueError as e:
         _locate_bad_value(path, source, kw, kinds, first, lines)
         raise DataError(f"{path}: cannot parse ({str(e).splitlines()[0]})") from None
+    df = df[cols]
     if lines is not None and len(lines) == len(df):
         df.index = pd.Index(lines, dtype=np.int64)
     else:
@@ -175,7 +178,8 @@ def read_table(
     for c in cols:
         if kinds.get(c) == "float":
             v = df[c].to_numpy()
-            fail_at(path, df.index, ~np.isfinite(v), lambda i, c=c: f"{c} is missing or not a finite number")
+            fail_at(path, df.index, ~np.isfinite(v),
+                    lambda i, c=c, v=v: f"missing {c}" if np.isnan(v[i]) else f"{c} {v[i]} is not a finite number")
     return df
 
 
@@ -300,7 +304,8 @@ def codes_of(
 
     Unknown ids are a ``DataError`` naming the line, or (``drop``) are left out by the mask.
     """
-    ids = _same_kind(ids, known)
+    known = _normalized(known)
+    ids = _same_kind(_normalized(ids), known)
     if len(known) == 0:
         pos = np.zeros(len(ids), dtype=np.int64)
         unknown = np.ones(len(ids), dtype=bool)
@@ -310,6 +315,14 @@ def codes_of(
     if not drop:
         fail_at(path, lines, unknown, lambda i: f"{kind} id {ids[i]} is not in {table}")
     return pos.astype(np.int64), ~unknown
+
+
+def _normalized(a: np.ndarray) -> np.ndarray:
+    """Integer ids as int64, any other ids as a numpy str array."""
+    a = np.asarray(a)
+    if a.dtype.kind in "iu":
+        return a.astype(np.int64, copy=False)
+    return a if a.dtype.kind == "U" else a.astype(str)
 
 
 def _same_kind(ids: np.ndarray, known: np.ndarray) -> np.ndarray:

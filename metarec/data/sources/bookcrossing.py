@@ -150,7 +150,7 @@ def _read_users(path: Path, lenient: bool) -> pd.DataFrame:
     df = read_table(path, sep=";", header=True, encoding="latin-1", quoted=True, escapechar="\\",
                     required=_USER_COLS, usecols=_USER_COLS, kinds={"User-ID": "int"})
     age_text = df["Age"].str.strip()
-    age = pd.to_numeric(age_text, errors="coerce").to_numpy(dtype=np.float64)
+    age = pd.to_numeric(age_text, errors="coerce").to_numpy(dtype=np.float64, copy=True)
     if not lenient:
         bad = np.isnan(age) & ~age_text.isin(_NULLS).to_numpy()
         fail_at(path, df.index, bad, lambda i: f"age {age_text.iat[i]!r} is not a number or NULL")
@@ -168,7 +168,7 @@ def _read_books(path: Path, lenient: bool) -> pd.DataFrame:
     if not lenient:
         fail_at(path, df.index, ragged, lambda i: f"expected {n_fields} fields separated by ';'")
     year_text = df["Year-Of-Publication"].astype(str).str.strip()
-    year = pd.to_numeric(year_text, errors="coerce").to_numpy(dtype=np.float64)
+    year = pd.to_numeric(year_text, errors="coerce").to_numpy(dtype=np.float64, copy=True)
     if not lenient:
         bad = np.isnan(year) & ~year_text.isin(_NULLS).to_numpy()
         fail_at(path, df.index, bad, lambda i: f"year {year_text.iat[i]!r} is not a number")

@@ -19,7 +19,8 @@ Existing files are never re-verified on load.
 ``movielens20m`` / ``movielens25m`` (``ratings.csv``, ``movies.csv`` with headers, UTF-8): half-star
 ratings 0.5-5. No user features are published, so users have one constant categorical field
 ``constant`` (cardinality 2). Items as for ml-1m with the 19 genres of :data:`ML20M_GENRES` (the 18 plus
-IMAX); ``(no genres listed)`` gives an all-zero genre row. ``tags.csv``, ``links.csv`` and the genome
+IMAX; ``Children`` there is ``Children's`` in ml-1m and either spelling is accepted); ``(no genres
+listed)`` gives an all-zero genre row. ``tags.csv``, ``links.csv`` and the genome
 files are not read.
 
 Release years come from the title's trailing ``(1995)`` (``(2007-)`` counts as 2007); NaN without one.
@@ -70,7 +71,9 @@ ML1M_GENRES = (
     "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
     "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
-ML20M_GENRES = (*ML1M_GENRES, "IMAX")
+# ml-20m/25m write "Children" where ml-1m writes "Children's" (both are accepted, in one column).
+ML20M_GENRES = tuple("Children" if g == "Children's" else g for g in ML1M_GENRES) + ("IMAX",)
+GENRE_ALIASES = {"Children's": "Children", "Children": "Children's"}
 NO_GENRES = "(no genres listed)"
 ML1M_AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
 ML1M_OCCUPATIONS = 21  # codes 0..20
@@ -226,7 +229,8 @@ def _read_movies(path: Path, *, sep: str, encoding: str, genres: tuple[str, ...]
         df.columns = ["id", "title", "genres"]
     else:
         df = read_table(path, sep=sep, header=False, names=("id", "title", "genres"), encoding=encoding, kinds={"id": "int"})
-    lists = df["genres"].str.strip().str.split("|")
+    aliases = {a: b for a, b in GENRE_ALIASES.items() if b in genres and a not in genres}
+    lists = df["genres"].str.strip().str.split("|", regex=False).map(lambda gs: [aliases.get(g, g) for g in gs])
     known = set(genres) | {NO_GENRES, ""}  # an empty genres field means no genre, like NO_GENRES
     bad = lists.map(lambda gs: next((g for g in gs if g not in known), None))
     fail_at(path, df.index, bad.notna().to_numpy(),
