@@ -24,7 +24,14 @@ import pytest
 import yaml
 
 from metarec.data.schema import RecDataset, dataset_fingerprint
-from metarec.data.sources import SOURCES, lastfm, load_dataset, movielens_more, source_config, tabular
+from metarec.data.sources import (
+    SOURCES,
+    lastfm,
+    load_dataset,
+    movielens_more,
+    source_config,
+    tabular,
+)
 from metarec.data.sources._fetch import git_blob_sha1
 from metarec.data.sources._tables import quantile_buckets, vocab_codes
 from metarec.data.splits import SplitConfig, make_split
@@ -57,7 +64,7 @@ def lastfm_root() -> Path:
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -229,7 +236,7 @@ ML20M: dict[str, bytes] = {
         '4,"Dark Knight, The (2008)",Action|Crime|Drama|IMAX\n'
         "5,Amélie (Fabuleux destin d'Amélie Poulain  Le) (2001),Comedy|Romance\n"
         "6,Unrated (2007-),Documentary\n"
-    ).encode("utf-8"),
+    ).encode(),
     "ratings.csv": (
         b"userId,movieId,rating,timestamp\n"
         b"1,2,3.5,1112486027\n1,1,4.0,1112484676\n7,3,0.5,1094785740\n7,4,5,1094785741\n12,5,2.5,1094785742\n"
@@ -319,6 +326,20 @@ def test_ml20m_download_unpinned_and_archive_md5(tmp_path: Path, http_server: tu
 def test_ml20m_offline_message(tmp_path: Path) -> None:
     msg = _error("movielens25m", {"url": "http://127.0.0.1:9/ml-25m.zip", "timeout_s": 5.0}, tmp_path)
     assert "could not download" in msg and "ratings.csv, movies.csv" in msg and str(tmp_path / "ml-25m") in msg
+
+
+def test_crlf_and_trailing_blank_lines_are_accepted(tmp_path: Path) -> None:
+    _write(tmp_path / "ml-1m", {n: d.replace(b"\n", b"\r\n") + b"\r\n\r\n" for n, d in ML1M.items()})
+    assert len(load_dataset("movielens1m", {"download": False}, str(tmp_path)).ratings) == 4
+    _write(tmp_path / "ml-20m", {n: d.replace(b"\n", b"\r\n") + b"\n\n" for n, d in ML20M.items()})
+    assert len(load_dataset("movielens20m", {"download": False}, str(tmp_path)).ratings) == 5
+
+
+def test_blank_line_inside_a_file_is_an_error(tmp_path: Path) -> None:
+    _write(tmp_path / "ml-1m", {**ML1M, "ratings.dat": ML1M["ratings.dat"].replace(b"\n", b"\n\n", 1)})
+    assert "ratings.dat, line 2: expected 4 fields" in _error("movielens1m", {"download": False}, tmp_path)
+    _write(tmp_path / "ml-20m", {**ML20M, "movies.csv": ML20M["movies.csv"].replace(b"\n", b"\n\n", 1)})
+    assert "movies.csv, line 2: blank line" in _error("movielens20m", {"download": False}, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,7 +493,7 @@ LASTFM: dict[str, bytes] = {
         '52\t"Weird Al" Yankovic\thttp://www.last.fm/music/Weird\t\n'
         "53\tSigur Rós\thttp://www.last.fm/music/Sigur+R%C3%B3s\thttp://x/3.jpg\n"
         "54\tNever Played\thttp://x\t\n"
-    ).encode("utf-8"),
+    ).encode(),
     "tags.dat": _crlf("tagID\ttagValue\n1\tmetal\n2\tchill\n3\tmúsica\n", "latin-1"),
     "user_taggedartists.dat": _crlf(
         "userID\tartistID\ttagID\tday\tmonth\tyear\n"
@@ -606,19 +627,19 @@ def test_lastfm_download_with_official_checksums(lastfm_root: Path, tmp_path: Pa
 
 RB: dict[str, bytes] = {
     "toy.inter": (
-        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-        "1\t10\t4\t881250949\n1\t11\t2.5\t881250950\n2\t10\t5\t881250951\n2\t12\t1\t881250952.7\n"
-    ).encode(),
+        b"user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        b"1\t10\t4\t881250949\n1\t11\t2.5\t881250950\n2\t10\t5\t881250951\n2\t12\t1\t881250952.7\n"
+    ),
     "toy.user": (
-        "user_id:token\tage:float\tgender:token\toccupation:token\tzip_code:token\n"
-        "1\t24\tM\ttechnician\t85711\n2\t53\tF\tother\t94043\n3\t\tM\tstudent\t\n"
-    ).encode(),
+        b"user_id:token\tage:float\tgender:token\toccupation:token\tzip_code:token\n"
+        b"1\t24\tM\ttechnician\t85711\n2\t53\tF\tother\t94043\n3\t\tM\tstudent\t\n"
+    ),
     "toy.item": (
-        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\tscore:float_seq\n"
-        "10\tToy Story\t1995\tAnimation Children's Comedy\t1.0 2.0\n"
-        "11\tGoldenEye\t1995\tAction Adventure Thriller\t\n"
-        "12\tFour Rooms\t\tThriller\t3\n"
-    ).encode(),
+        b"item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\tscore:float_seq\n"
+        b"10\tToy Story\t1995\tAnimation Children's Comedy\t1.0 2.0\n"
+        b"11\tGoldenEye\t1995\tAction Adventure Thriller\t\n"
+        b"12\tFour Rooms\t\tThriller\t3\n"
+    ),
 }
 
 
@@ -704,19 +725,19 @@ def test_recbole_unknown_ids_drop(tmp_path: Path) -> None:
 
 CSV: dict[str, bytes] = {
     "inter.csv": (
-        "user,item,stars,when\n"
-        "alice,i1,4,2020-01-01T00:00:00Z\n"
-        "alice,i2,3.5,2020-01-02\n"
-        "bob,i1,5,2020-01-03 12:00:00\n"
-        'carol,"i3",2,2021-06-01\n'
-    ).encode(),
-    "users.csv": "user,age,country\nalice,30,fr\nbob,,de\ncarol,61,fr\ndave,45,\n".encode(),
+        b"user,item,stars,when\n"
+        b"alice,i1,4,2020-01-01T00:00:00Z\n"
+        b"alice,i2,3.5,2020-01-02\n"
+        b"bob,i1,5,2020-01-03 12:00:00\n"
+        b'carol,"i3",2,2021-06-01\n'
+    ),
+    "users.csv": b"user,age,country\nalice,30,fr\nbob,,de\ncarol,61,fr\ndave,45,\n",
     "items.csv": (
-        "item_id,title,year,genres,price\n"
-        'i1,"Heat, the",1995,Crime|Drama,9.5\n'
-        "i2,Up,2009,Animation,\n"
-        "i3,Nameless,,Drama|Crime|Noir,3\n"
-    ).encode(),
+        b"item_id,title,year,genres,price\n"
+        b'i1,"Heat, the",1995,Crime|Drama,9.5\n'
+        b"i2,Up,2009,Animation,\n"
+        b"i3,Nameless,,Drama|Crime|Noir,3\n"
+    ),
 }
 CSV_PARAMS = {
     "interactions": "inter.csv",

@@ -148,12 +148,16 @@ class RecDataset:
 
 
 def dataset_fingerprint(ds: RecDataset) -> str:
-    """A short content hash of the ratings, so a saved split can check it matches the data."""
+    """A short content hash of the ratings (original ids, codes, values), so a saved split can check
+    that it is used on the same data. Ids may be any text (hashed as UTF-8)."""
     import hashlib
 
     r = ds.ratings
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(ds.user_ids[r["user"].to_numpy()]).astype(str).astype("S").tobytes())
-    h.update(np.ascontiguousarray(ds.item_ids[r["item"].to_numpy()]).astype(str).astype("S").tobytes())
+    for ids in (ds.user_ids, ds.item_ids):
+        h.update("\x1f".join(map(str, ids.tolist())).encode("utf-8", "surrogatepass"))
+        h.update(b"\x1e")
+    h.update(np.ascontiguousarray(r["user"].to_numpy(np.int64)).tobytes())
+    h.update(np.ascontiguousarray(r["item"].to_numpy(np.int64)).tobytes())
     h.update(np.ascontiguousarray(r["rating"].to_numpy(dtype=np.float64)).tobytes())
     return h.hexdigest()[:16]

@@ -240,7 +240,7 @@ def _read_parquet(path: Path, columns: list[str], kinds: dict[str, str]) -> pd.D
     if not parquet_available():
         raise DataError(f"cannot read {path}: Parquet needs pyarrow (pip install pyarrow); CSV files work without it")
     try:
-        import pyarrow.parquet as pq  # noqa: PLC0415
+        import pyarrow.parquet as pq
 
         have = list(pq.ParquetFile(path).schema_arrow.names)
     except ImportError:
@@ -259,7 +259,7 @@ def _read_parquet(path: Path, columns: list[str], kinds: dict[str, str]) -> pd.D
     df.index = pd.RangeIndex(1, len(df) + 1)
     if len(df) == 0:
         raise DataError(f"{path} has no rows")
-    for col, kind in kinds.items():
+    for col in kinds:
         s = df[col]
         if s.dtype.kind not in "iuf":
             values = numeric_column(path, s.astype(str), df.index, col)
