@@ -69,7 +69,7 @@ def child(executor: str, n_batches: int, extra: list[str]) -> dict:
     bs = dm.cfg.eval_batch_size
     reps = math.ceil(n_batches * bs / len(tasks))
     # the data module's own loader (collate, batch size, workers), over the val episodes repeated
-    loader = dm._loader(ListDataset(list(tasks) * reps), bs)
+    loader = dm.loader(ListDataset(list(tasks) * reps), bs)
     assert len(loader) >= n_batches, (len(loader), n_batches)
 
     trace: list[float] = []  # RSS after every batch: reading statm costs microseconds

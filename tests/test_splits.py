@@ -561,3 +561,14 @@ def test_ml100k_ratings_are_integers_of_u_data(ml100k_root, ml_split):
         assert math.isclose(
             float(np.sum(t.support_ratings)), float(sum(lookup[(row["user"], i)] for i in row["support"]))
         )
+
+
+def test_fingerprint_accepts_text_ids_and_tells_data_apart():
+    from metarec.data.schema import dataset_fingerprint
+    from metarec.data.sources import load_dataset
+
+    ds = load_dataset("synthetic", {"n_users": 100}, None)
+    ds.user_ids = np.array([f"usér-{i}" for i in range(ds.n_users)], dtype=object)
+    a = dataset_fingerprint(ds)
+    ds.user_ids = np.array([f"user-{i}" for i in range(ds.n_users)], dtype=object)
+    assert a != dataset_fingerprint(ds)

@@ -121,7 +121,8 @@ def test_inner_loop_leaves_everything_outside_the_scope_untouched(scope):
     ds = tiny_dataset()
     batch = tiny_batch(ds)
     model = _melu(ds)
-    learner = build_learner("maml", model, ctx(ds), MAMLConfig(inner_lr=0.5, inner_steps=3, scope=scope))
+    cfg = MAMLConfig(inner_lr=0.5, inner_steps=3, scope=scope, executor="learn2learn")  # inspect the clone
+    learner = build_learner("maml", model, ctx(ds), cfg)
     adapter = learner.executor
     x = adapter.prefix_features(batch, detach=False)
     fast = adapter.adapt(batch, x, 0, steps=3, first_order=False)
@@ -129,8 +130,14 @@ def test_inner_loop_leaves_everything_outside_the_scope_untouched(scope):
     named = dict(model.named_parameters())
     # the clone holds exactly the adapted parameters, and they moved
     assert len(list(fast.module.parameters())) == len(adapted)
-    moved = [not torch.allclose(p, named[n]) for n, p in zip(sorted(adapted, key=list(named).index), fast.module.parameters())]
-    assert all(moved)
+    order = sorted(adapted, key=list(named).index)
+    assert all(not torch.allclose(p, named[n]) for n, p in zip(order, fast.module.parameters()))
+    # the vmap executor adapts exactly the same parameters to the same values
+    vm = build_learner("maml", model, ctx(ds), MAMLConfig(inner_lr=0.5, inner_steps=3, scope=scope, executor="vmap"))
+    phis, _ = vm.executor.adapted_parameters(batch, 3)
+    assert len(phis) == len(adapted)
+    for phi, p in zip(phis, fast.module.parameters()):
+        torch.testing.assert_close(phi[0], p.detach())
     # the non-adapted computation is the same function before and after adaptation
     torch.testing.assert_close(adapter.prefix_features(batch, detach=True), x.detach())
     assert all(p.grad is None for p in model.parameters())

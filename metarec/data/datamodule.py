@@ -162,7 +162,8 @@ class ColdStartDataModule(pl.LightningDataModule):
         return float(self.split.train_ratings()[1].mean())
 
     # ------------------------------------------------------------- dataloaders
-    def _loader(self, dataset, batch_size, sampler=None) -> DataLoader:
+    def loader(self, dataset, batch_size: int, sampler=None) -> DataLoader:
+        """A DataLoader of episodes with this module's collation and worker settings."""
         workers = self.cfg.num_workers
         return DataLoader(
             dataset,
@@ -177,10 +178,10 @@ class ColdStartDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         episodes = TrainEpisodes(self.split, self.split_config)
         sampler = EpochShuffleSampler(len(episodes), self.seed)
-        return self._loader(episodes, self.cfg.meta_batch_size, sampler)
+        return self.loader(episodes, self.cfg.meta_batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(ListDataset(self.split.episodes["val"]), self.cfg.eval_batch_size)
+        return self.loader(ListDataset(self.split.episodes["val"]), self.cfg.eval_batch_size)
 
     def test_tasks(self, scenario: str) -> list[Task]:
         """The scenario's fixed episodes; with ``test_support_size = K``, the users with at least K
@@ -196,4 +197,4 @@ class ColdStartDataModule(pl.LightningDataModule):
         ]
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(ListDataset(self.test_tasks(s)), self.cfg.eval_batch_size) for s in self.scenarios]
+        return [self.loader(ListDataset(self.test_tasks(s)), self.cfg.eval_batch_size) for s in self.scenarios]
