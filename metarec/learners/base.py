@@ -53,6 +53,7 @@ def masked_mse_per_task(pred: torch.Tensor, target: torch.Tensor, mask: torch.Te
 
 class MetaLearner(pl.LightningModule):
     needs_training = True
+    ranks_items = True  # False for learners whose scores cannot order items (no full-ranking metrics)
     test_stage = "test"  # metric prefix of test passes; e.g. "test_k5" for a support-size-5 pass
 
     def __init__(self, model: BaseRecommender, ctx: LearnerContext, lr: float = 1e-3, weight_decay: float = 0.0):
@@ -65,7 +66,7 @@ class MetaLearner(pl.LightningModule):
         self.test_metrics = nn.ModuleDict({s: rating_metrics() for s in ctx.test_scenarios})
         self.rank_metrics = nn.ModuleDict(
             {s: MetricCollection(full_ranking_metrics(ctx.ranking_ks), compute_groups=False) for s in ctx.test_scenarios}
-            if ctx.ranking_ks else {}
+            if ctx.ranking_ks and self.ranks_items else {}
         )
 
     # ----------------------------------------------------------------- contract

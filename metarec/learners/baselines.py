@@ -105,6 +105,7 @@ class UserMeanConfig:
 
 class UserMean(MetaLearner):
     needs_training = False
+    ranks_items = False  # one score for every item: no full-ranking metrics (ties would rank by item id)
 
     def __init__(self, model: BaseRecommender, ctx: LearnerContext, cfg: UserMeanConfig) -> None:
         super().__init__(model, ctx)
@@ -116,10 +117,6 @@ class UserMean(MetaLearner):
         mean = torch.where(n > 0, (ys * ms).sum(-1, keepdim=True) / n.clamp_min(1), self.ctx.train_rating_mean)
         q = mean.expand_as(y).to(y.dtype)
         return masked_mse_per_task(q, y, m).mean(), q
-
-    def score_candidates(self, batch: EpisodeBatch, items) -> torch.Tensor:
-        """The same score for every item: a user mean cannot rank (its ranking metrics are chance level)."""
-        return torch.zeros(batch.n_tasks, items.categorical.shape[0], device=batch.ratings.device)
 
     def configure_optimizers(self):
         return None
