@@ -14,19 +14,33 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-@pytest.fixture(scope="session")
-def ml100k_root() -> Path:
-    """The ``METAREC_DATA_DIR`` folder holding ``ml-100k/``; skipped when absent (a failure under CI)."""
+def real_data_root(folder: str, required, label: str) -> Path:
+    """The ``METAREC_DATA_DIR`` folder holding ``folder/`` with the ``required`` files; skips the test
+    when they are absent, and fails it under CI (real-data tests must never be skipped silently there)."""
     env = os.environ.get("METAREC_DATA_DIR", "")
     root = Path(env).expanduser() if env else None
     if root is None:
         problem = "METAREC_DATA_DIR is not set"
     else:
-        missing = [f for f in ML100K_REQUIRED if not (root / "ml-100k" / f).is_file()]
-        problem = f"{root / 'ml-100k'} lacks {', '.join(missing)}" if missing else ""
+        missing = [f for f in required if not (root / folder / f).is_file()]
+        problem = f"{root / folder} lacks {', '.join(missing)}" if missing else ""
     if problem:
-        msg = f"real MovieLens 100K data not available: {problem} (set METAREC_DATA_DIR to the folder holding ml-100k/)"
+        msg = f"real {label} data not available: {problem} (set METAREC_DATA_DIR to the folder holding {folder}/)"
         if _in_ci():
             pytest.fail(f"{msg}; CI must run the real-data tests", pytrace=False)
         pytest.skip(msg)
     return root
+
+
+@pytest.fixture(scope="session")
+def ml100k_root() -> Path:
+    """The ``METAREC_DATA_DIR`` folder holding ``ml-100k/``; skipped when absent (a failure under CI)."""
+    return real_data_root("ml-100k", ML100K_REQUIRED, "MovieLens 100K")
+
+
+@pytest.fixture(scope="session")
+def lastfm_root() -> Path:
+    """The ``METAREC_DATA_DIR`` folder holding ``lastfm-2k/``; skipped when absent (a failure under CI)."""
+    from metarec.data.sources import lastfm
+
+    return real_data_root("lastfm-2k", lastfm.REQUIRED_FILES, "Last.fm 2K")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import os
 import re
 import threading
 import zipfile
@@ -39,28 +38,6 @@ from metarec.errors import ConfigError, DataError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 LASTFM_REQUIRED = lastfm.REQUIRED_FILES
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-@pytest.fixture(scope="session")
-def lastfm_root() -> Path:
-    """The ``METAREC_DATA_DIR`` folder holding ``lastfm-2k/``; skipped when absent (a failure under CI)."""
-    env = os.environ.get("METAREC_DATA_DIR", "")
-    root = Path(env).expanduser() if env else None
-    if root is None:
-        problem = "METAREC_DATA_DIR is not set"
-    else:
-        missing = [f for f in LASTFM_REQUIRED if not (root / "lastfm-2k" / f).is_file()]
-        problem = f"{root / 'lastfm-2k'} lacks {', '.join(missing)}" if missing else ""
-    if problem:
-        msg = f"real Last.fm 2K data not available: {problem} (set METAREC_DATA_DIR to the folder holding lastfm-2k/)"
-        if _in_ci():
-            pytest.fail(f"{msg}; CI must run the real-data tests", pytrace=False)
-        pytest.skip(msg)
-    return root
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
