@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from metarec.data.paths import DATA_DIR_ENV
@@ -155,21 +155,39 @@ def _extract_verified(
     expected: Mapping[str, str],
     member_prefix: str,
 ) -> list[Path]:
-    """Extract every expected member to a temp file, verify all, then rename them into place."""
+    """Extract every expected member, checking each one's sha256, then rename them into place."""
+
+    def check(name: str, tmp: Path, sha256: str) -> str | None:
+        want = expected[name]
+        return None if sha256 == want.lower() else f"sha256 is {sha256}, expected {want}"
+
+    return extract_members(zf, infos, url, dest, list(expected), member_prefix, check)
+
+
+def extract_members(
+    zf: zipfile.ZipFile,
+    infos: dict[str, zipfile.ZipInfo],
+    url: str,
+    dest: Path,
+    names: Sequence[str],
+    member_prefix: str,
+    check: Callable[[str, Path, str], str | None],
+) -> list[Path]:
+    """Extract ``member_prefix + name`` for every name to a temp file in ``dest``; ``check(name, temp,
+    sha256)`` returns a mismatch description or ``None``. Only when every file passed are they renamed
+    into place; on any failure no file (temp or final) is left behind."""
     temps: dict[str, Path] = {}
     try:
-        for name, want in expected.items():
+        for name in names:
             member = member_prefix + name
             info = infos.get(member)
             if info is None or info.is_dir():
                 raise DataError(f"the archive from {url} has no file {member!r}")
             temps[name] = tmp = _temp_path(dest, name)
-            got = _copy_member(zf, info, tmp, url)
-            if got != want.lower():
-                tmp.unlink(missing_ok=True)
+            problem = check(name, tmp, _copy_member(zf, info, tmp, url))
+            if problem:
                 raise DataError(
-                    f"checksum mismatch for {dest / name} from {url}: sha256 is {got}, expected {want}; "
-                    "the downloaded file was deleted"
+                    f"checksum mismatch for {dest / name} from {url}: {problem}; the downloaded file was deleted"
                 )
         finals = []
         for name, tmp in temps.items():

@@ -77,28 +77,11 @@ def fetch_unpinned(
 
 
 def _extract(zf, infos, url: str, dest: Path, names: list[str], prefix: str, blob_ids: dict[str, str]) -> list[Path]:
-    temps: dict[str, Path] = {}
-    try:
-        for name in names:
-            member = prefix + name
-            info = infos.get(member)
-            if info is None or info.is_dir():
-                raise DataError(f"the archive from {url} has no file {member!r}")
-            temps[name] = tmp = download._temp_path(dest, name)
-            download._copy_member(zf, info, tmp, url)
-            want = blob_ids.get(name)
-            if want:
-                got = git_blob_sha1(tmp)
-                if got != want.lower():
-                    raise DataError(
-                        f"checksum mismatch for {dest / name} from {url}: git blob id is {got}, expected {want}; "
-                        "the downloaded file was deleted"
-                    )
-        finals = []
-        for name, tmp in temps.items():
-            os.replace(tmp, dest / name)
-            finals.append(dest / name)
-        return finals
-    finally:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
+    def check(name: str, tmp: Path, sha256: str) -> str | None:
+        want = blob_ids.get(name)
+        if not want:
+            return None
+        got = git_blob_sha1(tmp)
+        return None if got == want.lower() else f"git blob id is {got}, expected {want}"
+
+    return download.extract_members(zf, infos, url, dest, names, prefix, check)
