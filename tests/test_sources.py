@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import re
 import stat
 import threading
 import zipfile
-from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from archive_helpers import zip_bytes
 
 from metarec.data import download
 from metarec.data.download import fetch_archive
@@ -58,33 +57,8 @@ def _write_fake(root: Path, **overrides: bytes) -> Path:
     return folder
 
 
-def _zip_bytes(members: dict[str, bytes], prefix: str = "ml-100k/") -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(prefix + name, data)
-    return buf.getvalue()
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
-
-@pytest.fixture
-def http_server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A local HTTP server on 127.0.0.1 serving the returned folder at the returned base URL."""
-    www = tmp_path / "www"
-    www.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(www)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield www, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def _all_files(path: Path) -> list[str]:
@@ -235,7 +209,7 @@ def test_download_from_local_server(
     tmp_path: Path, http_server: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     www, base = http_server
-    (www / "ml-100k.zip").write_bytes(_zip_bytes({**FAKE_FILES, "README": b"not wanted"}))
+    (www / "ml-100k.zip").write_bytes(zip_bytes({**FAKE_FILES, "README": b"not wanted"}))
     monkeypatch.setattr(movielens, "ML100K_SHA256", FAKE_SHA)
     root = tmp_path / "data"
     ds = load_dataset("movielens100k", {"url": f"{base}/ml-100k.zip"}, str(root))
@@ -249,7 +223,7 @@ def test_download_checksum_mismatch_deletes_and_names_both_hashes(
     tmp_path: Path, http_server: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     www, base = http_server
-    (www / "ml-100k.zip").write_bytes(_zip_bytes(FAKE_FILES))
+    (www / "ml-100k.zip").write_bytes(zip_bytes(FAKE_FILES))
     wrong = "0" * 64
     monkeypatch.setattr(movielens, "ML100K_SHA256", {**FAKE_SHA, "u.item": wrong})
     root = tmp_path / "data"
@@ -263,7 +237,7 @@ def test_download_checksum_mismatch_deletes_and_names_both_hashes(
 
 def test_download_verifies_the_real_checksums_by_default(tmp_path: Path, http_server: tuple[Path, str]) -> None:
     www, base = http_server
-    (www / "ml-100k.zip").write_bytes(_zip_bytes(FAKE_FILES))
+    (www / "ml-100k.zip").write_bytes(zip_bytes(FAKE_FILES))
     with pytest.raises(DataError, match="checksum mismatch"):
         load_dataset("movielens100k", {"url": f"{base}/ml-100k.zip"}, str(tmp_path))
     assert _all_files(tmp_path / "ml-100k") == []
@@ -305,7 +279,7 @@ def test_download_with_official_checksums(
     www, base = http_server
     src = ml100k_root / "ml-100k"
     official = {name: (src / name).read_bytes() for name in movielens.ML100K_SHA256}
-    (www / "ml-100k.zip").write_bytes(_zip_bytes(official))
+    (www / "ml-100k.zip").write_bytes(zip_bytes(official))
     ds = load_dataset("movielens100k", {"url": f"{base}/ml-100k.zip"}, str(tmp_path))
     assert len(ds.ratings) == 100000
     assert _all_files(tmp_path / "ml-100k") == sorted(movielens.ML100K_SHA256)
@@ -313,7 +287,7 @@ def test_download_with_official_checksums(
 
 def test_missing_member_and_http_error(tmp_path: Path, http_server: tuple[Path, str]) -> None:
     www, base = http_server
-    (www / "a.zip").write_bytes(_zip_bytes({"u.data": b"x"}))
+    (www / "a.zip").write_bytes(zip_bytes({"u.data": b"x"}))
     with pytest.raises(DataError, match="no file 'ml-100k/u.user'"):
         fetch_archive(f"{base}/a.zip", tmp_path / "d", {"u.data": _sha(b"x"), "u.user": "0" * 64}, "ml-100k/")
     with pytest.raises(DataError, match="HTTP 404") as err:

@@ -7,19 +7,14 @@ real files found through ``METAREC_DATA_DIR`` (``lastfm_root``).
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import io
 import re
-import threading
-import zipfile
-from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from archive_helpers import zip_bytes
 import yaml
 
 from metarec.data.schema import RecDataset, dataset_fingerprint
@@ -40,33 +35,8 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 LASTFM_REQUIRED = lastfm.REQUIRED_FILES
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
-@pytest.fixture
-def http_server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A local HTTP server on 127.0.0.1 serving the returned folder at the returned base URL."""
-    www = tmp_path / "www"
-    www.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(www)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield www, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-def _zip_bytes(members: dict[str, bytes], prefix: str) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(prefix + name, data)
-    return buf.getvalue()
 
 
 def _write(folder: Path, files: dict[str, bytes]) -> Path:
@@ -184,7 +154,7 @@ def test_git_blob_sha1_matches_git(tmp_path: Path) -> None:
 
 def test_ml1m_download_checks_blob_ids(tmp_path: Path, http_server: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
     www, base = http_server
-    (www / "ml-1m.zip").write_bytes(_zip_bytes({**ML1M, "README": b"x"}, "ml-1m/"))
+    (www / "ml-1m.zip").write_bytes(zip_bytes({**ML1M, "README": b"x"}, "ml-1m/"))
     url = f"{base}/ml-1m.zip"
     # the real blob ids: the fake files do not match, nothing is kept
     msg = _error("movielens1m", {"url": url}, tmp_path / "a")
@@ -284,7 +254,7 @@ def test_ml20m_large_file_path_reports_lines(tmp_path: Path, monkeypatch: pytest
 
 def test_ml20m_download_unpinned_and_archive_md5(tmp_path: Path, http_server: tuple[Path, str]) -> None:
     www, base = http_server
-    data = _zip_bytes({**ML20M, "tags.csv": b"userId,movieId,tag,timestamp\n"}, "ml-20m/")
+    data = zip_bytes({**ML20M, "tags.csv": b"userId,movieId,tag,timestamp\n"}, "ml-20m/")
     (www / "ml-20m.zip").write_bytes(data)
     url = f"{base}/ml-20m.zip"
     msg = _error("movielens20m", {"url": url, "archive_md5": "0" * 32}, tmp_path / "a")
@@ -536,7 +506,7 @@ def test_lastfm_malformed(tmp_path: Path, file: str, lineno: int, new_line: str,
 
 def test_lastfm_download_from_local_server(tmp_path: Path, http_server: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
     www, base = http_server
-    (www / "lastfm.zip").write_bytes(_zip_bytes({**LASTFM, "readme.txt": b"x"}, ""))
+    (www / "lastfm.zip").write_bytes(zip_bytes({**LASTFM, "readme.txt": b"x"}, ""))
     url = f"{base}/lastfm.zip"
     assert "checksum mismatch" in _error("lastfm2k", {"url": url}, tmp_path / "a")
     assert _all_files(tmp_path / "a" / "lastfm-2k") == []
@@ -594,7 +564,7 @@ def test_lastfm_real_raw_counts_and_split(lastfm_root: Path, lastfm_real: RecDat
 def test_lastfm_download_with_official_checksums(lastfm_root: Path, tmp_path: Path, http_server: tuple[Path, str]) -> None:
     www, base = http_server
     src = lastfm_root / "lastfm-2k"
-    (www / "l.zip").write_bytes(_zip_bytes({n: (src / n).read_bytes() for n in LASTFM_REQUIRED}, ""))
+    (www / "l.zip").write_bytes(zip_bytes({n: (src / n).read_bytes() for n in LASTFM_REQUIRED}, ""))
     ds = load_dataset("lastfm2k", {"url": f"{base}/l.zip"}, str(tmp_path))
     assert len(ds.ratings) == 92834
 
