@@ -35,3 +35,16 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedP
         [sys.executable, "-m", "metarec.cli", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
     )
+
+
+def wandb_offline_env(home: Path) -> dict[str, str]:
+    """W&B settings for an offline run with every W&B folder under ``home`` (no account, no network)."""
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(home),
+        "WANDB_CONFIG_DIR": str(home / "config"),
+        "WANDB_CACHE_DIR": str(home / "cache"),
+        "WANDB_DATA_DIR": str(home / "data"),
+        "WANDB_SILENT": "true",
+    }

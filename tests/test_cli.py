@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import cli_env, run_cli
+from cli_helpers import cli_env, run_cli, wandb_offline_env
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -403,17 +403,8 @@ def _logged_values(run_dir: Path) -> dict[str, float]:
 
 def test_wandb_offline(tmp_path: Path) -> None:
     wandb_home = tmp_path / "wandb-home"
-    wandb_home.mkdir()
     (tmp_path / "no-data").mkdir()
-    env = _env(
-        tmp_path / "no-data",
-        WANDB_MODE="offline",
-        WANDB_DIR=str(wandb_home),
-        WANDB_CONFIG_DIR=str(wandb_home / "config"),
-        WANDB_CACHE_DIR=str(wandb_home / "cache"),
-        WANDB_DATA_DIR=str(wandb_home / "data"),
-        WANDB_SILENT="true",
-    )
+    env = _env(tmp_path / "no-data", **wandb_offline_env(wandb_home))
     env.pop("WANDB_API_KEY", None)
     root = tmp_path / "runs"
     proc = metarec("fit", "logger=wandb", "learner=global", "data.params.n_users=200", "trainer.max_epochs=1",
@@ -435,10 +426,7 @@ def test_wandb_two_fits_in_one_process(tmp_path: Path) -> None:
     """Each fit() gets its own W&B run (WandbLogger would otherwise reuse the first, still-active one)."""
     wandb_home = tmp_path / "wandb-home"
     (tmp_path / "no-data").mkdir()
-    env = _env(tmp_path / "no-data", WANDB_MODE="offline", WANDB_DIR=str(wandb_home),
-               WANDB_CONFIG_DIR=str(wandb_home / "config"), WANDB_CACHE_DIR=str(wandb_home / "cache"),
-               WANDB_DATA_DIR=str(wandb_home / "data"), WANDB_SILENT="true")
-    wandb_home.mkdir()
+    env = _env(tmp_path / "no-data", **wandb_offline_env(wandb_home))
     root = tmp_path / "runs"
     common = ["fit", "logger=wandb", "learner=item_mean", "data.params.n_users=200",
               "trainer.enable_progress_bar=false", f"run.root={root}"]

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli_helpers import cli_env, run_cli
+from cli_helpers import cli_env, run_cli, wandb_offline_env
 import yaml
 
 from metarec.compare import ALL, Stat, make_spec, parse_metric, render_markdown, result_rows, summarize
@@ -237,16 +237,7 @@ def test_settings_that_do_not_match_the_existing_grid_are_refused(grid, tmp_path
 
 def test_wandb_offline(tmp_path: Path) -> None:
     home = tmp_path / "wandb-home"
-    home.mkdir()
-    env = _env(
-        tmp_path,
-        WANDB_MODE="offline",
-        WANDB_DIR=str(home),
-        WANDB_CONFIG_DIR=str(home / "config"),
-        WANDB_CACHE_DIR=str(home / "cache"),
-        WANDB_DATA_DIR=str(home / "data"),
-        WANDB_SILENT="true",
-    )
+    env = _env(tmp_path, **wandb_offline_env(home))
     env.pop("WANDB_API_KEY", None)
     out = tmp_path / "cmp"
     proc = metarec("compare", "--out", str(out), "--learners", "item_mean", "user_mean", "--seeds", "0",
