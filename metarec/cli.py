@@ -97,8 +97,9 @@ def _add_recommend(sub) -> None:
         help="adapt a finished run to a new user's ratings and print the top-k items",
         description="Adapt a finished run's learner to a new user's ratings (as at test time) and rank "
                     "every item.",
-        epilog="The ratings file is CSV with the header `item,rating` (original item ids). Rows are "
-               "numbered as in a spreadsheet: the header is row 1.",
+        epilog="The ratings file is CSV with the header `item,rating` (original item ids); for a run trained "
+               "on implicit feedback (data.negatives) the rating column may be left out (every item is an "
+               "interaction). Rows are numbered as in a spreadsheet: the header is row 1.",
     )
     rec.add_argument("--run", required=True, metavar="RUN", help="a finished run folder (holding metrics.json)")
     rec.add_argument("--ratings", required=True, metavar="CSV", help="the new user's ratings: columns item,rating")
@@ -108,8 +109,9 @@ def _add_recommend(sub) -> None:
                      help="a user feature value code (repeatable; unknown when not given)")
 
 
-def _read_ratings_csv(path: Path) -> tuple[list[tuple[str, float]], list[str]]:
-    """``(item, rating)`` pairs of a CSV with header ``item,rating``; each named by its row ("row N")."""
+def _read_ratings_csv(path: Path) -> tuple[list[tuple[str, float | None]], list[str]]:
+    """``(item, rating)`` pairs of a CSV with header ``item,rating`` (or ``item`` alone: ratings ``None``,
+    interactions of implicit feedback); each named by its row ("row N")."""
     import csv
 
     if not path.is_file():
@@ -126,17 +128,26 @@ def _read_ratings_csv(path: Path) -> tuple[list[tuple[str, float]], list[str]]:
     if not numbered:
         raise MetarecError(f"ratings file {path} is empty; expected the header item,rating")
     header = [c.strip().lower() for c in numbered[0][1]]
-    if "item" not in header or "rating" not in header:
-        raise MetarecError(f"ratings file {path}: the header must name the columns item and rating, got {','.join(header)}")
-    i_item, i_rating = header.index("item"), header.index("rating")
+    if "item" not in header or ("rating" not in header and header != ["item"]):
+        raise MetarecError(
+            f"ratings file {path}: the header must name the columns item and rating (or item alone, for a run "
+            f"trained on implicit feedback), got {','.join(header)}"
+        )
+    i_item = header.index("item")
+    i_rating = header.index("rating") if "rating" in header else None
     pairs, names = [], []
     for n, row in numbered[1:]:
         where = f"{path} row {n}"
         if len(row) != len(header):
             raise MetarecError(f"{where}: expected {len(header)} columns ({','.join(header)}), got {len(row)}")
-        item, rating = row[i_item].strip(), row[i_rating].strip()
+        item = row[i_item].strip()
         if not item:
             raise MetarecError(f"{where}: missing item")
+        if i_rating is None:
+            pairs.append((item, None))
+            names.append(where)
+            continue
+        rating = row[i_rating].strip()
         if not rating:
             raise MetarecError(f"{where}: missing rating")
         try:
@@ -169,7 +180,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     user = rec.adapt(pairs, features or None, entry_names=names)
     top = user.recommend(args.k, exclude_seen=not args.include_seen)
     rows = [(str(r), str(item), title, f"{score:.2f}") for r, (item, title, score) in enumerate(top, start=1)]
-    head = ("rank", "item", "title", "predicted rating")
+    head = ("rank", "item", "title", "probability" if rec.implicit else "predicted rating")
     widths = [max(len(h), *(len(row[j]) for row in rows)) if rows else len(h) for j, h in enumerate(head)]
 
     def line(cells) -> str:

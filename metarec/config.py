@@ -195,6 +195,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     data = _check_section("data", cfg.get("data"), DataConfig)
     source = SOURCES.get(data.source)
     data.params = _check_section("data.params", data.params, source.config_cls)
+    negative_config(data).check()
     out.data = data
     for section, registry in (("model", MODELS), ("learner", LEARNERS)):
         sec = cfg.get(section)
@@ -225,4 +226,11 @@ def data_config(data: DictConfig):
 
     values = OmegaConf.to_container(data, resolve=True)
     values["split"] = split_config(data)
+    values["negatives"] = negative_config(data)
     return DataConfig(**values)
+
+
+def negative_config(data: DictConfig):
+    from metarec.data.negatives import NegativeConfig
+
+    return NegativeConfig(**OmegaConf.to_container(data.negatives, resolve=True))

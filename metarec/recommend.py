@@ -10,7 +10,12 @@ Adaptation follows the learner's own evaluation path: the same adapted scope (``
 ``output``), the same inner learning rate (or Meta-SGD's learned per-parameter rates), the same number of
 steps (``eval_inner_steps``, else ``inner_steps``; ``finetune_steps`` for ``finetune``), the same inner
 gradient clipping, first order. Baselines use their own rule: ``global`` does not adapt, ``item_mean``
-predicts each item's training mean, ``user_mean`` the mean of the given ratings.
+predicts each item's training mean, ``user_mean`` the mean of the given ratings, ``popularity`` ranks by
+training interactions.
+
+Implicit feedback (runs trained with ``data.negatives``): the given items are positives (rating 1; a 0
+marks an item the user did not want), the support gets the run's sampled negatives exactly like a test
+support, the loss is binary cross-entropy, and ``predict``/``recommend`` show interaction probabilities.
 
 Adapting never touches the loaded meta-parameters: the inner loop runs on detached views of them
 (no copy) and every update makes new tensors, through ``torch.func.functional_call`` on a per-thread
@@ -61,6 +66,7 @@ class Recommender:
 
     def __init__(self, run_dir: Path, cfg, datamodule, learner, checkpoint: Path | None) -> None:
         from metarec.learners.baselines import FineTune, GlobalModel, ItemMean, UserMean
+        from metarec.learners.popularity import Popularity
 
         self.run_dir = run_dir
         self.config = cfg
@@ -69,7 +75,9 @@ class Recommender:
         self.checkpoint = checkpoint
         ds = datamodule.dataset
         self.dataset = ds
-        self.rating_range = (float(ds.rating_range[0]), float(ds.rating_range[1]))
+        lo, hi = learner.ctx.rating_range  # (0, 1) under implicit feedback (data.negatives)
+        self.rating_range = (float(lo), float(hi))
+        self.implicit = learner.ctx.loss == "bce"  # outputs are logits; predictions are probabilities
         self.item_ids = np.asarray(ds.item_ids)
         self.n_items = int(ds.n_items)
         titles = list(ds.item_titles or [])
@@ -90,7 +98,9 @@ class Recommender:
         self.kind = "model"
         self.scope: str | None = None
         executor = getattr(learner, "executor", None)
-        if isinstance(learner, ItemMean):
+        if isinstance(learner, Popularity):
+            self.kind = "popularity"
+        elif isinstance(learner, ItemMean):
             self.kind = "item_mean"
         elif isinstance(learner, UserMean):
             self.kind = "user_mean"
@@ -287,6 +297,12 @@ class Recommender:
             code = self.item_code(item)
             if code is None:
                 raise MetarecError(f"{where}: unknown item id {item!r}")
+            if rating is None:  # an interaction without a rating: only meaningful for implicit feedback
+                if not self.implicit:
+                    raise MetarecError(
+                        f"{where}: item {item!r} has no rating, but this run was trained on explicit ratings"
+                    )
+                rating = 1.0
             if isinstance(rating, (bool, np.bool_)) or not isinstance(rating, Real):
                 raise MetarecError(f"{where}: rating {rating!r} of item {item!r} is not a number")
             r = float(rating)
@@ -327,7 +343,6 @@ class Recommender:
         """A new user adapted to ``ratings`` (``[(item id, rating), ...]`` or ``{item id: rating}``, original
         item ids). ``user_features`` maps user field names to value codes (``None`` or absent = unknown,
         code 0). ``entry_names`` (optional, one per rating) name the entries in error messages."""
-        from metarec.learners.base import masked_mse_per_task
         from metarec.learners.executors import clip_by_global_norm
 
         codes_np, values_np = self._parse(ratings, entry_names)
@@ -339,12 +354,14 @@ class Recommender:
         if self.kind != "adapt":
             return AdaptedUser(self, user, codes_np, values_np)
         params = {n: p.detach() for n, p in self._module.named_parameters()}  # views, never written
+        if self.implicit:
+            codes, y = self._with_negatives(codes_np, values_np)
         mask = torch.ones_like(y, dtype=torch.bool)
         x = None if self.scope == "all" else self._prefix(user, codes)
         with torch.enable_grad():
             for _ in range(self.steps):
                 leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-                loss = masked_mse_per_task(self._call(leaves, user, codes, x), y, mask)
+                loss = self.learner.loss_fn(self._call(leaves, user, codes, x), y, mask)
                 grads = torch.autograd.grad(loss, [leaves[n] for n in self._names], allow_unused=True)
                 grads = clip_by_global_norm(list(grads), self._clip)
                 with torch.no_grad():
@@ -354,12 +371,37 @@ class Recommender:
                     }
         return AdaptedUser(self, user, codes_np, values_np, params=params)
 
+    def _with_negatives(self, codes: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Implicit feedback: the user's items plus sampled negatives, as in a test support set (the run's
+        sampler and ``per_positive``; existing items not given; seeded by the split seed and the items,
+        so the same user always gets the same negatives)."""
+        import zlib
+
+        sampler = self.datamodule.negatives
+        n = sampler.cfg.per_positive * int((labels > 0.5).sum())
+        key = zlib.crc32(np.sort(codes).astype(np.int64).tobytes())
+        rng = np.random.default_rng([int(self.datamodule.split_config.seed), key, 2])
+        neg = sampler.sample(rng, n, new_items=False, exclude=codes)
+        all_codes = np.concatenate([codes, neg])
+        all_labels = np.concatenate([labels, np.zeros(len(neg), np.float32)])
+        return torch.from_numpy(all_codes), torch.from_numpy(all_labels)
+
+    def _prediction(self, raw: np.ndarray, clip: bool) -> np.ndarray:
+        """Raw scores -> what users read: probabilities (implicit feedback) or ratings, clipped if asked."""
+        if self.implicit:
+            return 1.0 / (1.0 + np.exp(-raw.astype(np.float64)))
+        return np.clip(raw, *self.rating_range) if clip else raw
+
     def _scores(self, u: AdaptedUser, codes: np.ndarray) -> torch.Tensor:
-        """Unclipped predicted ratings of item ``codes`` for the adapted user ``u``."""
+        """Raw scores of item ``codes`` for the adapted user ``u``: predicted ratings (unclipped), or
+        logits under implicit feedback."""
         idx = torch.as_tensor(codes, dtype=torch.long)
         if self.kind == "user_mean":
-            return torch.full((len(codes),), u.mean, dtype=torch.float32)
-        if self.kind == "item_mean":
+            mean = torch.full((len(codes),), u.mean, dtype=torch.float32)
+            return torch.logit(mean.clamp(1e-4, 1 - 1e-4)) if self.implicit else mean
+        if self.kind == "popularity" and self.implicit:
+            return self.learner.item_logits[idx].detach().clone()
+        if self.kind in ("item_mean", "popularity"):
             return self.learner.item_means[idx].detach().clone()
         with torch.no_grad():
             if self.kind == "adapt":
@@ -387,22 +429,26 @@ class AdaptedUser:
         return self.recommender.item_ids[self.seen].tolist()
 
     def predict(self, items: Iterable[Any], clip: bool = True) -> np.ndarray:
-        """Predicted ratings of ``items`` (original ids), clipped to the rating range unless ``clip=False``."""
+        """Predicted ratings of ``items`` (original ids), clipped to the rating range unless ``clip=False``;
+        under implicit feedback, the probability that the user interacts with each item."""
         rec = self.recommender
-        codes = rec.item_codes(items)
-        out = rec._scores(self, codes).numpy()
-        return np.clip(out, *rec.rating_range) if clip else out
+        return rec._prediction(rec._scores(self, rec.item_codes(items)).numpy(), clip)
 
     def recommend(self, k: int = 10, exclude_seen: bool = True) -> list[tuple[Any, str, float]]:
         """The ``k`` best items over the whole catalogue as ``(item id, title, predicted rating)``, best
-        first (ranked by the unclipped score, ties by item order; the rating shown is clipped)."""
+        first (ranked by the unclipped score, ties by item order; the rating shown is clipped; under
+        implicit feedback it is the interaction probability). ``popularity`` ranks by training count."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise MetarecError(f"k must be a positive integer, got {k!r}")
         rec = self.recommender
-        raw = rec._scores(self, np.arange(rec.n_items)).numpy().astype(np.float64)
+        codes = np.arange(rec.n_items)
+        shown = rec._scores(self, codes).numpy()
+        raw = shown.astype(np.float64)
+        if rec.kind == "popularity":
+            raw = rec.learner.item_counts.numpy().astype(np.float64)
         if exclude_seen:
             raw[self.seen] = -np.inf
         order = np.argsort(-raw, kind="stable")
         order = order[np.isfinite(raw[order])][: int(k)]
-        lo, hi = rec.rating_range
-        return [(rec.item_ids[c].item(), rec.item_titles[c], float(np.clip(raw[c], lo, hi))) for c in order]
+        values = rec._prediction(shown[order], clip=True)
+        return [(rec.item_ids[c].item(), rec.item_titles[c], float(v)) for c, v in zip(order, values)]

@@ -40,10 +40,15 @@ def build(cfg: DictConfig) -> tuple[ColdStartDataModule, MetaLearner]:
     ds = dm.dataset
     model_entry = MODELS.get(cfg.model.name)
     model = model_entry.factory(ds.schema, to_object(cfg.model, model_entry.config_cls))
-    model.set_output_bias(dm.train_rating_mean())
+    if dm.loss == "bce":  # labels 0/1 with per_positive negatives per positive: start at the base rate
+        rating_range, base = (0.0, 1.0), 1.0 / (1.0 + dm.cfg.negatives.per_positive)
+        model.set_output_bias(math.log(base / (1.0 - base)))
+    else:
+        rating_range, base = tuple(ds.rating_range), dm.train_rating_mean()
+        model.set_output_bias(base)
     ctx = LearnerContext(
-        rating_range=tuple(ds.rating_range),
-        train_rating_mean=dm.train_rating_mean(),
+        rating_range=rating_range,
+        train_rating_mean=base,
         val_scenarios=[VAL_SCENARIO],
         test_scenarios=dm.scenarios,
         train_items=dm.split.train_ratings(),
@@ -57,6 +62,7 @@ def build(cfg: DictConfig) -> tuple[ColdStartDataModule, MetaLearner]:
         new_item_mask=torch.as_tensor(dm.split.new_item_mask),
         relevance_threshold=float(cfg.data.relevance_threshold),
         implicit=bool(getattr(ds, "implicit", False)),
+        loss=dm.loss,
     )
     entry = LEARNERS.get(cfg.learner.name)
     learner = entry.factory(model, ctx, to_object(cfg.learner, entry.config_cls))

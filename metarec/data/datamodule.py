@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from metarec.data.episodes import EpisodeCollator, FeatureTables
+from metarec.data.negatives import NEW_ITEM_SCENARIOS, NegativeConfig, NegativeSampler
 from metarec.data.schema import RecDataset
 from metarec.data.splits import ColdStartSplit, SplitConfig, Task, load_split, make_split, save_manifest
 from metarec.data.sources import load_dataset
@@ -35,6 +36,7 @@ class DataConfig:
     eval_support_sizes: list[int] = field(default_factory=list)  # extra test passes: support cut to K
     ranking_ks: list[int] = field(default_factory=lambda: [5, 10, 20])  # full-ranking Recall/nDCG/HitRate@k
     relevance_threshold: float = 4.0  # full ranking: query ratings >= this are relevant (explicit data)
+    negatives: NegativeConfig = field(default_factory=NegativeConfig)  # per_positive > 0: implicit feedback, BCE
     num_workers: int = 0
     hide_new_item_ids: bool = True
 
@@ -65,7 +67,8 @@ class TrainEpisodes(Dataset):
     DataLoader worker draws the same episodes.
     """
 
-    def __init__(self, split: ColdStartSplit, cfg: SplitConfig) -> None:
+    def __init__(self, split: ColdStartSplit, cfg: SplitConfig, negatives: NegativeSampler | None = None) -> None:
+        self.negatives = negatives
         self.users = split.train_users
         pools = [split.train_pool[int(u)] for u in self.users]
         lengths = np.array([len(p[0]) for p in pools], dtype=np.int64)
@@ -93,7 +96,10 @@ class TrainEpisodes(Dataset):
         q, s = idx[: self.cfg.query_size], idx[self.cfg.query_size :]
         if self.cfg.support_size is not None:
             s = s[: self.cfg.support_size]
-        return Task(int(self.users[i]), self.items[s], self.ratings[s], self.items[q], self.ratings[q])
+        task = Task(int(self.users[i]), self.items[s], self.ratings[s], self.items[q], self.ratings[q])
+        if self.negatives is not None:
+            task = self.negatives.add(task, self.cfg.seed, epoch, new_items=False)
+        return task
 
 
 class EpochShuffleSampler(Sampler):
@@ -114,14 +120,21 @@ class EpochShuffleSampler(Sampler):
 
 
 class ListDataset(Dataset):
-    def __init__(self, tasks: list[Task]) -> None:
+    """Fixed tasks; with ``negatives``, each gets its seeded negatives for ``scenario`` when drawn."""
+
+    def __init__(self, tasks: list[Task], negatives: NegativeSampler | None = None, seed: int = 0,
+                 scenario: str = "val") -> None:
         self.tasks = tasks
+        self.negatives, self.seed, self.scenario = negatives, seed, scenario
 
     def __len__(self) -> int:
         return len(self.tasks)
 
     def __getitem__(self, i: int) -> Task:
-        return self.tasks[i]
+        task = self.tasks[i]
+        if self.negatives is None:
+            return task
+        return self.negatives.add(task, self.seed, self.scenario, new_items=self.scenario in NEW_ITEM_SCENARIOS)
 
 
 class ColdStartDataModule(pl.LightningDataModule):
@@ -132,6 +145,7 @@ class ColdStartDataModule(pl.LightningDataModule):
         self.dataset: RecDataset | None = None
         self.split: ColdStartSplit | None = None
         self.collate: EpisodeCollator | None = None
+        self.negatives: NegativeSampler | None = None  # implicit feedback (data.negatives.per_positive > 0)
         self.test_support_size: int | None = None  # set to K to test on supports cut to K ratings
 
     # ------------------------------------------------------------------ set-up
@@ -145,6 +159,13 @@ class ColdStartDataModule(pl.LightningDataModule):
             self.split = make_split(self.dataset, self.cfg.split)
         hidden = np.flatnonzero(self.split.new_item_mask) if self.cfg.hide_new_item_ids else None
         self.collate = EpisodeCollator(FeatureTables(self.dataset, hidden))
+        if self.cfg.negatives.enabled:
+            self.negatives = NegativeSampler(self.cfg.negatives, self.dataset, self.split)
+
+    @property
+    def loss(self) -> str:
+        """The training objective the data call for: ``bce`` with sampled negatives, else ``mse``."""
+        return "bce" if self.cfg.negatives.enabled else "mse"
 
     @property
     def split_config(self) -> SplitConfig:
@@ -176,12 +197,15 @@ class ColdStartDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        episodes = TrainEpisodes(self.split, self.split_config)
+        episodes = TrainEpisodes(self.split, self.split_config, self.negatives)
         sampler = EpochShuffleSampler(len(episodes), self.seed)
         return self.loader(episodes, self.cfg.meta_batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader(ListDataset(self.split.episodes["val"]), self.cfg.eval_batch_size)
+        return self.loader(self.eval_dataset("val", self.split.episodes["val"]), self.cfg.eval_batch_size)
+
+    def eval_dataset(self, scenario: str, tasks: list[Task]) -> ListDataset:
+        return ListDataset(tasks, self.negatives, self.split_config.seed, scenario)
 
     def test_tasks(self, scenario: str) -> list[Task]:
         """The scenario's fixed episodes; with ``test_support_size = K``, the users with at least K
@@ -197,4 +221,4 @@ class ColdStartDataModule(pl.LightningDataModule):
         ]
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self.loader(ListDataset(self.test_tasks(s)), self.cfg.eval_batch_size) for s in self.scenarios]
+        return [self.loader(self.eval_dataset(s, self.test_tasks(s)), self.cfg.eval_batch_size) for s in self.scenarios]

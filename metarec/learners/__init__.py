@@ -14,6 +14,7 @@ from metarec.learners.baselines import (
 )
 from metarec.learners.maml import MAML, MAMLConfig
 from metarec.learners.metasgd import MetaSGD, MetaSGDConfig
+from metarec.learners.popularity import Popularity, PopularityConfig
 from metarec.learners.reptile import Reptile, ReptileConfig
 from metarec.models.base import BaseRecommender
 from metarec.registry import Registry
@@ -25,6 +26,7 @@ LEARNERS.register("reptile", ReptileConfig, help="Reptile: first-order, theta +=
 LEARNERS.register("global", GlobalConfig, help="base model trained on all warm ratings, no adaptation")(GlobalModel)
 LEARNERS.register("finetune", FineTuneConfig, help="global model + SGD on the user's support at test")(FineTune)
 LEARNERS.register("item_mean", ItemMeanConfig, help="each item's mean training rating")(ItemMean)
+LEARNERS.register("popularity", PopularityConfig, help="items ranked by training interactions")(Popularity)
 LEARNERS.register("user_mean", UserMeanConfig, help="the user's support mean")(UserMean)
 
 

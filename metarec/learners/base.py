@@ -14,10 +14,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchmetrics import MetricCollection
 
 from metarec.data.episodes import EpisodeBatch
-from metarec.errors import NonFiniteError
+from metarec.errors import ConfigError, NonFiniteError
 from metarec.metrics import rating_metrics
 from metarec.metrics.full_ranking import full_ranking_metrics
 from metarec.models.base import BaseRecommender, Features
@@ -43,12 +44,46 @@ class LearnerContext:
     new_item_mask: Any = None  # bool tensor [I]
     relevance_threshold: float = 4.0  # a query rating >= this is a relevant item (explicit feedback)
     implicit: bool = False  # implicit feedback: every query item is relevant
+    loss: str = "mse"  # mse: ratings; bce: binary labels with sampled negatives, the model outputs logits
+
+
+def squared_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (pred - target) ** 2
+
+
+def logistic_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of ``logits`` against 0/1 ``target``, elementwise: ``softplus(x) - x * y``
+    (stable for any logit; plain ops, so ``vmap``/``grad`` apply)."""
+    return F.softplus(logits) - logits * target
+
+
+ELEMENTWISE = {"mse": squared_error, "bce": logistic_loss}
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(values.dtype)
+    return (values * m).sum(-1) / m.sum(-1).clamp_min(1.0)
 
 
 def masked_mse_per_task(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over each row's masked entries: ``[T]``."""
-    m = mask.to(pred.dtype)
-    return ((pred - target) ** 2 * m).sum(-1) / m.sum(-1).clamp_min(1.0)
+    return _masked_mean(squared_error(pred, target), mask)
+
+
+def masked_bce_per_task(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy (on logits) over each row's masked entries: ``[T]``."""
+    return _masked_mean(logistic_loss(logits, target), mask)
+
+
+LOSSES = {"mse": masked_mse_per_task, "bce": masked_bce_per_task}
+
+
+def task_loss(name: str):
+    """The per-task masked loss function called ``name`` (``mse`` | ``bce``)."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ConfigError(f"unknown loss {name!r} (known: {', '.join(LOSSES)})") from None
 
 
 class MetaLearner(pl.LightningModule):
@@ -60,6 +95,7 @@ class MetaLearner(pl.LightningModule):
         super().__init__()
         self.model = model
         self.ctx = ctx
+        self.loss_fn = task_loss(ctx.loss)
         self.lr = lr
         self.weight_decay = weight_decay
         self.val_metrics = nn.ModuleDict({s: rating_metrics() for s in ctx.val_scenarios})
@@ -115,7 +151,7 @@ class MetaLearner(pl.LightningModule):
         scenario = names[dataloader_idx]
         with torch.enable_grad():
             loss, preds = self.meta_step(batch, train=False)
-        preds = preds.detach().clamp(*self.ctx.rating_range)
+        preds = self.to_prediction(preds.detach())
         _, target, mask = batch.part("query")
         metrics = (self.val_metrics if stage == "val" else self.test_metrics)[scenario]
         metrics.update(preds.float(), target.float(), mask)
@@ -130,6 +166,13 @@ class MetaLearner(pl.LightningModule):
             candidates, relevant = self.ranking_targets(batch, scenario)
             self.rank_metrics[scenario].update(scores.masked_fill(~candidates, float("-inf")), relevant & candidates)
 
+    def to_prediction(self, out: torch.Tensor) -> torch.Tensor:
+        """Model outputs -> predictions for the rating metrics: ratings clipped to the rating range, or
+        probabilities (sigmoid of the logits) under ``bce``."""
+        if self.ctx.loss == "bce":
+            return torch.sigmoid(out)
+        return out.clamp(*self.ctx.rating_range)
+
     # ------------------------------------------------------------ full ranking
     def score_candidates(self, batch: EpisodeBatch, items: Features) -> torch.Tensor:
         """Scores ``[T, I]`` of every item for each task's user after adaptation. Default: the base model
@@ -141,8 +184,9 @@ class MetaLearner(pl.LightningModule):
 
     def ranking_targets(self, batch: EpisodeBatch, scenario: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(candidates, relevant)``, bool ``[T, I]``. Candidates: the scenario's items (new items in the
-        item-cold scenarios, existing items otherwise) except the user's support items. Relevant: the
-        query items rated at least ``relevance_threshold`` (every query item for implicit feedback)."""
+        item-cold scenarios, existing items otherwise) except the user's support items (its positives
+        under ``bce``: sampled negatives stay candidates). Relevant: the query items rated at least
+        ``relevance_threshold``; every query item for implicit ratings; the query positives under ``bce``."""
         new = self.ctx.new_item_mask.to(batch.item_ids.device)
         pool = new if scenario in ("item_cold", "user_item_cold") else ~new
         t, n_items, s = batch.n_tasks, new.shape[0], batch.n_support
@@ -152,10 +196,12 @@ class MetaLearner(pl.LightningModule):
             out.scatter_(1, torch.where(mask, ids, n_items), True)
             return out[:, :n_items]
 
-        candidates = pool.unsqueeze(0).expand(t, -1) & ~scatter(batch.item_ids[:, :s], batch.support_mask[:, :s])
-        q_mask = batch.query_mask[:, s:]
-        if not self.ctx.implicit:
+        s_mask, q_mask = batch.support_mask[:, :s], batch.query_mask[:, s:]
+        if self.ctx.loss == "bce":
+            s_mask, q_mask = s_mask & (batch.ratings[:, :s] > 0.5), q_mask & (batch.ratings[:, s:] > 0.5)
+        elif not self.ctx.implicit:
             q_mask = q_mask & (batch.ratings[:, s:] >= self.ctx.relevance_threshold)
+        candidates = pool.unsqueeze(0).expand(t, -1) & ~scatter(batch.item_ids[:, :s], s_mask)
         return candidates, scatter(batch.item_ids[:, s:], q_mask)
 
     def validation_step(self, batch: EpisodeBatch, batch_idx: int, dataloader_idx: int = 0) -> None:

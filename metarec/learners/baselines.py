@@ -18,7 +18,7 @@ from metarec._l2l import l2l
 from metarec.data.episodes import EpisodeBatch
 from metarec.errors import ConfigError
 from metarec.learners.executors import make_executor, score_with
-from metarec.learners.base import LearnerContext, MetaLearner, masked_mse_per_task
+from metarec.learners.base import ELEMENTWISE, LearnerContext, MetaLearner
 from metarec.models.base import SCOPES, BaseRecommender
 
 
@@ -36,11 +36,11 @@ class GlobalModel(MetaLearner):
         pred = self.model(batch.user, batch.item)  # [T, L]
         if train:  # every training rating is a training example (support and query alike)
             mask = (batch.support_mask | batch.query_mask).to(pred.dtype)
-            loss = (((pred - batch.ratings) ** 2) * mask).sum() / mask.sum()
+            loss = (ELEMENTWISE[self.ctx.loss](pred, batch.ratings) * mask).sum() / mask.sum()
             return loss, pred[:, batch.n_support :]
         q = pred[:, batch.n_support :]
         _, y, m = batch.part("query")
-        return masked_mse_per_task(q, y, m).mean(), q
+        return self.loss_fn(q, y, m).mean(), q
 
 
 @dataclass
@@ -53,6 +53,11 @@ class ItemMean(MetaLearner):
 
     def __init__(self, model: BaseRecommender, ctx: LearnerContext, cfg: ItemMeanConfig) -> None:
         super().__init__(model, ctx)
+        if ctx.loss == "bce" and type(self) is ItemMean:
+            raise ConfigError(
+                "learner item_mean predicts ratings, but data.negatives makes the data implicit (every training "
+                "item is a positive); use learner=popularity, or set data.negatives.per_positive=0"
+            )
         items, ratings = ctx.train_items
         sums = np.bincount(items, weights=ratings, minlength=ctx.n_items)
         counts = np.bincount(items, minlength=ctx.n_items)
@@ -62,7 +67,7 @@ class ItemMean(MetaLearner):
     def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         _, y, m = batch.part("query")
         q = self.item_means[batch.item_ids[:, batch.n_support :]]
-        return masked_mse_per_task(q, y, m).mean(), q
+        return self.loss_fn(q, y, m).mean(), q
 
     def score_candidates(self, batch: EpisodeBatch, items) -> torch.Tensor:
         return self.item_means.unsqueeze(0).expand(batch.n_tasks, -1)
@@ -87,7 +92,9 @@ class FineTune(GlobalModel):
                 f"learner: scope must be one of {', '.join(SCOPES)} and finetune_steps/finetune_lr >= 0"
             )
         self.cfg = cfg
-        self.executor = make_executor(cfg.executor, model, cfg.scope, l2l.algorithms.MAML, cfg.finetune_lr, True)
+        self.executor = make_executor(
+            cfg.executor, model, cfg.scope, l2l.algorithms.MAML, cfg.finetune_lr, True, loss=ctx.loss
+        )
 
     def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if train:
@@ -115,8 +122,10 @@ class UserMean(MetaLearner):
         _, y, m = batch.part("query")
         n = ms.sum(-1, keepdim=True)
         mean = torch.where(n > 0, (ys * ms).sum(-1, keepdim=True) / n.clamp_min(1), self.ctx.train_rating_mean)
+        if self.ctx.loss == "bce":  # the share of positives in the support, as a logit
+            mean = torch.logit(mean.clamp(1e-4, 1 - 1e-4))
         q = mean.expand_as(y).to(y.dtype)
-        return masked_mse_per_task(q, y, m).mean(), q
+        return self.loss_fn(q, y, m).mean(), q
 
     def configure_optimizers(self):
         return None

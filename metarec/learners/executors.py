@@ -25,7 +25,7 @@ from torch.func import functional_call, grad, vmap
 from metarec._l2l import l2l
 from metarec.data.episodes import EpisodeBatch
 from metarec.errors import ConfigError
-from metarec.learners.base import masked_mse_per_task
+from metarec.learners.base import task_loss
 from metarec.models.base import BaseRecommender, Features
 
 EXECUTORS = ("vmap", "learn2learn")
@@ -46,8 +46,9 @@ class Executor:
     learned rates, so both executors train the very same parameters)."""
 
     def __init__(self, model: BaseRecommender, scope: str, wrapper_cls: Any, inner_lr: float, first_order: bool,
-                 inner_grad_clip: float | None = None):
+                 inner_grad_clip: float | None = None, loss: str = "mse"):
         self.prefix, module = model.scope_split(scope)
+        self.loss_fn = task_loss(loss)  # per-task masked loss of support and query (mse | bce)
         self.wrapper = wrapper_cls(module, lr=inner_lr, first_order=first_order)
         self.inner_lr = inner_lr
         self.inner_grad_clip = inner_grad_clip
@@ -119,7 +120,7 @@ class L2LExecutor(Executor):
         learner = self.wrapper.clone()
         args, y, m = self.block(batch, x, t, "support")
         for _ in range(steps):
-            loss = masked_mse_per_task(self.predict(learner, args), y, m)
+            loss = self.loss_fn(self.predict(learner, args), y, m)
             if self.inner_grad_clip is not None:
                 self._clipped_update(learner, loss, first_order)
             elif self._is_maml:
@@ -143,7 +144,7 @@ class L2LExecutor(Executor):
     def query_loss(self, learner, batch: EpisodeBatch, x: torch.Tensor | None, t: int):
         args, y, m = self.block(batch, x, t, "query")
         out = self.predict(learner, args)
-        return masked_mse_per_task(out, y, m), out
+        return self.loss_fn(out, y, m), out
 
     def run(self, batch: EpisodeBatch, steps: int, first_order: bool, detach: bool):
         x = self.prefix_features(batch, detach)
@@ -202,7 +203,7 @@ class VmapExecutor(Executor):
         (adapted parameters, query loss, query predictions)."""
 
         def support_loss(p, args, y, m):
-            return masked_mse_per_task(self._forward(p, args), y, m)
+            return self.loss_fn(self._forward(p, args), y, m)
 
         def task(params, s_args, s_y, s_m, q_args, q_y, q_m):
             p = params
@@ -211,7 +212,7 @@ class VmapExecutor(Executor):
                 g = dict(zip(self.names, clip_by_global_norm([g[n] for n in self.names], self.inner_grad_clip)))
                 p = {n: p[n] - lrs[n] * (g[n].detach() if first_order else g[n]) for n in self.names}
             out = self._forward(p, q_args)
-            return p, masked_mse_per_task(out, q_y, q_m), out
+            return p, self.loss_fn(out, q_y, q_m), out
 
         return task
 
@@ -239,11 +240,12 @@ class VmapExecutor(Executor):
 
 
 def make_executor(name: str, model: BaseRecommender, scope: str, wrapper_cls: Any, inner_lr: float,
-                  first_order: bool, chunk_size: int | None = None, inner_grad_clip: float | None = None) -> Executor:
+                  first_order: bool, chunk_size: int | None = None, inner_grad_clip: float | None = None,
+                  loss: str = "mse") -> Executor:
     if inner_grad_clip is not None and inner_grad_clip <= 0:
         raise ConfigError(f"learner.inner_grad_clip must be > 0 or null, got {inner_grad_clip}")
     if name == "learn2learn":
-        return L2LExecutor(model, scope, wrapper_cls, inner_lr, first_order, inner_grad_clip)
+        return L2LExecutor(model, scope, wrapper_cls, inner_lr, first_order, inner_grad_clip, loss)
     if name == "vmap":
-        return VmapExecutor(model, scope, wrapper_cls, inner_lr, first_order, inner_grad_clip, chunk_size=chunk_size)
+        return VmapExecutor(model, scope, wrapper_cls, inner_lr, first_order, inner_grad_clip, loss, chunk_size=chunk_size)
     raise ConfigError(f"learner.executor must be one of {', '.join(EXECUTORS)}, got {name!r}")

@@ -54,7 +54,7 @@ class MAML(MetaLearner):
         self.cfg = cfg
         self.executor = make_executor(
             cfg.executor, model, cfg.scope, self.wrapper_cls, cfg.inner_lr, cfg.first_order, cfg.chunk_size,
-            cfg.inner_grad_clip,
+            cfg.inner_grad_clip, ctx.loss,
         )
         self.maml = self.executor.wrapper  # registered so its own parameters (e.g. MetaSGD lrs) train
 

@@ -46,7 +46,7 @@ class Reptile(MetaLearner):
         self.cfg = cfg
         self.executor = make_executor(
             cfg.executor, model, cfg.scope, l2l.algorithms.MAML, cfg.inner_lr, True, cfg.chunk_size,
-            cfg.inner_grad_clip,
+            cfg.inner_grad_clip, ctx.loss,
         )
         self.automatic_optimization = False
 
