@@ -10,15 +10,16 @@ candidate item ranked after adaptation; relevant = query ratings >= 4), mean ± 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
-from metarec.compare import ALL, summarize
+from ranking_tables import read_rows, scenario_table
+
+from metarec.compare import summarize
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS = ("warm", "user_cold", "item_cold", "user_item_cold")
-METRICS = ("full_recall@10", "full_ndcg@10")
+SCENARIOS = ["warm", "user_cold", "item_cold", "user_item_cold"]
+METRICS = ["full_recall@10", "full_ndcg@10"]
 
 
 def main() -> int:
@@ -29,29 +30,17 @@ def main() -> int:
     if not path.is_file():
         print(f"{path} not found: run benchmarks/quality_ml100k.py first", file=sys.stderr)
         return 2
-    rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            r["value"] = float(r["value"])
-            r["support_size"] = r["support_size"] if r["support_size"] == ALL else int(r["support_size"])
-            rows.append(r)
+    rows = read_rows(path)
     stats = summarize(rows)
     learners = sorted({r["learner"] for r in rows})
-    header = ["learner"] + [f"{s} {m.replace('full_', '')}" for s in SCENARIOS for m in METRICS]
-    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for learner in learners:
-        cells = []
-        for s in SCENARIOS:
-            for m in METRICS:
-                st = stats.get((learner, ALL, s, m))
-                cells.append("–" if st is None or st.n == 0 else f"{st.mean:.4f} ± {st.half_width:.4f}")
-        lines.append(f"| {learner} | " + " | ".join(cells) + " |")
+    lines = scenario_table(stats, learners, SCENARIOS, METRICS)
     seeds = sorted({r["seed"] for r in rows})
     text = (
         "# Full-ranking quality on MovieLens-100K\n\n"
         "Every candidate item ranked after adaptation (the scenario's items minus the user's support); "
         "relevant = the user's query items rated >= 4. Mean ± 95% CI half-width over seeds "
-        f"{', '.join(seeds)}; same runs and split as `quality_ml100k.md`.\n\n" + "\n".join(lines) + "\n\n"
+        f"{', '.join(seeds)}; same runs and split as `quality_ml100k.md`; best per column in bold.\n\n"
+        + "\n".join(lines) + "\n\n"
         f"_Produced by `python benchmarks/full_ranking_ml100k.py` from `{path}`._\n"
     )
     out = HERE / "results" / "full_ranking_ml100k.md"

@@ -31,7 +31,7 @@ class TrainerConfig:
     accelerator: str = "cpu"
     devices: Any = 1
     precision: str = "32-true"
-    patience: int = 5  # early stopping on val/warm/mae; 0 disables it
+    patience: int = 5  # early stopping on val/warm/mae (val/warm/loss under implicit feedback); 0 disables it
     gradient_clip_val: Optional[float] = None
     deterministic: bool = False
     log_every_n_steps: int = 10

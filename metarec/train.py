@@ -15,12 +15,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from metarec.config import data_config, to_object
 from metarec.data.datamodule import VAL_SCENARIO, ColdStartDataModule
-from metarec.errors import MetarecError
+from metarec.errors import ConfigError, MetarecError
 from metarec.learners import LEARNERS, LearnerContext, MetaLearner
 from metarec.models import MODELS
 from metarec.runs import atomic_write_text, named_run_dir, new_run_dir, write_final_metrics
 
 MONITOR = f"val/{VAL_SCENARIO}/mae"
+
+
+def monitor_key(loss: str) -> str:
+    """What checkpointing and early stopping watch: warm-validation MAE for ratings; the validation BCE
+    (a proper scoring rule, unlike MAE on probabilities) for implicit feedback."""
+    return MONITOR if loss == "mse" else f"val/{VAL_SCENARIO}/loss"
 
 
 def _quiet_lightning() -> None:
@@ -30,6 +36,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*TreeSpec.*")
     warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")  # a skipped non-finite step
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # small data: epoch logs still come
 
 
 def build(cfg: DictConfig) -> tuple[ColdStartDataModule, MetaLearner]:
@@ -95,18 +102,18 @@ def _logger(cfg: DictConfig, run_dir: Path):
     )
 
 
-def _trainer(cfg: DictConfig, run_dir: Path, trainable: bool) -> tuple[pl.Trainer, Any]:
+def _trainer(cfg: DictConfig, run_dir: Path, trainable: bool, monitor: str = MONITOR) -> tuple[pl.Trainer, Any]:
     t = cfg.trainer
     callbacks: list[pl.Callback] = []
     checkpoint = None
     if trainable:
         checkpoint = pl.callbacks.ModelCheckpoint(
-            dirpath=str(run_dir / "checkpoints"), monitor=MONITOR, mode="min", save_last=True,
+            dirpath=str(run_dir / "checkpoints"), monitor=monitor, mode="min", save_last=True,
             filename="best-{epoch}",
         )
         callbacks.append(checkpoint)
         if t.patience > 0:
-            callbacks.append(pl.callbacks.EarlyStopping(monitor=MONITOR, mode="min", patience=t.patience))
+            callbacks.append(pl.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=t.patience))
     limits = {k: t[k] for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches") if t[k] is not None}
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
@@ -176,7 +183,19 @@ def _test(trainer: pl.Trainer, learner: MetaLearner, dm: ColdStartDataModule, ck
 
 
 def fit(cfg: DictConfig) -> Path:
-    """Train and test one run; returns its folder (finished once ``metrics.json`` is written)."""
+    """Train and test one run; returns its folder (finished once ``metrics.json`` is written).
+    Settings Lightning itself rejects (e.g. ``trainer.limit_val_batches`` too small for the data) become
+    a one-line ``ConfigError``; the run folder is then left unfinished."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return _fit(cfg)
+    except MisconfigurationException as e:
+        text = " ".join(str(e).split())
+        raise ConfigError(f"Lightning rejected the trainer settings: {text}") from None
+
+
+def _fit(cfg: DictConfig) -> Path:
     _quiet_lightning()
     label = learner_label(cfg)
     if cfg.run.name:
@@ -186,7 +205,8 @@ def fit(cfg: DictConfig) -> Path:
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     dm, learner = build(cfg)
     dm.save_manifest(run_dir / "split_manifest.json")
-    trainer, checkpoint = _trainer(cfg, run_dir, learner.needs_training)
+    monitor = monitor_key(learner.ctx.loss)
+    trainer, checkpoint = _trainer(cfg, run_dir, learner.needs_training, monitor)
     epochs = 0
     if learner.needs_training:
         trainer.fit(learner, datamodule=dm)
@@ -200,7 +220,7 @@ def fit(cfg: DictConfig) -> Path:
     for k in cfg.data.eval_support_sizes:
         metrics.update(_test(trainer, learner, dm, ckpt, int(k)))
     if checkpoint is not None and checkpoint.best_model_score is not None:
-        metrics[MONITOR] = float(checkpoint.best_model_score)
+        metrics[monitor] = float(checkpoint.best_model_score)
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     record = {
         "learner": label,

@@ -208,6 +208,18 @@ def test_empty_scenario(tmp_path: Path) -> None:
     assert_no_finished_run(root)
 
 
+def test_trainer_settings_lightning_rejects(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    proc = metarec("fit", *TINY, "trainer.limit_val_batches=0.001", f"run.root={root}", cwd=tmp_path)
+    assert_user_error(proc, "Lightning rejected the trainer settings", "limit_val_batches")
+    assert_no_finished_run(root)
+
+
+def test_bad_negative_sampling_option(tmp_path: Path) -> None:
+    proc = metarec("fit", *TINY, "data.negatives.sampler=zipf", cwd=tmp_path)
+    assert_user_error(proc, "data.negatives.sampler must be one of uniform, popularity")
+
+
 def test_report_without_finished_runs(tmp_path: Path) -> None:
     (tmp_path / "runs" / "default" / "half-done").mkdir(parents=True)
     assert_user_error(metarec("report", str(tmp_path / "runs"), cwd=tmp_path), "no finished run")

@@ -1,0 +1,53 @@
+"""Markdown tables of full-ranking metrics from ``metarec compare`` result rows (shared by the
+full-ranking benchmarks)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from metarec.compare import ALL
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a compare ``results.csv``, values as floats and support sizes as ints (or ``ALL``)."""
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            r["value"] = float(r["value"])
+            r["support_size"] = r["support_size"] if r["support_size"] == ALL else int(r["support_size"])
+            rows.append(r)
+    return rows
+
+
+def _cell(st) -> str:
+    return "–" if st is None or st.n == 0 else f"{st.mean:.4f} ± {st.half_width:.4f}"
+
+
+def _bold_best(cells: list[str], means: list[float | None]) -> list[str]:
+    known = [m for m in means if m is not None]
+    best = max(known) if known else None
+    return [f"**{c}**" if m is not None and m == best else c for c, m in zip(cells, means)]
+
+
+def scenario_table(stats: dict, learners: list[str], scenarios: list[str], metrics: list[str]) -> list[str]:
+    """One row per learner, one column per (scenario, metric), full support; best per column in bold."""
+    header = ["learner"] + [f"{s} {m.replace('full_', '')}" for s in scenarios for m in metrics]
+    columns = [[stats.get((l, ALL, s, m)) for l in learners] for s in scenarios for m in metrics]
+    rendered = [_bold_best([_cell(st) for st in col], [st.mean if st and st.n else None for st in col]) for col in columns]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for i, learner in enumerate(learners):
+        lines.append(f"| {learner} | " + " | ".join(col[i] for col in rendered) + " |")
+    return lines
+
+
+def curve_table(stats: dict, learners: list[str], scenario: str, metric: str, sizes: list[int]) -> list[str]:
+    """``metric`` in ``scenario`` by support size K (and the full support), one row per learner."""
+    keys = [*sizes, ALL]
+    header = ["learner"] + [f"K={k}" if k != ALL else "full support" for k in keys]
+    columns = [[stats.get((l, k, scenario, metric)) for l in learners] for k in keys]
+    rendered = [_bold_best([_cell(st) for st in col], [st.mean if st and st.n else None for st in col]) for col in columns]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for i, learner in enumerate(learners):
+        lines.append(f"| {learner} | " + " | ".join(col[i] for col in rendered) + " |")
+    return lines
