@@ -201,6 +201,14 @@ def check_finished_run(run_dir: Path, cfg) -> None:
         old = yaml.safe_load((run_dir / "config.yaml").read_text())
     except (OSError, yaml.YAMLError) as e:
         raise DataError(f"finished run {run_dir} has no readable config.yaml ({e}); delete the run folder") from None
+    if isinstance(old, dict):
+        from metarec.config import validate
+
+        try:  # through today's schema: options added since the run was made take their defaults
+            old = OmegaConf.to_container(validate(OmegaConf.create(old)), resolve=True)
+        except MetarecError as e:
+            raise ConfigError(f"finished run {run_dir} has a config.yaml this version cannot read ({e}); "
+                              "delete that run or choose another --out") from None
     old_flat = _comparable(old if isinstance(old, dict) else {})
     new_flat = _comparable(OmegaConf.to_container(cfg, resolve=True))
     for key in sorted(set(old_flat) | set(new_flat), key=lambda k: (k != "data.source", k)):  # the source first

@@ -168,6 +168,12 @@ def test_resume_recomputes_only_missing_runs(grid, tmp_path: Path) -> None:
     before = metrics_mtimes(out)
     assert len(before) == 6
 
+    # runs made before an option existed (no data.negatives in their config.yaml) still count as done
+    for cfg_path in (out / "runs").glob("*/config.yaml"):
+        old = yaml.safe_load(cfg_path.read_text())
+        del old["data"]["negatives"]
+        cfg_path.write_text(yaml.safe_dump(old))
+
     proc = metarec(*grid_args(out), cwd=tmp_path)
     assert_ok(proc)
     assert set(progress(proc.stdout).values()) == {"done before"}, proc.stdout
