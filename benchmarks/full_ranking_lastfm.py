@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from ranking_tables import curve_table, scenario_table
+from ranking_tables import curve_table, scenario_table, update_readme
 
 from metarec.compare import ALL, compare, make_spec, result_rows, summarize
 
@@ -36,16 +35,6 @@ METRICS = ["full_recall@10", "full_ndcg@10", "full_hitrate@10"]
 # user-cold only (the protocol); early stopping on the validation BCE
 OVERRIDES = ["data=lastfm2k", "data.split.scenarios=[user_cold]", "trainer.max_epochs=15", "trainer.patience=3",
              "trainer.enable_progress_bar=false"]
-
-
-def update_readme(block: str) -> None:
-    readme = HERE.parent / "README.md"
-    src = readme.read_text()
-    pattern = re.compile(rf"(<!-- BEGIN {NAME} -->\n).*?(<!-- END {NAME} -->)", re.S)
-    if pattern.search(src):
-        readme.write_text(pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), src))
-    else:
-        print(f"README has no {NAME} markers; not updated", file=sys.stderr)
 
 
 def main() -> int:
@@ -97,7 +86,7 @@ def main() -> int:
     sections.append(footer)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{NAME}.md").write_text("\n".join(sections) + "\n")
-    update_readme("\n".join([
+    update_readme(NAME, "\n".join([
         intro, "", *table, "", *curves[0], "",
         f"Full tables: [`benchmarks/results/{NAME}.md`](benchmarks/results/{NAME}.md).", "", footer,
     ]))

@@ -13,9 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ranking_tables import read_rows, scenario_table
+from ranking_tables import read_rows, scenario_table, update_readme
 
-from metarec.compare import summarize
+from metarec.compare import ALL, summarize
 
 HERE = Path(__file__).resolve().parent
 SCENARIOS = ["warm", "user_cold", "item_cold", "user_item_cold"]
@@ -46,6 +46,19 @@ def main() -> int:
     out = HERE / "results" / "full_ranking_ml100k.md"
     out.write_text(text)
     print(text)
+    cold = scenario_table(stats, learners, ["user_cold"], METRICS)
+    best = max((l for l in learners if l != "popularity" and (l, ALL, "user_cold", METRICS[0]) in stats),
+               key=lambda l: stats[(l, ALL, "user_cold", METRICS[0])].mean, default=None)
+    lines = [*cold, ""]
+    if best and ("popularity", ALL, "user_cold", METRICS[0]) in stats:
+        pop, top = stats[("popularity", ALL, "user_cold", METRICS[0])].mean, stats[(best, ALL, "user_cold", METRICS[0])].mean
+        verdict = "beats" if top > pop else "does not beat"
+        lines += [f"The best other learner, {best} (user-cold Recall@10 {top:.4f}), {verdict} `popularity` ({pop:.4f}): "
+                  "a model trained to predict ratings is not a ranking model; for top-k lists train on implicit "
+                  "feedback (`data.negatives`), as on Last.fm below.", ""]
+    lines.append(f"All scenarios: [`benchmarks/results/full_ranking_ml100k.md`](benchmarks/results/full_ranking_ml100k.md); "
+                 "_produced by `python benchmarks/full_ranking_ml100k.py` from the quality runs above._")
+    update_readme("full_ranking_ml100k", "\n".join(lines))
     return 0
 
 

@@ -4,6 +4,8 @@ full-ranking benchmarks)."""
 from __future__ import annotations
 
 import csv
+import re
+import sys
 from pathlib import Path
 
 from metarec.compare import ALL
@@ -51,3 +53,14 @@ def curve_table(stats: dict, learners: list[str], scenario: str, metric: str, si
     for i, learner in enumerate(learners):
         lines.append(f"| {learner} | " + " | ".join(col[i] for col in rendered) + " |")
     return lines
+
+
+def update_readme(name: str, block: str) -> None:
+    """Replace the README text between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` with ``block``."""
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    src = readme.read_text()
+    pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
+    if pattern.search(src):
+        readme.write_text(pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), src))
+    else:
+        print(f"README has no {name} markers; not updated", file=sys.stderr)
