@@ -4,7 +4,8 @@ The contract under test: bad input either works or raises the project's own erro
 (:class:`DataError` / :class:`ConfigError`, both :class:`MetarecError`) with a one-line message;
 no other exception type escapes.
 
-1. The MovieLens 100K loader on a small valid fake ``ml-100k`` folder with one file corrupted.
+1. The MovieLens 100K loader on a small valid fake ``ml-100k`` folder with one file corrupted (the
+   strategies here are shared with ``test_fuzz_sources.py``, which fuzzes every other loader).
 2. ``make_split`` on random small synthetic datasets and random ``SplitConfig`` values, and
    ``EpisodeCollator`` on random task lists.
 3. ``load_split`` on a saved manifest whose JSON text is mutated.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -77,33 +79,59 @@ SEPARATOR = {"u.data": b"\t", "u.user": b"|", "u.item": b"|"}
 # (0x85 is NEL), quotes, signs, digits.
 _NASTY = [b"|", b"\t", b"\n", b"\r", b"\r\n", b"\x00", b"\xff", b"\xfe", b"\xe9", b"\x85", b"\x0b",
           b"\x0c", b'"', b"'", b"#", b"\\", b" ", b"-", b"+", b".", b"e", b"0", b"1", b"9", b"x"]  # fmt: skip
-nasty_bytes = st.lists(st.one_of(st.sampled_from(_NASTY), st.binary(min_size=1, max_size=3)), max_size=8).map(
-    b"".join
-)
+
+
+def nasty_bytes_of(extra: Sequence[bytes] = ()) -> st.SearchStrategy[bytes]:
+    """Short runs of :data:`_NASTY` bytes (plus ``extra``, e.g. a loader's own separator and quotes)."""
+    tokens = st.sampled_from(_NASTY + [b for b in extra if b not in _NASTY])
+    return st.lists(st.one_of(tokens, st.binary(min_size=1, max_size=3)), max_size=8).map(b"".join)
+
+
+nasty_bytes = nasty_bytes_of()
 FIELD_VALUES = [
     b"", b" ", b"0", b"-1", b"-0", b"+5", b" 3 ", b"3.0", b"1e3", b"nan", b"NaN", b"inf", b"abc",
     b"9223372036854775807", b"9223372036854775808", b"-9223372036854775809", b"1" * 40, b"-" + b"9" * 30,
     b"01-Jan-99999", b"31-Feb-2000", b"\x00", b"\xff\xfe", b"\r",
 ]  # fmt: skip
-field_value = st.one_of(st.sampled_from(FIELD_VALUES), st.integers(-(2**70), 2**70).map(lambda v: str(v).encode()))
+
+
+def field_value_of(extra: Sequence[bytes] = ()) -> st.SearchStrategy[bytes]:
+    """A field's replacement: one of :data:`FIELD_VALUES` (plus ``extra``) or an integer of up to 70 bits."""
+    values = st.sampled_from(FIELD_VALUES + [v for v in extra if v not in FIELD_VALUES])
+    return st.one_of(values, st.integers(-(2**70), 2**70).map(lambda v: str(v).encode()))
+
+
+field_value = field_value_of()
+
+
+LINE_MUTATIONS = ("replace", "truncate", "insert", "flip", "extra_sep", "field", "delete", "duplicate", "blank", "swap")
+# "quote": an unbalanced or misplaced quote, or a field wrapped in quotes (for quoted CSV dialects).
+QUOTE_MUTATIONS = ('"', '""', '\\"', 'wrap')
 
 
 @st.composite
-def line_mutation(draw, lines: list[bytes], sep: bytes) -> list[bytes]:
+def line_mutation(
+    draw,
+    lines: list[bytes],
+    sep: bytes,
+    nasty: st.SearchStrategy[bytes] = nasty_bytes,
+    kinds: Sequence[str] = LINE_MUTATIONS,
+    values: st.SearchStrategy[bytes] = field_value,
+) -> list[bytes]:
+    """``lines`` with one mutation of ``kinds`` applied (a line replaced, cut, spliced, re-fielded, ...)."""
     lines = list(lines)
-    kind = draw(st.sampled_from(["replace", "truncate", "insert", "flip", "extra_sep", "field",
-                                 "delete", "duplicate", "blank", "swap"]))  # fmt: skip
+    kind = draw(st.sampled_from(list(kinds)))
     if not lines:
-        return [draw(nasty_bytes)]
+        return [draw(nasty)]
     i = draw(st.integers(0, len(lines) - 1))
     line = lines[i]
     if kind == "replace":
-        lines[i] = draw(nasty_bytes)
+        lines[i] = draw(nasty)
     elif kind == "truncate":
         lines[i] = line[: draw(st.integers(0, max(len(line) - 1, 0)))]
     elif kind == "insert":
         k = draw(st.integers(0, len(line)))
-        lines[i] = line[:k] + draw(nasty_bytes) + line[k:]
+        lines[i] = line[:k] + draw(nasty) + line[k:]
     elif kind == "flip" and line:
         b = bytearray(line)
         for _ in range(draw(st.integers(1, 3))):
@@ -114,7 +142,7 @@ def line_mutation(draw, lines: list[bytes], sep: bytes) -> list[bytes]:
         lines[i] = line[:k] + sep * draw(st.integers(1, 2)) + line[k:]
     elif kind == "field":
         fields = line.split(sep)
-        fields[draw(st.integers(0, len(fields) - 1))] = draw(field_value)
+        fields[draw(st.integers(0, len(fields) - 1))] = draw(values)
         lines[i] = sep.join(fields)
     elif kind == "delete":
         del lines[i]
@@ -125,15 +153,46 @@ def line_mutation(draw, lines: list[bytes], sep: bytes) -> list[bytes]:
     elif kind == "swap":
         j = draw(st.integers(0, len(lines) - 1))
         lines[i], lines[j] = lines[j], lines[i]
+    elif kind == "quote":
+        fields = line.split(sep)
+        f = draw(st.integers(0, len(fields) - 1))
+        how = draw(st.sampled_from(QUOTE_MUTATIONS))
+        if how == "wrap":
+            fields[f] = b'"' + fields[f] + b'"'
+        else:
+            k = draw(st.integers(0, len(fields[f])))
+            fields[f] = fields[f][:k] + how.encode() + fields[f][k:]
+        lines[i] = sep.join(fields)
     return lines
 
 
+FILE_CORRUPTIONS = ("lines", "lines", "lines", "empty", "blank", "cut", "random")  # "lines": 1-3 line mutations
+LINE_ENDINGS = ("lf", "crlf", "mixed", "none")
+# "recode": the whole text re-encoded (to one of RECODINGS); "cr": lone \r line ends (classic Mac OS).
+RECODINGS = ("utf-8", "latin-1", "cp1252", "utf-16", "utf-8-sig")
+
+
 @st.composite
-def corrupted_file(draw) -> tuple[str, bytes]:
-    """One of u.data / u.user / u.item, corrupted."""
-    name = draw(st.sampled_from(sorted(VALID)))
-    data = VALID[name]
-    whole = draw(st.sampled_from(["lines", "lines", "lines", "empty", "blank", "cut", "random"]))
+def corrupted_file(
+    draw,
+    valid: Mapping[str, bytes],
+    separators: Mapping[str, bytes],
+    *,
+    nasty: st.SearchStrategy[bytes] = nasty_bytes,
+    values: st.SearchStrategy[bytes] = field_value,
+    line_kinds: Sequence[str] = LINE_MUTATIONS,
+    file_kinds: Sequence[str] = FILE_CORRUPTIONS,
+    endings: Sequence[str] = LINE_ENDINGS,
+    encodings: Mapping[str, str] | None = None,
+) -> tuple[str, bytes]:
+    """``(name, bytes)``: one file of ``valid`` (name -> valid content) corrupted as a whole (one of
+    ``file_kinds``) or line by line (``line_kinds`` with the file's field separator from ``separators``,
+    ``nasty`` bytes and field ``values``, then re-joined with one of ``endings``). ``"recode"`` needs
+    ``encodings`` (name -> codec). The defaults are the MovieLens 100K fuzzing; the other loaders add
+    quotes, recoding and lone-CR line ends (``test_fuzz_sources.py``)."""
+    name = draw(st.sampled_from(sorted(valid)))
+    data = valid[name]
+    whole = draw(st.sampled_from(list(file_kinds)))
     if whole == "empty":
         return name, b""
     if whole == "blank":
@@ -142,15 +201,22 @@ def corrupted_file(draw) -> tuple[str, bytes]:
         return name, data[: draw(st.integers(0, len(data) - 1))]
     if whole == "random":
         return name, draw(st.binary(max_size=200))
-    lines = data.split(b"\n")[:-1]
+    if whole == "recode":
+        assert encodings is not None, "recode needs the files' encodings"
+        target = draw(st.sampled_from([c for c in RECODINGS if c != encodings[name]]))
+        return name, data.decode(encodings[name]).encode(target, errors="replace")
+    eol = b"\r\n" if data.endswith(b"\r\n") else b"\n"
+    lines = data.split(eol)[:-1]
     for _ in range(draw(st.integers(1, 3))):
-        lines = draw(line_mutation(lines, SEPARATOR[name]))
-    ending = draw(st.sampled_from(["lf", "crlf", "mixed", "none"]))
+        lines = draw(line_mutation(lines, separators[name], nasty, line_kinds, values))
+    ending = draw(st.sampled_from(list(endings)))
     if ending == "crlf":
         out = b"".join(line + b"\r\n" for line in lines)
     elif ending == "mixed":
         crs = draw(st.lists(st.booleans(), min_size=len(lines), max_size=len(lines)))
         out = b"".join(line + (b"\r\n" if cr else b"\n") for line, cr in zip(lines, crs))
+    elif ending == "cr":
+        out = b"".join(line + b"\r" for line in lines)
     else:
         out = b"".join(line + b"\n" for line in lines)
         if ending == "none":
@@ -174,7 +240,7 @@ def test_fake_ml100k_base_is_valid() -> None:
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")  # pandas on 'inf' ids
 @settings(max_examples=400, **FUZZ)
-@given(corrupted_file())
+@given(corrupted_file(VALID, SEPARATOR))
 @example(("u.data", b"-9223372036854775809\t1\t5\t881250949\n"))  # was OverflowError
 @example(("u.item", VALID["u.item"].replace(b"|0|", b"|99999999999999999999|", 1)))  # was OverflowError
 @example(("u.user", VALID["u.user"].replace(b"technician", b"tech\rnician")))  # lone \r: wrong line numbers

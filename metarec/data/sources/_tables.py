@@ -1,4 +1,4 @@
-"""Shared parsing, validation and feature-encoding helpers of the file-based sources.
+r"""Shared parsing, validation and feature-encoding helpers of the file-based sources.
 
 Every table read here comes back as a DataFrame whose index is the 1-based line number of each row
 in its file (the header is line 1 when there is one), so that later checks can name the line of
@@ -8,6 +8,11 @@ Line numbers are exact for files up to :data:`CHECK_FIELDS_MAX_BYTES`, whose eve
 checked for its number of fields before parsing; larger files are parsed directly by pandas (too many
 fields is still an error naming the line; a short row shows up as a missing id or value), and there a
 quoted field spanning several lines shifts the line numbers of the rows after it.
+
+Line ends are ``\n`` or ``\r\n``. In unquoted files a carriage return anywhere else is an error (the parser
+would end a line there, unlike the line count); in quoted files a lone ``\r`` ends a line, as for the
+``csv`` module. Values from the data that messages quote are escaped (``repr``) when not printable, so
+that a message stays one line.
 """
 
 from __future__ import annotations
@@ -27,10 +32,13 @@ from metarec.errors import ConfigError, DataError
 CHECK_FIELDS_MAX_BYTES = 64 << 20
 _CHUNK_ROWS = 1 << 19
 _INT = re.compile(r"\s*[+-]?\d+\s*")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _PLAIN_INT_ID = re.compile(r"0|-?[1-9]\d{0,17}")  # ids that round-trip through int64 unchanged
 _TITLE_YEAR = re.compile(r"\((\d{4})(?:[-\u2013]\d{0,4})?\)\s*$")
 _PANDAS_FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 _SEP_STAND_IN = "\x1f"  # multi-character separators are replaced by this before parsing
+_LINE_END = re.compile(r"\r\n|\r|\n")
+_STRAY_CR = re.compile(r"\r(?!\r*(?:\n|\Z))")  # a \r not (with more \r) ending a line or the text
 
 UNKNOWN_IDS = ("error", "drop")
 PARQUET_SUFFIXES = (".parquet", ".pq")  # rows of these files are numbered from 1, without a header
@@ -112,6 +120,8 @@ def read_table(
     psep = _SEP_STAND_IN if len(sep) > 1 else sep
     if text is not None and not text.strip():
         raise DataError(f"{path} is empty")
+    if text is not None and not quoted:
+        _reject_stray_cr(path, text)
     if header:
         names = _header(path, text, psep, encoding, quoted, escapechar)
         missing = list(dict.fromkeys(c for c in (*required, *(usecols or ())) if c not in names))
@@ -165,9 +175,10 @@ def read_table(
         raise DataError(f"{path}: cannot parse ({str(e).strip().splitlines()[-1]})") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid {encoding} text ({e.reason})") from None
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:  # OverflowError: an integer beyond 64 bits
         _locate_bad_value(path, source, kw, kinds, first, lines)
-        raise DataError(f"{path}: cannot parse ({str(e).splitlines()[0]})") from None
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: cannot parse ({msg})") from None
     df = df[cols]
     if lines is not None and len(lines) == len(df):
         df.index = pd.Index(lines, dtype=np.int64)
@@ -195,15 +206,28 @@ def _header(path: Path, text: str | None, sep: str, encoding: str, quoted: bool,
         with open(path, encoding=encoding, errors="replace", newline="") as f:
             first = f.readline()
     else:
-        first = text.split("\n", 1)[0]
+        # up to the first line end as the parsers see it: \n, \r\n or, quoted, a lone \r
+        first = _LINE_END.split(text, maxsplit=1)[0] if quoted else text.split("\n", 1)[0]
     first = first.rstrip("\r\n").lstrip("\ufeff")
     if not first.strip():
         raise DataError(f"{path}, line 1: the header line is empty")
     if quoted:
-        row = next(csv.reader([first], delimiter=sep, quotechar='"', escapechar=escapechar))
+        try:
+            row = next(csv.reader([first], delimiter=sep, quotechar='"', escapechar=escapechar), [])
+        except csv.Error as e:
+            raise DataError(f"{path}, line 1: {e}") from None
     else:
         row = first.split(sep)
     return [c.strip() for c in row]
+
+
+def _reject_stray_cr(path: Path, text: str) -> None:
+    """``DataError`` for a carriage return that does not end a line: the CSV parser would end a line
+    there, shifting the line numbers of every message (CRLF line ends are fine)."""
+    m = _STRAY_CR.search(text)
+    if m:
+        line = text.count("\n", 0, m.start()) + 1
+        raise DataError(f"{path}, line {line}: carriage return (\\r) inside the line; lines must end in \\n or \\r\\n")
 
 
 def _record_lines(
@@ -268,6 +292,13 @@ def _locate_bad_value(path, source, kw, kinds, first: int, lines) -> None:
                 what = "an integer" if kind == "int" else "a number"
                 fail_at(path, numbers, bad,
                         lambda i, c=c, s=s, what=what: f"missing {c}" if not s.iat[i].strip() else f"{c} {s.iat[i]!r} is not {what}")
+                if kind == "int":  # well-formed, but maybe beyond 64 bits (pandas raises OverflowError)
+                    digits = s.str.strip().str.lstrip("+-").str.lstrip("0").str.len().to_numpy()
+                    big = np.zeros(len(s), dtype=bool)
+                    for j in np.flatnonzero(digits >= 19):
+                        big[j] = not _INT64_MIN <= int(s.iat[j]) <= _INT64_MAX
+                    fail_at(path, numbers, big,
+                            lambda i, c=c, s=s: f"{c} {s.iat[i].strip()} is outside the 64-bit integer range")
             offset += n
     except (ValueError, pd.errors.ParserError):
         return
@@ -275,6 +306,14 @@ def _locate_bad_value(path, source, kw, kinds, first: int, lines) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Ids
+
+
+def shown(value: object, limit: int = 100) -> str:
+    """``value`` as text for a one-line message: as is when printable, else its ``repr`` (which escapes
+    line breaks and control characters); cut to ``limit`` characters."""
+    s = str(value)
+    s = s if s.isprintable() else repr(s)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def id_array(values: pd.Series | np.ndarray) -> np.ndarray:
@@ -293,7 +332,7 @@ def unique_ids(path: Path, ids: np.ndarray, lines, kind: str) -> np.ndarray:
     if ids.dtype.kind == "U":
         fail_at(path, lines, np.char.str_len(ids) == 0, lambda i: f"missing {kind} id")
     dup = pd.Series(ids).duplicated().to_numpy()
-    fail_at(path, lines, dup, lambda i: f"duplicate {kind} id {ids[i]}")
+    fail_at(path, lines, dup, lambda i: f"duplicate {kind} id {shown(ids[i])}")
     return np.argsort(ids, kind="stable")
 
 
@@ -313,7 +352,7 @@ def codes_of(
         pos = np.searchsorted(known, ids)
         unknown = known[np.minimum(pos, len(known) - 1)] != ids
     if not drop:
-        fail_at(path, lines, unknown, lambda i: f"{kind} id {ids[i]} is not in {table}")
+        fail_at(path, lines, unknown, lambda i: f"{kind} id {shown(ids[i])} is not in {table}")
     return pos.astype(np.int64), ~unknown
 
 
@@ -342,7 +381,8 @@ def check_pairs(path: Path, lines, user: np.ndarray, item: np.ndarray, user_ids:
     """``DataError`` naming the line of the first repeated (user, item) pair."""
     key = user.astype(np.int64) * (int(item.max(initial=0)) + 1) + item.astype(np.int64)
     dup = pd.Series(key).duplicated().to_numpy()
-    fail_at(path, lines, dup, lambda i: f"duplicate rating of user {user_ids[user[i]]} for item {item_ids[item[i]]}")
+    fail_at(path, lines, dup,
+            lambda i: f"duplicate rating of user {shown(user_ids[user[i]])} for item {shown(item_ids[item[i]])}")
 
 
 def nonempty(path: Path, n: int, why: str) -> None:
@@ -534,9 +574,7 @@ def timestamps(path: Path, s: pd.Series, lines, column: str) -> np.ndarray:
     if s.dtype.kind in "iu":
         return s.to_numpy(dtype=np.int64)
     if s.dtype.kind == "f":
-        v = s.to_numpy(dtype=np.float64)
-        fail_at(path, lines, ~np.isfinite(v), lambda i: f"missing {column}")
-        return np.floor(v).astype(np.int64)
+        return float_seconds(path, lines, s.to_numpy(dtype=np.float64), column)
     if s.dtype.kind == "M" or isinstance(s.dtype, pd.DatetimeTZDtype):
         dt = pd.to_datetime(s, utc=True)
     else:
@@ -544,9 +582,19 @@ def timestamps(path: Path, s: pd.Series, lines, column: str) -> np.ndarray:
         fail_at(path, lines, (text == "").to_numpy(), lambda i: f"missing {column}")
         num = pd.to_numeric(text, errors="coerce")
         if num.notna().all():
-            return np.floor(num.to_numpy(dtype=np.float64)).astype(np.int64)
+            return float_seconds(path, lines, num.to_numpy(dtype=np.float64), column)
         dt = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
         bad = dt.isna().to_numpy()
         fail_at(path, lines, bad, lambda i: f"{column} {text.iat[i]!r} is neither seconds nor a date/time")
     fail_at(path, lines, dt.isna().to_numpy(), lambda i: f"missing {column}")
-    return ((dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+    # Whole seconds (floored) at the parsed resolution: dates before 1677 or after 2262 do not fit nanoseconds.
+    return dt.dt.tz_localize(None).to_numpy().astype("datetime64[s]").astype(np.int64)
+
+
+def float_seconds(path: Path, lines, v: np.ndarray, column: str) -> np.ndarray:
+    """Integer seconds (floored) from float seconds; ``DataError`` for NaN, infinities and values beyond 64 bits."""
+    fail_at(path, lines, ~np.isfinite(v),
+            lambda i: f"missing {column}" if np.isnan(v[i]) else f"{column} {v[i]} is not a finite number")
+    fail_at(path, lines, (v < -(2.0**63)) | (v >= 2.0**63),
+            lambda i: f"{column} {v[i]} is outside the 64-bit integer range of seconds")
+    return np.floor(v).astype(np.int64)

@@ -50,6 +50,7 @@ from metarec.data.sources._tables import (
     constant_users,
     encode_features,
     feature_table,
+    float_seconds,
     id_array,
     item_id_field,
     nonempty,
@@ -134,16 +135,22 @@ def recbole(cfg: RecBoleConfig, root: str | None) -> RecDataset:
     user, ku = codes_of(inter_path, u_raw, lines, user_ids, "user", f"{cfg.name}.user", drop=drop)
     item, ki = codes_of(inter_path, i_raw, lines, item_ids, "item", f"{cfg.name}.item", drop=drop)
     keep = ku & ki
-    nonempty(inter_path, int(keep.sum()), "after dropping interactions of unknown users and items")
+    tables = [f"{cfg.name}.{kind}" for kind, df in (("user", users), ("item", items)) if df is not None]
+    missing_from = f" (not in {'/'.join(tables)})" if tables else ""
+    nonempty(inter_path, int(keep.sum()), f"after dropping interactions of unknown users and items{missing_from}")
     lines, user, item = lines[keep], user[keep], item[keep]
     check_pairs(inter_path, lines, user, item, user_ids, item_ids)
     if has_rating:
         rating = inter[cfg.rating_field].to_numpy(dtype=np.float64)[keep]
     else:
         rating = np.ones(len(user))
-    ts = inter[cfg.timestamp_field].to_numpy(dtype=np.float64)[keep] if has_time else np.zeros(len(user))
+    if has_time:
+        ts = float_seconds(inter_path, lines, inter[cfg.timestamp_field].to_numpy(dtype=np.float64)[keep],
+                           f"{cfg.timestamp_field}:float")
+    else:
+        ts = np.zeros(len(user), dtype=np.int64)
     rating_range = _rating_range(cfg, rating, has_rating)
-    ratings = pd.DataFrame({"user": user, "item": item, "rating": rating, "timestamp": np.floor(ts).astype(np.int64)})
+    ratings = pd.DataFrame({"user": user, "item": item, "rating": rating, "timestamp": ts})
 
     n_users, n_items = len(user_ids), len(item_ids)
     if users is not None:
@@ -197,7 +204,8 @@ def _field_types(path: Path) -> dict[str, str]:
 
 def _require(path: Path, types: dict[str, str], field: str, allowed: tuple[str, ...]) -> None:
     if field not in types:
-        raise DataError(f"{path}, line 1: missing field {field!r} (the header has {', '.join(types)})")
+        have = ", ".join(map(repr, types))
+        raise DataError(f"{path}, line 1: missing field {field!r} (the header has {have})")
     if types[field] not in allowed:
         raise DataError(f"{path}, line 1: field {field!r} has type {types[field]}, expected {' or '.join(allowed)}")
 
@@ -233,7 +241,7 @@ def _specs(cfg: RecBoleConfig, types: dict[str, str], chosen: list[str] | None, 
     for f in chosen:
         if f not in types:
             raise ConfigError(f"data source 'recbole': {kind}_features names {f!r}, which is not a field of the {kind} file "
-                              f"(fields: {', '.join(types)})")
+                              f"(fields: {', '.join(map(repr, types))})")
         t = types[f]
         if t == "float_seq":
             raise ConfigError(f"data source 'recbole': {kind} field {f!r} is float_seq, which is not supported")

@@ -142,7 +142,9 @@ def csv_source(cfg: CsvConfig, root: str | None) -> RecDataset:
     user, ku = codes_of(inter_path, u_raw, lines, user_ids, "user", Path(cfg.users).name if cfg.users else "", drop=drop)
     item, ki = codes_of(inter_path, i_raw, lines, item_ids, "item", Path(cfg.items).name if cfg.items else "", drop=drop)
     keep = ku & ki
-    nonempty(inter_path, int(keep.sum()), "after dropping interactions of unknown users and items")
+    tables = [Path(f).name for f in (cfg.users, cfg.items) if f]
+    missing_from = f" (not in {'/'.join(tables)})" if tables else ""
+    nonempty(inter_path, int(keep.sum()), f"after dropping interactions of unknown users and items{missing_from}")
     lines, user, item, rating, ts = lines[keep], user[keep], item[keep], rating[keep], ts[keep]
     check_pairs(inter_path, lines, user, item, user_ids, item_ids)
     if cfg.rating_range is not None:
