@@ -28,8 +28,11 @@ NAMED_SECTIONS = ("model", "learner")  # {name: registry entry, ...entry options
 @dataclass
 class TrainerConfig:
     max_epochs: int = 30
+    max_steps: int = -1  # stop after this many meta-steps (-1: no limit)
     accelerator: str = "cpu"
     devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | ...: Lightning's strategies (ddp: one process per device)
     precision: str = "32-true"
     patience: int = 5  # early stopping on val/warm/mae (val/warm/loss under implicit feedback); 0 disables it
     gradient_clip_val: Optional[float] = None

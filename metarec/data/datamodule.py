@@ -20,6 +20,7 @@ from metarec.data.negatives import NEW_ITEM_SCENARIOS, NegativeConfig, NegativeS
 from metarec.data.schema import RecDataset
 from metarec.data.splits import ColdStartSplit, SplitConfig, Task, load_split, make_split, save_manifest
 from metarec.data.sources import load_dataset
+from metarec.errors import ConfigError
 
 VAL_SCENARIO = "warm"  # validation users are held-out existing users on existing items
 
@@ -103,20 +104,52 @@ class TrainEpisodes(Dataset):
 
 
 class EpochShuffleSampler(Sampler):
-    """Yields ``(epoch, index)`` in a seeded order that changes every epoch (Lightning calls ``set_epoch``)."""
+    """Yields ``(epoch, index)`` in a seeded order that changes every epoch (Lightning calls ``set_epoch``).
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+    Distributed (``world > 1``): every rank computes the same global order and takes, from each global
+    meta-batch of ``batch_size`` tasks, its own contiguous share of ``batch_size / world``; so rank r's
+    k-th batch plus the other ranks' k-th batches are exactly the k-th meta-batch of a single process,
+    and a DDP step (gradients averaged over ranks) equals the single-process step. The order is cut to
+    a multiple of ``world`` (at most ``world - 1`` users sit out an epoch, different ones each epoch),
+    so every rank gets the same number of batches and the last batch splits evenly too.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1,
+                 batch_size: int | None = None) -> None:
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.rank, self.world, self.batch_size = rank, world, batch_size or world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.world
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else range(self.n)
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
+        if self.world > 1:
+            order = order[: len(order) - len(order) % self.world]
+            mine = []
+            for start in range(0, len(order), self.batch_size):
+                block = order[start : start + self.batch_size]
+                share = len(block) // self.world
+                mine.append(block[self.rank * share : (self.rank + 1) * share])
+            order = np.concatenate(mine) if mine else order[:0]
         return iter([(self.epoch, int(i)) for i in order])
+
+
+class ShardSampler(Sampler):
+    """Evaluation under DDP: rank r gets tasks r, r + world, ... — each task exactly once over all ranks
+    (no padding with repeated tasks, which would bias per-user averages)."""
+
+    def __init__(self, n: int, rank: int, world: int) -> None:
+        self.n, self.rank, self.world = n, rank, world
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world))
 
 
 class ListDataset(Dataset):
@@ -183,6 +216,23 @@ class ColdStartDataModule(pl.LightningDataModule):
         return float(self.split.train_ratings()[1].mean())
 
     # ------------------------------------------------------------- dataloaders
+    def _rank_world(self) -> tuple[int, int]:
+        """(this process's rank, number of processes) of the attached Trainer; (0, 1) without one."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def per_rank_batch(self, world: int) -> int:
+        """``data.meta_batch_size`` is the global meta-batch: each of ``world`` processes takes its share."""
+        b = self.cfg.meta_batch_size
+        if b % world:
+            raise ConfigError(
+                f"data.meta_batch_size={b} must be a multiple of the number of processes ({world}) so that "
+                f"every process gets the same share of each meta-batch"
+            )
+        return b // world
+
     def loader(self, dataset, batch_size: int, sampler=None) -> DataLoader:
         """A DataLoader of episodes with this module's collation and worker settings."""
         workers = self.cfg.num_workers
@@ -198,11 +248,18 @@ class ColdStartDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         episodes = TrainEpisodes(self.split, self.split_config, self.negatives)
-        sampler = EpochShuffleSampler(len(episodes), self.seed)
-        return self.loader(episodes, self.cfg.meta_batch_size, sampler)
+        rank, world = self._rank_world()
+        share = self.per_rank_batch(world)
+        sampler = EpochShuffleSampler(len(episodes), self.seed, rank=rank, world=world, batch_size=self.cfg.meta_batch_size)
+        return self.loader(episodes, share, sampler)
+
+    def _eval_loader(self, dataset) -> DataLoader:
+        rank, world = self._rank_world()
+        sampler = ShardSampler(len(dataset), rank, world) if world > 1 else None
+        return self.loader(dataset, self.cfg.eval_batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader(self.eval_dataset("val", self.split.episodes["val"]), self.cfg.eval_batch_size)
+        return self._eval_loader(self.eval_dataset("val", self.split.episodes["val"]))
 
     def eval_dataset(self, scenario: str, tasks: list[Task]) -> ListDataset:
         return ListDataset(tasks, self.negatives, self.split_config.seed, scenario)
@@ -221,4 +278,4 @@ class ColdStartDataModule(pl.LightningDataModule):
         ]
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self.loader(self.eval_dataset(s, self.test_tasks(s)), self.cfg.eval_batch_size) for s in self.scenarios]
+        return [self._eval_loader(self.eval_dataset(s, self.test_tasks(s))) for s in self.scenarios]

@@ -111,9 +111,22 @@ class MetaLearner(pl.LightningModule):
         raise NotImplementedError
 
     # --------------------------------------------------------------- lightning
+    @property
+    def world_size(self) -> int:
+        """Number of training processes (1 without a Trainer)."""
+        return int(self.trainer.world_size) if self._trainer is not None else 1
+
+    def all_finite(self, *tensors: torch.Tensor) -> bool:
+        """Whether every tensor is finite on every process (under DDP all ranks must take the same
+        decision, or the ones that skip a step would leave the others waiting for their gradients)."""
+        ok = all(bool(torch.isfinite(t).all()) for t in tensors)
+        if self.world_size > 1:
+            ok = bool(self.trainer.strategy.reduce_boolean_decision(ok, all=True))
+        return ok
+
     def training_step(self, batch: EpisodeBatch, batch_idx: int) -> torch.Tensor | None:
         loss, _ = self.meta_step(batch, train=True)
-        if not torch.isfinite(loss):
+        if not self.all_finite(loss):
             self.nonfinite_step("query loss")
             return None  # Lightning skips backward and the optimiser step
         self.log("train/loss", loss, batch_size=batch.n_tasks, prog_bar=True, on_step=True, on_epoch=True)

@@ -64,7 +64,9 @@ class Reptile(MetaLearner):
         opt = self.optimizers()
         opt.zero_grad()
         direction, loss = self.reptile_direction(batch)
-        if not (torch.isfinite(loss) and all(torch.isfinite(d).all() for d in direction)):
+        if self.world_size > 1:  # no backward, so no DDP gradient hook: average the direction here
+            direction = [self.trainer.strategy.reduce(d, reduce_op="mean") for d in direction]
+        if not self.all_finite(loss, *direction):
             self.nonfinite_step("adapted parameters or query loss")
             return None
         for p, d in zip(self.executor.module.parameters(), direction):
