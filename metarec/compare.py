@@ -27,18 +27,11 @@ from metarec.compare_outputs import (  # noqa: F401  (re-exported: the public na
     parse_metric, plot_bars, plot_curves, render_markdown, result_rows, summarize,
 )
 from metarec.errors import ConfigError, DataError, MetarecError
+from metarec.runs import config_difference
 
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_SUPPORT_SIZES = (1, 3, 5, 10, 20)
 RUNS = "runs"  # run.experiment: the runs live in DIR/runs/<learner>-s<seed>
-
-# Settings that do not change a run's results: a finished run made with other values of these is still
-# reused. Any other difference between a finished run's config.yaml and the config compare composes
-# for it now is an error (the grid would mix settings).
-_IGNORED_FOR_RESUME = (
-    "choices", "run", "logger", "data.manifest", "data.root", "data.num_workers",
-    "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.accelerator", "trainer.devices",
-)
 
 HELP = f"""\
 Train and test every learner x seed on ONE shared cold-start split, then summarise the grid.
@@ -175,50 +168,20 @@ def run_config(spec: CompareSpec, learner: str, seed: int):
     return cfg
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
-def _comparable(container: dict) -> dict[str, Any]:
-    flat = _flatten(container)
-    return {
-        k: v for k, v in flat.items()
-        if not any(k == p or k.startswith(p + ".") for p in _IGNORED_FOR_RESUME)
-    }
-
-
 def check_finished_run(run_dir: Path, cfg) -> None:
-    """A finished run must have been made with the settings compare would use now."""
-    import yaml
-    from omegaconf import OmegaConf
-
+    """A finished run must have been made with the settings compare would use now (settings that do
+    not change results aside)."""
     try:
-        old = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise DataError(f"finished run {run_dir} has no readable config.yaml ({e}); delete the run folder") from None
-    if isinstance(old, dict):
-        from metarec.config import validate
-
-        try:  # through today's schema: options added since the run was made take their defaults
-            old = OmegaConf.to_container(validate(OmegaConf.create(old)), resolve=True)
-        except MetarecError as e:
-            raise ConfigError(f"finished run {run_dir} has a config.yaml this version cannot read ({e}); "
-                              "delete that run or choose another --out") from None
-    old_flat = _comparable(old if isinstance(old, dict) else {})
-    new_flat = _comparable(OmegaConf.to_container(cfg, resolve=True))
-    for key in sorted(set(old_flat) | set(new_flat), key=lambda k: (k != "data.source", k)):  # the source first
-        a, b = old_flat.get(key, "<unset>"), new_flat.get(key, "<unset>")
-        if a != b:
-            hint = "use the same --support-sizes" if key == "data.eval_support_sizes" else "use the same overrides"
-            raise ConfigError(
-                f"finished run {run_dir} was made with {key}={a!r}, this call asks for {b!r}; {hint}, "
-                f"delete that run, or choose another --out"
-            )
+        diff = config_difference(run_dir, cfg)
+    except MetarecError as e:
+        raise DataError(f"finished {e}; delete that run or choose another --out") from None
+    if diff:
+        key, a, b = diff
+        hint = "use the same --support-sizes" if key == "data.eval_support_sizes" else "use the same overrides"
+        raise ConfigError(
+            f"finished run {run_dir} was made with {key}={a!r}, this call asks for {b!r}; {hint}, "
+            f"delete that run, or choose another --out"
+        )
 
 
 # -------------------------------------------------------------------------------------------- the split

@@ -60,6 +60,7 @@ class RunConfig:
     root: str = "runs"
     experiment: str = "default"
     name: Optional[str] = None
+    resume: Optional[str] = None  # continue a killed run: its folder, a checkpoint in it, or "last"
 
 
 def config_dir() -> Path:

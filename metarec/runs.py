@@ -80,6 +80,119 @@ def is_finished(run_dir: str | Path) -> bool:
     return (Path(run_dir) / METRICS_FILE).is_file()
 
 
+# ------------------------------------------------------------------ comparing with a saved config
+# Settings that do not change a run's results.
+RESULT_NEUTRAL = (
+    "choices", "run", "logger", "data.manifest", "data.root", "data.num_workers",
+    "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.accelerator", "trainer.devices",
+    "trainer.num_nodes", "trainer.strategy",
+)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_difference(run_dir: Path, cfg, ignored: tuple[str, ...] = RESULT_NEUTRAL) -> tuple[str, Any, Any] | None:
+    """The first setting (``key``, value in ``run_dir/config.yaml``, value in ``cfg``) that differs,
+    ignoring the ``ignored`` keys (and everything under them); ``None`` if none does. The saved config
+    goes through today's schema first, so options added since the run was made take their defaults.
+    A missing, unreadable or no longer valid config.yaml is a ``MetarecError``."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from metarec.config import validate
+    from metarec.errors import MetarecError
+
+    try:
+        old = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise MetarecError(f"run {run_dir} has no readable config.yaml ({e})") from None
+    try:
+        old = OmegaConf.to_container(validate(OmegaConf.create(old if isinstance(old, dict) else {})), resolve=True)
+    except MetarecError as e:
+        raise MetarecError(f"run {run_dir} has a config.yaml this version cannot read ({e})") from None
+
+    def comparable(container: dict) -> dict[str, Any]:
+        flat = _flatten(container)
+        return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in ignored)}
+
+    old_flat = comparable(old)
+    new_flat = comparable(OmegaConf.to_container(cfg, resolve=True))
+    for key in sorted(set(old_flat) | set(new_flat), key=lambda k: (k != "data.source", k)):  # the source first
+        a, b = old_flat.get(key, "<unset>"), new_flat.get(key, "<unset>")
+        if a != b:
+            return key, a, b
+    return None
+
+
+# ------------------------------------------------------------------ resuming
+def resume_target(cfg, label: str) -> tuple[Path, Path]:
+    """``(run folder, checkpoint)`` for ``run.resume``: a run folder, a checkpoint file inside one, or
+    ``last`` (the folder ``run.name`` if set, else the newest unfinished ``<label>-s<seed>`` run of
+    ``run.experiment``). The run must be unfinished and its saved config must match ``cfg`` except for
+    settings that do not change results and the training budget (``trainer.max_epochs`` / ``max_steps``
+    / ``patience``)."""
+    from metarec.errors import ConfigError, MetarecError
+
+    want = str(cfg.run.resume)
+    base = Path(cfg.run.root) / cfg.run.experiment
+    if want == "last":
+        if cfg.run.name:
+            run = base / cfg.run.name
+        else:
+            pattern = f"*-{label}-s{cfg.seed}-*"
+            candidates = [p for p in base.glob(pattern) if (p / "config.yaml").is_file() and not is_finished(p)]
+            if not candidates:
+                raise MetarecError(f"run.resume=last: no unfinished {label} run with seed {cfg.seed} in {base}")
+            run = max(candidates, key=lambda p: p.stat().st_mtime)
+        ckpt = run / "checkpoints" / "last.ckpt"
+    else:
+        path = Path(want)
+        if path.is_file():
+            run, ckpt = path.parent.parent, path
+        else:
+            run, ckpt = path, path / "checkpoints" / "last.ckpt"
+    if not (run / "config.yaml").is_file():
+        raise MetarecError(f"run.resume: {run} is not a metarec run folder (no config.yaml)")
+    if is_finished(run):
+        raise MetarecError(f"run.resume: run {run} is already finished; nothing to resume")
+    if not ckpt.is_file():
+        raise MetarecError(f"run.resume: {ckpt} does not exist (the run stopped before its first checkpoint); "
+                           "start it again without run.resume")
+    budget = ("trainer.max_epochs", "trainer.max_steps", "trainer.patience")
+    diff = config_difference(run, cfg, RESULT_NEUTRAL + budget)
+    if diff:
+        key, a, b = diff
+        raise ConfigError(f"run.resume: run {run} was made with {key}={a!r}, this call asks for {b!r}; "
+                          "resume with the run's own settings")
+    return run, ckpt
+
+
+def atomic_checkpoint_io():
+    """Lightning checkpoint I/O that writes to a temporary file and renames it into place, so a
+    checkpoint on disk is always whole, even if the process is killed while saving."""
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+            try:
+                super().save_checkpoint(checkpoint, tmp, storage_options)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    return AtomicCheckpointIO()
+
+
 def finished_runs(root: str | Path) -> list[dict[str, Any]]:
     """The metrics records of every finished run under ``root`` (recursively)."""
     out = []

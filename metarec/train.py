@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -18,7 +19,9 @@ from metarec.data.datamodule import VAL_SCENARIO, ColdStartDataModule
 from metarec.errors import ConfigError, MetarecError
 from metarec.learners import LEARNERS, LearnerContext, MetaLearner
 from metarec.models import MODELS
-from metarec.runs import atomic_write_text, named_run_dir, new_run_dir, write_final_metrics
+from metarec.runs import (
+    atomic_checkpoint_io, atomic_write_text, named_run_dir, new_run_dir, resume_target, write_final_metrics,
+)
 
 MONITOR = f"val/{VAL_SCENARIO}/mae"
 
@@ -89,7 +92,10 @@ def _nonfinite_hint(cfg: DictConfig) -> str:
 
 def _logger(cfg: DictConfig, run_dir: Path):
     if cfg.logger.name == "csv":
-        return pl.loggers.CSVLogger(save_dir=str(run_dir), name="logs", version="")
+        version = ""  # logs/metrics.csv; a resumed run logs next to it (logs/resume-N/), losing nothing
+        if cfg.run.resume:
+            version = f"resume-{1 + sum(1 for _ in (run_dir / 'logs').glob('resume-*'))}"
+        return pl.loggers.CSVLogger(save_dir=str(run_dir), name="logs", version=version)
     os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
     os.environ.setdefault("WANDB_SILENT", "true")
     return pl.loggers.WandbLogger(
@@ -133,6 +139,7 @@ def _trainer(cfg: DictConfig, run_dir: Path, trainable: bool, monitor: str = MON
         fast_dev_run=t.fast_dev_run,
         num_sanity_val_steps=0,
         inference_mode=False,  # adaptation at val/test time needs autograd
+        plugins=[atomic_checkpoint_io()],  # a checkpoint on disk is always whole
         logger=_logger(cfg, run_dir),
         callbacks=callbacks,
         **limits,
@@ -202,18 +209,27 @@ def fit(cfg: DictConfig) -> Path:
 def _fit(cfg: DictConfig) -> Path:
     _quiet_lightning()
     label = learner_label(cfg)
-    if cfg.run.name:
+    resume_from = None
+    if cfg.run.resume:
+        run_dir, resume_from = resume_target(cfg, label)
+        check_checkpoint(resume_from)
+        cfg = copy.deepcopy(cfg)
+        cfg.data.manifest = str(run_dir / "split_manifest.json")  # the run's own split
+    elif cfg.run.name:
         run_dir = named_run_dir(cfg.run.root, cfg.run.experiment, cfg.run.name)
     else:
         run_dir = new_run_dir(cfg.run.root, cfg.run.experiment, f"{label}-s{cfg.seed}")
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     dm, learner = build(cfg)
-    dm.save_manifest(run_dir / "split_manifest.json")
+    if resume_from is None:
+        dm.save_manifest(run_dir / "split_manifest.json")
     monitor = monitor_key(learner.ctx.loss)
     trainer, checkpoint = _trainer(cfg, run_dir, learner.needs_training, monitor)
     epochs = 0
     if learner.needs_training:
-        trainer.fit(learner, datamodule=dm)
+        # resuming restores model, optimiser, epoch and loop counters, callbacks (best checkpoint, early
+        # stopping) and the RNG states; each epoch's episodes depend only on (seed, epoch)
+        trainer.fit(learner, datamodule=dm, ckpt_path=resume_from, weights_only=True)
         epochs = trainer.current_epoch
         if trainer.interrupted:
             raise KeyboardInterrupt
