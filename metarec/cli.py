@@ -213,6 +213,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from metarec.train import fit
 
     run_dir = fit(cfg)
+    from metarec.runs import is_rank_zero
+
+    if not is_rank_zero():  # DDP: the other processes of the run stay quiet
+        return 0
     print(f"run finished: {run_dir}")
     from metarec.report import markdown_table
     from metarec.runs import finished_runs

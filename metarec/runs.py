@@ -80,6 +80,39 @@ def is_finished(run_dir: str | Path) -> bool:
     return (Path(run_dir) / METRICS_FILE).is_file()
 
 
+# ------------------------------------------------------------------ several processes, one run
+RUN_DIR_ENV = "METAREC_RUN_DIR"  # set by rank 0 for the processes Lightning launches after it
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is the first of its job (or the only one): torchrun sets ``RANK``, srun
+    ``SLURM_PROCID``, Lightning's own DDP launcher ``LOCAL_RANK``/``NODE_RANK`` for the processes it adds."""
+    return all(int(os.environ.get(v, "0") or 0) == 0 for v in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
+
+
+def job_run_name(label: str, seed: int) -> str | None:
+    """A run name every process of an externally launched multi-process job (srun, torchrun) agrees on;
+    ``None`` for a single process (which gets a fresh unique folder as usual)."""
+    for var, size in (("SLURM_JOB_ID", "SLURM_NTASKS"), ("TORCHELASTIC_RUN_ID", "WORLD_SIZE")):
+        job = os.environ.get(var)
+        if job and job != "none" and int(os.environ.get(size, "1") or 1) > 1:
+            array = os.environ.get("SLURM_ARRAY_TASK_ID")
+            return f"{label}-s{seed}-job{job}" + (f"-{array}" if array and var == "SLURM_JOB_ID" else "")
+    return None
+
+
+def wait_for_run_dir(path: Path, timeout_s: float = 600.0) -> Path:
+    """Other ranks: wait until rank 0 has prepared ``path`` (its ``config.yaml`` exists)."""
+    from metarec.errors import MetarecError
+
+    deadline = time.monotonic() + timeout_s
+    while not (path / "config.yaml").is_file():
+        if time.monotonic() > deadline:
+            raise MetarecError(f"rank 0 did not prepare the run folder {path} within {timeout_s:.0f} s")
+        time.sleep(0.2)
+    return path
+
+
 # ------------------------------------------------------------------ comparing with a saved config
 # Settings that do not change a run's results.
 RESULT_NEUTRAL = (

@@ -20,7 +20,8 @@ from metarec.errors import ConfigError, MetarecError
 from metarec.learners import LEARNERS, LearnerContext, MetaLearner
 from metarec.models import MODELS
 from metarec.runs import (
-    atomic_checkpoint_io, atomic_write_text, named_run_dir, new_run_dir, resume_target, write_final_metrics,
+    RUN_DIR_ENV, atomic_checkpoint_io, atomic_write_text, is_rank_zero, job_run_name, named_run_dir, new_run_dir,
+    resume_target, wait_for_run_dir, write_final_metrics,
 )
 
 MONITOR = f"val/{VAL_SCENARIO}/mae"
@@ -206,22 +207,40 @@ def fit(cfg: DictConfig) -> Path:
         raise ConfigError(f"Lightning rejected the trainer settings: {text}") from None
 
 
+def _run_dir(cfg: DictConfig, label: str, rank_zero: bool) -> Path:
+    """The new run's folder. Under DDP every process runs ``fit``: rank 0 makes the folder, the others
+    use the same one — the one rank 0 announced (Lightning's launcher), or, for srun/torchrun jobs, the
+    name they all derive from the job id — and never clear or create one themselves."""
+    announced = os.environ.get(RUN_DIR_ENV)
+    if announced and not rank_zero:
+        return Path(announced)
+    name = cfg.run.name or job_run_name(label, cfg.seed)
+    if not rank_zero:
+        if not name:
+            raise MetarecError("a process other than rank 0 needs run.name (or SLURM/torchrun job ids) to find its run")
+        return wait_for_run_dir(Path(cfg.run.root) / cfg.run.experiment / name)
+    if name:
+        return named_run_dir(cfg.run.root, cfg.run.experiment, name)
+    return new_run_dir(cfg.run.root, cfg.run.experiment, f"{label}-s{cfg.seed}")
+
+
 def _fit(cfg: DictConfig) -> Path:
     _quiet_lightning()
     label = learner_label(cfg)
+    rank_zero = is_rank_zero()
     resume_from = None
     if cfg.run.resume:
         run_dir, resume_from = resume_target(cfg, label)
         check_checkpoint(resume_from)
         cfg = copy.deepcopy(cfg)
         cfg.data.manifest = str(run_dir / "split_manifest.json")  # the run's own split
-    elif cfg.run.name:
-        run_dir = named_run_dir(cfg.run.root, cfg.run.experiment, cfg.run.name)
     else:
-        run_dir = new_run_dir(cfg.run.root, cfg.run.experiment, f"{label}-s{cfg.seed}")
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        run_dir = _run_dir(cfg, label, rank_zero)
+    if rank_zero:
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        os.environ[RUN_DIR_ENV] = str(run_dir)  # the processes Lightning's DDP launcher starts use it too
     dm, learner = build(cfg)
-    if resume_from is None:
+    if resume_from is None and rank_zero:
         dm.save_manifest(run_dir / "split_manifest.json")
     monitor = monitor_key(learner.ctx.loss)
     trainer, checkpoint = _trainer(cfg, run_dir, learner.needs_training, monitor)
@@ -256,7 +275,8 @@ def _fit(cfg: DictConfig) -> Path:
         "non_finite_metrics": bad,
         "metrics": metrics,
     }
-    write_final_metrics(run_dir, record)
+    if rank_zero:
+        write_final_metrics(run_dir, record)
     if cfg.logger.name == "wandb":  # end the W&B run, else the next fit() in this process logs into it
         import wandb
 

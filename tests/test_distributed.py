@@ -74,3 +74,19 @@ def test_ddp_step_equals_the_single_process_step(case: str, tmp_path: Path) -> N
     for key in ("val/warm/mae", "val/warm/rmse", "val/warm/ndcg@3"):
         assert v2[key] == pytest.approx(v1[key], rel=1e-6), key  # float32 metric states, other summation order
     assert np.isfinite(list(v1.values())).all()
+
+
+def test_cli_fit_with_ddp_cpu_makes_one_run(tmp_path: Path) -> None:
+    """Lightning's DDP launcher starts a second process that runs ``fit`` too: it must use rank 0's run
+    folder (not make or clear one) and stay quiet."""
+    from cli_helpers import cli_env, run_cli
+
+    proc = run_cli("fit", "trainer=ddp_cpu", "data.params.n_users=300", "trainer.max_epochs=2",
+                   "trainer.enable_progress_bar=false", f"run.root={tmp_path / 'runs'}", cwd=tmp_path,
+                   env=cli_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [p.parent for p in (tmp_path / "runs").rglob("config.yaml")]
+    assert len(runs) == 1 and (runs[0] / "metrics.json").is_file(), runs
+    assert proc.stdout.count("run finished:") == 1
+    record = json.loads((runs[0] / "metrics.json").read_text())
+    assert record["epochs"] == 2 and all(np.isfinite(v) for v in record["metrics"].values())

@@ -62,3 +62,34 @@ def test_a_folder_that_is_not_a_run_is_never_cleared(tmp_path):
     assert (precious / "thesis.tex").read_text() == "keep me"
     with pytest.raises(MetarecError, match="plain folder name"):
         named_run_dir(tmp_path, "exp", "../escape")
+
+
+def test_processes_of_one_job_agree_on_the_run_folder(tmp_path, monkeypatch) -> None:
+    """srun / torchrun start every process with the same command: rank 0 prepares the folder named
+    after the job, the others find it and never create or clear one."""
+    from metarec.config import compose
+    from metarec.errors import MetarecError
+    from metarec.runs import is_rank_zero, job_run_name, wait_for_run_dir
+    from metarec.train import _run_dir
+
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID",
+                "SLURM_ARRAY_TASK_ID", "SLURM_NTASKS", "WORLD_SIZE", "METAREC_RUN_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    assert is_rank_zero() and job_run_name("maml", 0) is None
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    assert job_run_name("maml", 2) is None  # a single-task job: fresh unique folders as usual
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert not is_rank_zero() and job_run_name("maml", 2) == "maml-s2-job77"
+    cfg = compose(["seed=2", f"run.root={tmp_path}"])
+    folder = tmp_path / "default" / "maml-s2-job77"
+    with pytest.raises(MetarecError, match="did not prepare the run folder"):
+        wait_for_run_dir(folder, timeout_s=0.3)
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("seed: 2\n")
+    (folder / "checkpoints").mkdir()
+    assert _run_dir(cfg, "maml", rank_zero=False) == folder
+    assert (folder / "checkpoints").is_dir()  # found, not cleared
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
+    assert is_rank_zero() and job_run_name("maml", 2) == "maml-s2-job77-4"
