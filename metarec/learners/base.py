@@ -129,7 +129,8 @@ class MetaLearner(pl.LightningModule):
         if not self.all_finite(loss):
             self.nonfinite_step("query loss")
             return None  # Lightning skips backward and the optimiser step
-        self.log("train/loss", loss, batch_size=batch.n_tasks, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/loss", loss, batch_size=batch.n_tasks, prog_bar=True, on_step=True, on_epoch=True,
+                 sync_dist=self.world_size > 1)
         return loss
 
     # -------------------------------------------------------------- non-finite guard
@@ -169,7 +170,9 @@ class MetaLearner(pl.LightningModule):
         metrics = (self.val_metrics if stage == "val" else self.test_metrics)[scenario]
         metrics.update(preds.float(), target.float(), mask)
         prefix = self.test_stage if stage == "test" else stage
-        self.log(f"{prefix}/{scenario}/loss", loss.detach(), batch_size=batch.n_tasks, add_dataloader_idx=False)
+        # under DDP averaged over processes (the monitor under bce: every process must agree on it)
+        self.log(f"{prefix}/{scenario}/loss", loss.detach(), batch_size=batch.n_tasks, add_dataloader_idx=False,
+                 sync_dist=self.world_size > 1)
         if stage == "test" and self.rank_metrics:
             with torch.enable_grad():
                 items = self.ctx.all_items

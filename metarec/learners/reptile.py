@@ -72,7 +72,8 @@ class Reptile(MetaLearner):
         for p, d in zip(self.executor.module.parameters(), direction):
             p.grad = d
         opt.step()
-        self.log("train/loss", loss, batch_size=batch.n_tasks, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/loss", loss, batch_size=batch.n_tasks, prog_bar=True, on_step=True, on_epoch=True,
+                 sync_dist=self.world_size > 1)
         return loss
 
     def configure_optimizers(self):
