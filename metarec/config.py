@@ -180,10 +180,15 @@ def validate(cfg: DictConfig) -> DictConfig:
     from metarec.learners import LEARNERS
     from metarec.models import MODELS
 
-    allowed = {"seed", "run", "choices", *GROUPS}
+    allowed = {"seed", "run", "choices", "resume", *GROUPS}
     for key in cfg.keys():
         if key not in allowed:
             raise ConfigError(f"unknown config key {key!r} (known: {', '.join(sorted(allowed))})")
+    if "resume" in cfg:  # `resume=last` is short for `run.resume=last`
+        run = cfg.get("run") if isinstance(cfg.get("run"), DictConfig) else OmegaConf.create({})
+        run.resume = cfg.resume
+        cfg.run = run
+        del cfg["resume"]
     out = OmegaConf.create({"seed": cfg.get("seed", 0), "choices": cfg.get("choices", {})})
     if isinstance(out.seed, bool) or not isinstance(out.seed, int):
         raise ConfigError(f"seed must be an integer, got {out.seed!r}")

@@ -51,7 +51,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path: Path) -> None:
     for saved in (victim / "checkpoints").glob("*.ckpt"):  # a kill during a save never leaves a torn checkpoint
         check_checkpoint(saved)
 
-    resumed = fit(compose([*RUN, f"run.root={root}", "run.name=victim", "run.resume=last"]))
+    resumed = fit(compose([*RUN, f"run.root={root}", "run.name=victim", "resume=last"]))  # = run.resume=last
     assert resumed == victim
     got, want = _metrics(resumed), _metrics(reference)
     assert got["epochs"] == want["epochs"] == 4
