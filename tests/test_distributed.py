@@ -90,3 +90,13 @@ def test_cli_fit_with_ddp_cpu_makes_one_run(tmp_path: Path) -> None:
     assert proc.stdout.count("run finished:") == 1
     record = json.loads((runs[0] / "metrics.json").read_text())
     assert record["epochs"] == 2 and all(np.isfinite(v) for v in record["metrics"].values())
+
+
+def test_meta_batch_must_split_evenly_between_processes() -> None:
+    from metarec.data.datamodule import ColdStartDataModule, DataConfig
+    from metarec.errors import ConfigError
+
+    dm = ColdStartDataModule(DataConfig(meta_batch_size=8))
+    assert dm.per_rank_batch(1) == 8 and dm.per_rank_batch(4) == 2
+    with pytest.raises(ConfigError, match=r"data.meta_batch_size=8 must be a multiple of the number of processes \(3\)"):
+        dm.per_rank_batch(3)
