@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from ranking_tables import curve_table, scenario_table, update_readme
+from bench_utils import curve_table, scenario_table, update_readme
 
 from metarec.compare import ALL, compare, make_spec, result_rows, summarize
 

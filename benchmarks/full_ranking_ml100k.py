@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ranking_tables import read_rows, scenario_table, update_readme
+from bench_utils import read_rows, scenario_table, update_readme
 
 from metarec.compare import ALL, summarize
 
@@ -56,7 +56,7 @@ def main() -> int:
         lines += [f"The best other learner, {best} (user-cold Recall@10 {top:.4f}), {verdict} `popularity` ({pop:.4f}): "
                   "a model trained to predict ratings is not a ranking model; for top-k lists train on implicit "
                   "feedback (`data.negatives`), as on Last.fm below.", ""]
-    lines.append(f"All scenarios: [`benchmarks/results/full_ranking_ml100k.md`](benchmarks/results/full_ranking_ml100k.md); "
+    lines.append("All scenarios: [`benchmarks/results/full_ranking_ml100k.md`](benchmarks/results/full_ranking_ml100k.md); "
                  "_produced by `python benchmarks/full_ranking_ml100k.py` from the quality runs above._")
     update_readme("full_ranking_ml100k", "\n".join(lines))
     return 0

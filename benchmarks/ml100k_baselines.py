@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from bench_utils import update_readme
 
 from metarec.config import compose
 from metarec.report import markdown_table, mean_std
@@ -68,16 +68,6 @@ def render(records: list[dict], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(text: str) -> None:
-    readme = HERE.parent / "README.md"
-    src = readme.read_text()
-    pattern = re.compile(rf"(<!-- BEGIN {README_MARK} -->\n).*?(<!-- END {README_MARK} -->)", re.S)
-    if not pattern.search(src):
-        print(f"README has no {README_MARK} markers; not updated", file=sys.stderr)
-        return
-    readme.write_text(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), src))
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -110,7 +100,7 @@ def main() -> int:
     )
     footer = f"\n\n_Produced by `{meta['command']}` in {meta['seconds']} s (torch {meta['torch']}, {meta['cpus']} CPU threads)._"
     (results / "ml100k_baselines.md").write_text("# " + __doc__.splitlines()[0] + "\n\n" + text + footer + "\n")
-    update_readme(text + footer)
+    update_readme(README_MARK, text + footer)
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_utils import update_readme
 
 from metarec.compare import ALL, compare, make_spec, result_rows, summarize
 
@@ -59,16 +59,6 @@ def mae_table(stats, learners: list[str]) -> str:
             row.append(f"**{text}**" if st is not None and st.mean == best[sc] else text)
         lines.append(f"| {l} | " + " | ".join(row) + " |")
     return "\n".join(lines)
-
-
-def update_readme(block: str) -> None:
-    readme = HERE.parent / "README.md"
-    src = readme.read_text()
-    pattern = re.compile(rf"(<!-- BEGIN {NAME} -->\n).*?(<!-- END {NAME} -->)", re.S)
-    if pattern.search(src):
-        readme.write_text(pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), src))
-    else:
-        print(f"README has no {NAME} markers; not updated", file=sys.stderr)
 
 
 def main() -> int:
@@ -114,7 +104,7 @@ def main() -> int:
         f"Full table with 95% confidence intervals: [`benchmarks/results/{NAME}.md`](benchmarks/results/{NAME}.md).",
         "", f"![user-cold curve](benchmarks/results/{NAME}/curve_user_cold.png)", "", footer,
     ])
-    update_readme(readme_block)
+    update_readme(NAME, readme_block)
     return 0
 
 

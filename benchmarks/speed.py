@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_utils import update_readme
 
 from metarec.data.episodes import EpisodeBatch
 from metarec.data.schema import CategoricalField, FeatureSchema, MultiHotField
@@ -335,7 +336,7 @@ def main() -> int:
     head = (f"# Speed benchmark\n\n_Produced by `python benchmarks/speed.py` on {meta['device']}"
             f"{' (' + meta['gpu'] + ')' if meta['gpu'] else ''}, torch {meta['torch']}, {meta['threads']} threads._\n\n")
     (RESULTS / "speed.md").write_text(head + "\n".join(sections) + "\n")
-    update_readme(result)
+    update_readme("speed", readme_summary(result))
     return 0
 
 
@@ -360,16 +361,6 @@ def readme_summary(result: dict) -> str:
         lines.append("- Scaling, one epoch: " + ", ".join(
             f"{s['users']:,} users {s['epoch_s']:.0f} s / {s['peak_rss_mb']:.0f} MB" for s in ok) + ".")
     return "\n".join(lines)
-
-
-def update_readme(result: dict) -> None:
-    import re
-
-    readme = HERE.parent / "README.md"
-    src = readme.read_text()
-    pattern = re.compile(r"(<!-- BEGIN speed -->\n).*?(<!-- END speed -->)", re.S)
-    if pattern.search(src):
-        readme.write_text(pattern.sub(lambda m: m.group(1) + readme_summary(result) + "\n" + m.group(2), src))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Markdown tables of full-ranking metrics from ``metarec compare`` result rows (shared by the
-full-ranking benchmarks)."""
+"""Shared by the benchmark scripts: markdown tables of ``metarec compare`` result rows, and writing a
+generated block into the README between its ``<!-- BEGIN name -->`` / ``<!-- END name -->`` markers."""
 
 from __future__ import annotations
 
