@@ -21,6 +21,7 @@ bench-smoke: setup
 	$(VENV)/bin/python benchmarks/ml100k_baselines.py --smoke
 	$(VENV)/bin/python benchmarks/quality_ml100k.py --smoke
 	$(VENV)/bin/python benchmarks/full_ranking_lastfm.py --smoke
+	$(VENV)/bin/python benchmarks/text_features_ml100k.py --smoke
 	$(VENV)/bin/python benchmarks/speed.py --smoke
 	$(VENV)/bin/python benchmarks/memory_stability.py --smoke
 

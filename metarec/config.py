@@ -236,7 +236,14 @@ def data_config(data: DictConfig):
     values = OmegaConf.to_container(data, resolve=True)
     values["split"] = split_config(data)
     values["negatives"] = negative_config(data)
+    values["text"] = text_config(data)
     return DataConfig(**values)
+
+
+def text_config(data: DictConfig):
+    from metarec.data.text import TextConfig
+
+    return TextConfig(**OmegaConf.to_container(data.text, resolve=True))
 
 
 def negative_config(data: DictConfig):

@@ -20,7 +20,7 @@ VENV="${1:-$ROOT/.venv}"
 case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac  # absolute: the build below changes directory
 PYTHON="${PYTHON:-python3.11}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
-EXTRAS="${METAREC_EXTRAS:-dev}"
+EXTRAS="${METAREC_EXTRAS:-dev,text}"
 L2L_VERSION="0.2.0"
 
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3

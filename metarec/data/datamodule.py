@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from metarec.data.episodes import EpisodeCollator, FeatureTables
 from metarec.data.negatives import NEW_ITEM_SCENARIOS, NegativeConfig, NegativeSampler
+from metarec.data.text import TextConfig, item_text_embeddings, with_text_field
 from metarec.data.schema import RecDataset
 from metarec.data.splits import ColdStartSplit, SplitConfig, Task, load_split, make_split, save_manifest
 from metarec.data.sources import load_dataset
@@ -38,6 +39,7 @@ class DataConfig:
     ranking_ks: list[int] = field(default_factory=lambda: [5, 10, 20])  # full-ranking Recall/nDCG/HitRate@k
     relevance_threshold: float = 4.0  # full ranking: query ratings >= this are relevant (explicit data)
     negatives: NegativeConfig = field(default_factory=NegativeConfig)  # per_positive > 0: implicit feedback, BCE
+    text: TextConfig = field(default_factory=TextConfig)  # enabled: item text embeddings as a dense item field
     num_workers: int = 0
     hide_new_item_ids: bool = True
 
@@ -186,6 +188,8 @@ class ColdStartDataModule(pl.LightningDataModule):
         if self.split is not None:
             return
         self.dataset = load_dataset(self.cfg.source, self.cfg.params, self.cfg.root)
+        if self.cfg.text.enabled:
+            self.dataset = with_text_field(self.dataset, item_text_embeddings(self.dataset, self.cfg.text))
         if self.cfg.manifest:
             self.split = load_split(self.dataset, self.cfg.manifest)
         else:

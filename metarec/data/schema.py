@@ -23,10 +23,14 @@ class CategoricalField:
 
 @dataclass(frozen=True)
 class MultiHotField:
-    """A set-valued field such as genres; ``width`` is the number of possible values."""
+    """A set-valued field such as genres; ``width`` is the number of possible values, ``values`` their
+    names when known (for text templates). ``dense``: real-valued features (e.g. a text embedding)
+    rather than 0/1 flags — models project them instead of averaging value embeddings."""
 
     name: str
     width: int
+    values: tuple[str, ...] = ()
+    dense: bool = False
 
 
 @dataclass

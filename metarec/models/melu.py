@@ -36,12 +36,15 @@ class MultiHotEmbedding(nn.Module):
 
 
 class FieldEncoder(nn.Module):
-    """Embeds the categorical and multi-hot fields of one entity kind and concatenates them."""
+    """Embeds the categorical and multi-hot fields of one entity kind and concatenates them; a dense
+    field (e.g. a text embedding) goes through a linear projection to ``dim``."""
 
     def __init__(self, categorical, multihot, dim: int) -> None:
         super().__init__()
         self.categorical = nn.ModuleList(nn.Embedding(f.cardinality, dim, padding_idx=0) for f in categorical)
-        self.multihot = nn.ModuleList(MultiHotEmbedding(f.width, dim) for f in multihot)
+        self.multihot = nn.ModuleList(
+            nn.Linear(f.width, dim) if getattr(f, "dense", False) else MultiHotEmbedding(f.width, dim) for f in multihot
+        )
         self.widths = [f.width for f in multihot]
         self.out_dim = dim * (len(categorical) + len(multihot))
 

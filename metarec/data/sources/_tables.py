@@ -457,12 +457,13 @@ def constant_users(n: int) -> FeatureTable:
     return FeatureTable([CategoricalField("constant", 2)], np.ones((n, 1), dtype=np.int64))
 
 
-def feature_table(cat: list[tuple[str, np.ndarray, int]], multi: list[tuple[str, np.ndarray]], n: int) -> FeatureTable:
-    """A :class:`FeatureTable` from ``(name, codes, cardinality)`` and ``(name, 0/1 matrix)`` lists."""
+def feature_table(cat: list[tuple[str, np.ndarray, int]], multi: list[tuple], n: int) -> FeatureTable:
+    """A :class:`FeatureTable` from ``(name, codes, cardinality)`` and ``(name, 0/1 matrix[, value names])``
+    lists."""
     fields = [CategoricalField(name, int(card)) for name, _, card in cat]
     arr = np.stack([c for _, c, _ in cat], axis=1).astype(np.int64) if cat else np.zeros((n, 0), dtype=np.int64)
-    mh_fields = [MultiHotField(name, int(m.shape[1])) for name, m in multi]
-    mh = np.concatenate([m for _, m in multi], axis=1).astype(np.float32) if multi else None
+    mh_fields = [MultiHotField(m[0], int(m[1].shape[1]), values=tuple(m[2]) if len(m) > 2 else ()) for m in multi]
+    mh = np.concatenate([m[1] for m in multi], axis=1).astype(np.float32) if multi else None
     return FeatureTable(fields, arr, mh_fields, mh)
 
 

@@ -107,8 +107,8 @@ def lastfm2k(cfg: LastFm2kConfig, root: str | None) -> RecDataset:
     ratings = pd.DataFrame({"user": user, "item": item, "rating": rating,
                             "timestamp": np.zeros(len(user), dtype=np.int64)})
     n_items = len(artists)
-    tags = _tag_matrix(folder, artist_ids, user_ids, cfg)
-    items = feature_table([item_id_field(n_items)], [("tag", tags)], n_items)
+    tags, tag_names = _tag_matrix(folder, artist_ids, user_ids, cfg)
+    items = feature_table([item_id_field(n_items)], [("tag", tags, tag_names)], n_items)
     if cfg.friend_feature:
         friends = _friend_counts(folder / "user_friends.dat", user_ids)
         codes = np.minimum(np.floor(np.log2(np.maximum(friends, 1))).astype(np.int64) + 2, FRIEND_BUCKETS)
@@ -159,8 +159,10 @@ def _read_artists(path: Path) -> pd.DataFrame:
     return pd.DataFrame({"id": out["id"].to_numpy(dtype=np.int64), "name": out["name"].astype(str).to_numpy()})
 
 
-def _tag_matrix(folder: Path, artist_ids: np.ndarray, user_ids: np.ndarray, cfg: LastFm2kConfig) -> np.ndarray:
-    """0/1 [n_artists, top_tags]: the most assigned tags (ties by tag id), given by >= min_tag_count users."""
+def _tag_matrix(folder: Path, artist_ids: np.ndarray, user_ids: np.ndarray,
+                cfg: LastFm2kConfig) -> tuple[np.ndarray, list[str]]:
+    """0/1 [n_artists, top_tags]: the most assigned tags (ties by tag id), given by >= min_tag_count users;
+    and the tags' names (columns without a tag, when fewer are used, are named "")."""
     tpath = folder / "tags.dat"
     tags = read_table(tpath, sep="\t", header=True, encoding="latin-1", required=("tagID", "tagValue"),
                       kinds={"tagID": "int"})
@@ -175,8 +177,9 @@ def _tag_matrix(folder: Path, artist_ids: np.ndarray, user_ids: np.ndarray, cfg:
     artist, known = codes_of(path, ta["artistID"].to_numpy(), ta.index, artist_ids, "artist", "artists.dat", drop=True)
     tag, artist = tag[known], artist[known]
     mat = np.zeros((len(artist_ids), cfg.top_tags), dtype=np.float32)
+    names = [""] * cfg.top_tags
     if cfg.top_tags == 0 or len(tag) == 0:
-        return mat
+        return mat, names
     per_tag = np.bincount(tag, minlength=len(tag_ids))
     top = np.lexsort((np.arange(len(tag_ids)), -per_tag))[: cfg.top_tags]
     top = top[per_tag[top] > 0]
@@ -187,7 +190,10 @@ def _tag_matrix(folder: Path, artist_ids: np.ndarray, user_ids: np.ndarray, cfg:
     counts = pairs.groupby(["a", "c"]).size()
     counts = counts[counts >= cfg.min_tag_count]
     mat[counts.index.get_level_values(0).to_numpy(), counts.index.get_level_values(1).to_numpy()] = 1.0
-    return mat
+    value = dict(zip(tags["tagID"].to_numpy().tolist(), tags["tagValue"].astype(str).tolist()))
+    for j, t in enumerate(top):
+        names[j] = value[int(tag_ids[t])]
+    return mat, names
 
 
 def _friend_counts(path: Path, user_ids: np.ndarray) -> np.ndarray:

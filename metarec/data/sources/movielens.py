@@ -269,7 +269,7 @@ def item_features(items: pd.DataFrame) -> FeatureTable:
     return FeatureTable(
         categorical_fields=fields,
         categorical=cat,
-        multihot_fields=[MultiHotField("genre", len(GENRES))],
+        multihot_fields=[MultiHotField("genre", len(GENRES), values=tuple(GENRES))],
         multihot=genre,
     )
 

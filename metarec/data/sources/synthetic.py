@@ -164,6 +164,6 @@ def _item_table(n_items: int, years: np.ndarray, genres: np.ndarray) -> FeatureT
     return FeatureTable(
         categorical_fields=[CategoricalField("item_id", n_items + 1), CategoricalField("release_year", year_card)],
         categorical=np.stack([np.arange(1, n_items + 1), year_code], axis=1).astype(np.int64),
-        multihot_fields=[MultiHotField("genre", genres.shape[1])],
+        multihot_fields=[MultiHotField("genre", genres.shape[1], values=tuple(f"genre {g}" for g in range(genres.shape[1])))],
         multihot=genres,
     )
