@@ -86,8 +86,16 @@ def main() -> int:
     sections.append(footer)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{NAME}.md").write_text("\n".join(sections) + "\n")
+    key = lambda l: stats[(l, ALL, "user_cold", METRICS[0])]  # noqa: E731
+    ranked = sorted((l for l in spec.learners if (l, ALL, "user_cold", METRICS[0]) in stats), key=lambda l: -key(l).mean)
+    verdict = ""
+    if ranked:
+        best = ranked[0]
+        rivals = [l for l in ranked[1:] if key(l).mean + key(l).half_width >= key(best).mean - key(best).half_width]
+        verdict = (f"Best user-cold Recall@10: {best} ({key(best).mean:.4f}); "
+                   + (f"the 95% intervals of {', '.join(rivals)} overlap it." if rivals else "beyond every other learner's 95% interval."))
     update_readme(NAME, "\n".join([
-        intro, "", *table, "", *curves[0], "",
+        intro, "", *table, "", verdict, "", "Recall@10 by support size K:", "", *curves[0], "",
         f"Full tables: [`benchmarks/results/{NAME}.md`](benchmarks/results/{NAME}.md).", "", footer,
     ]))
     return 0

@@ -153,7 +153,14 @@ def config_difference(run_dir: Path, cfg, ignored: tuple[str, ...] = RESULT_NEUT
 
     def comparable(container: dict) -> dict[str, Any]:
         flat = _flatten(container)
-        return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in ignored)}
+        # options of a switched-off feature do not change results
+        off = [p for p, on in (("data.text.", flat.get("data.text.enabled", False)),
+                               ("data.negatives.", flat.get("data.negatives.per_positive", 0))) if not on]
+        return {
+            k: v for k, v in flat.items()
+            if not any(k == p or k.startswith(p + ".") for p in ignored)
+            and not any(k.startswith(p) and k not in ("data.text.enabled", "data.negatives.per_positive") for p in off)
+        }
 
     old_flat = comparable(old)
     new_flat = comparable(OmegaConf.to_container(cfg, resolve=True))

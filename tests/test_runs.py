@@ -93,3 +93,18 @@ def test_processes_of_one_job_agree_on_the_run_folder(tmp_path, monkeypatch) -> 
     monkeypatch.setenv("SLURM_PROCID", "0")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
     assert is_rank_zero() and job_run_name("maml", 2) == "maml-s2-job77-4"
+
+
+def test_options_of_a_switched_off_feature_do_not_count_as_differences(tmp_path) -> None:
+    from omegaconf import OmegaConf
+
+    from metarec.config import compose
+    from metarec.runs import config_difference
+
+    saved = compose(["data.negatives.sampler=popularity", 'data.text.template="{title}: {genre}"'])
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    assert config_difference(tmp_path, compose([])) is None  # both features off
+    assert config_difference(tmp_path, compose(["data.negatives.per_positive=2"]))[0] == "data.negatives.per_positive"
+    on = compose(["data.text.enabled=true", 'data.text.template="{title}: {genre}"'])
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(on))
+    assert config_difference(tmp_path, compose(["data.text.enabled=true"]))[0] == "data.text.template"
