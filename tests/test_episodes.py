@@ -13,6 +13,7 @@ from metarec.data.episodes import EpisodeBatch, EpisodeCollator, FeatureTables
 from metarec.data.schema import RecDataset
 from metarec.data.sources import load_dataset
 from metarec.data.splits import SplitConfig, Task
+from metarec.errors import ConfigError
 
 SYN_PARAMS = dict(n_users=120, n_items=60, min_ratings=14, max_ratings=35, seed=2)
 SPLIT = dict(min_ratings=14, max_ratings=35, query_size=5, new_item_fraction=0.25)
@@ -370,3 +371,23 @@ def test_data_module_from_saved_manifest(dm, tmp_path):
     assert again.train_rating_mean() == pytest.approx(dm.train_rating_mean())
     e1, e2 = TrainEpisodes(dm.split, dm.split_config), TrainEpisodes(again.split, again.split_config)
     assert all(_same_task(e1[(1, i)], e2[(1, i)]) for i in range(len(e1)))
+
+
+def test_item_id_dropout_hides_ids_in_training_only() -> None:
+    dm = _dm(item_id_dropout=0.5)
+    col = dm.collate.tables.item_id_column
+    batch = next(iter(dm.train_dataloader()))
+    real = batch.support_mask | batch.query_mask
+    ids = batch.item.categorical[..., col][real]
+    share = (ids == 0).float().mean().item()
+    assert 0.35 < share < 0.65, share
+    # the items themselves (and their other features) are unchanged
+    torch.testing.assert_close(batch.item.multihot, dm.collate.tables.items(batch.item_ids).multihot)
+    again = next(iter(_dm(item_id_dropout=0.5).train_dataloader()))
+    assert torch.equal(again.item.categorical, batch.item.categorical)  # seeded
+    val = next(iter(dm.val_dataloader()))
+    known = ~torch.as_tensor(dm.split.new_item_mask)[val.item_ids]
+    vmask = (val.support_mask | val.query_mask) & known
+    assert (val.item.categorical[..., col][vmask] != 0).all()  # evaluation sees every known id
+    with pytest.raises(ConfigError, match="data.item_id_dropout must be in"):
+        _dm(item_id_dropout=1.0).train_dataloader()

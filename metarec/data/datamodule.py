@@ -42,6 +42,7 @@ class DataConfig:
     text: TextConfig = field(default_factory=TextConfig)  # enabled: item text embeddings as a dense item field
     num_workers: int = 0
     hide_new_item_ids: bool = True
+    item_id_dropout: float = 0.0  # training: hide each item's id with this probability (learn to use content)
 
 
 _M1, _M2, _M3 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
@@ -70,8 +71,10 @@ class TrainEpisodes(Dataset):
     DataLoader worker draws the same episodes.
     """
 
-    def __init__(self, split: ColdStartSplit, cfg: SplitConfig, negatives: NegativeSampler | None = None) -> None:
+    def __init__(self, split: ColdStartSplit, cfg: SplitConfig, negatives: NegativeSampler | None = None,
+                 id_dropout: float = 0.0) -> None:
         self.negatives = negatives
+        self.id_dropout = id_dropout
         self.users = split.train_users
         pools = [split.train_pool[int(u)] for u in self.users]
         lengths = np.array([len(p[0]) for p in pools], dtype=np.int64)
@@ -102,6 +105,9 @@ class TrainEpisodes(Dataset):
         task = Task(int(self.users[i]), self.items[s], self.ratings[s], self.items[q], self.ratings[q])
         if self.negatives is not None:
             task = self.negatives.add(task, self.cfg.seed, epoch, new_items=False)
+        if self.id_dropout > 0:  # seeded by (seed, epoch, user) like everything else of the episode
+            rng = np.random.default_rng([self.cfg.seed, epoch, task.user, 7])
+            task.hide_ids = rng.random(len(task.support_items) + len(task.query_items)) < self.id_dropout
         return task
 
 
@@ -251,7 +257,9 @@ class ColdStartDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        episodes = TrainEpisodes(self.split, self.split_config, self.negatives)
+        if not 0.0 <= self.cfg.item_id_dropout < 1.0:
+            raise ConfigError(f"data.item_id_dropout must be in [0, 1), got {self.cfg.item_id_dropout}")
+        episodes = TrainEpisodes(self.split, self.split_config, self.negatives, self.cfg.item_id_dropout)
         rank, world = self._rank_world()
         share = self.per_rank_batch(world)
         sampler = EpochShuffleSampler(len(episodes), self.seed, rank=rank, world=world, batch_size=self.cfg.meta_batch_size)

@@ -52,10 +52,13 @@ class FeatureTables:
     """Feature tensors of a dataset, gathered by id when a meta-batch is collated."""
 
     def __init__(self, ds: RecDataset, hidden_items: np.ndarray | None = None) -> None:
+        self.item_id_column = None
         self.user_cat = torch.as_tensor(ds.users.categorical, dtype=torch.long)
         self.user_multi = torch.as_tensor(ds.users.multihot, dtype=torch.float32)
         item_cat = torch.as_tensor(ds.items.categorical, dtype=torch.long).clone()
         names = [f.name for f in ds.items.categorical_fields]
+        if "item_id" in names:
+            self.item_id_column = names.index("item_id")
         if hidden_items is not None and "item_id" in names:
             # A new item's id has never been seen in training: give it the "unknown" code (a zero
             # embedding) rather than an untrained random vector.
@@ -87,18 +90,24 @@ class EpisodeCollator:
         ratings = np.zeros((n, length), dtype=np.float32)
         s_mask = np.zeros((n, length), dtype=bool)
         q_mask = np.zeros((n, length), dtype=bool)
+        hide = np.zeros((n, length), dtype=bool)
         for i, t in enumerate(tasks):
             ns, nq = len(t.support_items), len(t.query_items)
             items[i, :ns], ratings[i, :ns], s_mask[i, :ns] = t.support_items, t.support_ratings, True
             sl = slice(s_len, s_len + nq)
             items[i, sl], ratings[i, sl], q_mask[i, sl] = t.query_items, t.query_ratings, True
+            if t.hide_ids is not None:
+                hide[i, :ns], hide[i, sl] = t.hide_ids[:ns], t.hide_ids[ns:]
         user_ids = torch.as_tensor(np.array([t.user for t in tasks], dtype=np.int64))
         item_ids = torch.from_numpy(items)
+        item = self.tables.items(item_ids)
+        if hide.any() and self.tables.item_id_column is not None:  # item-id dropout: as if these were new items
+            item.categorical[..., self.tables.item_id_column][torch.from_numpy(hide)] = 0
         return EpisodeBatch(
             user_ids=user_ids,
             user=self.tables.users(user_ids),
             item_ids=item_ids,
-            item=self.tables.items(item_ids),
+            item=item,
             ratings=torch.from_numpy(ratings),
             support_mask=torch.from_numpy(s_mask),
             query_mask=torch.from_numpy(q_mask),

@@ -96,6 +96,8 @@ class Task:
     support_ratings: np.ndarray
     query_items: np.ndarray
     query_ratings: np.ndarray
+    # training only (data.item_id_dropout): positions whose item id is hidden, support then query
+    hide_ids: Optional[np.ndarray] = None
 
 
 @dataclass
