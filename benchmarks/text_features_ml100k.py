@@ -80,6 +80,14 @@ def main() -> int:
                 + ("lower beyond the seed-to-seed spread (the 95% intervals do not overlap)." if beyond
                    else "not beyond the seed-to-seed spread (the 95% intervals overlap).")
             )
+    for learner in LEARNERS:  # how much room the content has: the warm -> item-cold gap without text
+        warm, cold = (stats.get((names[0], learner, ALL, s, "mae")) for s in ("warm", "item_cold"))
+        if warm is not None and cold is not None:
+            verdicts.append(
+                f"- headroom, {learner}: without text, item-cold MAE {cold.mean:.4f} is {cold.mean - warm.mean:+.4f} "
+                f"from warm ({warm.mean:.4f}) — roughly the most item content could win back "
+                f"(item-cold 95% CI half-width {cold.half_width:.4f})."
+            )
     print("\n".join(lines + [""] + verdicts))
     if args.smoke:
         shutil.rmtree(work, ignore_errors=True)
