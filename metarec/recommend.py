@@ -109,12 +109,13 @@ class Recommender:
             self._executor = executor
             self._module = executor.module
             self.scope = self._scope_of(executor)
-            self._names = [n for n, _ in self._module.named_parameters()]
+            self._names = list(executor.names)  # the adapted ones (under lora: adapters and head)
             lrs = getattr(executor.wrapper, "lrs", None)  # Meta-SGD's learned per-parameter rates
             if lrs is None:
                 self._lrs = {n: float(executor.inner_lr) for n in self._names}
             else:
-                self._lrs = {n: lr.detach() for n, lr in zip(self._names, lrs)}
+                by_name = dict(zip(executor.all_names, lrs))
+                self._lrs = {n: by_name[n].detach() for n in self._names}
             self._clip = executor.inner_grad_clip
             if isinstance(learner, FineTune):
                 self.steps = int(learner.cfg.finetune_steps)
@@ -203,6 +204,8 @@ class Recommender:
     def _scope_of(self, executor) -> str:
         if executor.prefix is None:
             return "all"
+        if executor.partial:
+            return "lora"
         return "head" if executor.module is self.model.head else "output"
 
     def _skeleton(self) -> nn.Module:
@@ -330,7 +333,8 @@ class Recommender:
 
     def _call(self, params: dict, user: Features, codes: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """The adapted module with ``params`` on ``codes`` (``x``: its precomputed input, if any)."""
-        state = {**params, **{n: b for n, b in self._module.named_buffers()}}
+        fixed = {n: p.detach() for n, p in self._executor.fixed_params().items()}  # lora: the base weights
+        state = {**fixed, **params, **{n: b for n, b in self._module.named_buffers()}}
         if self.scope == "all":
             return functional_call(self._skeleton(), state, (user, self._items(codes)))
         if x is None:
@@ -353,7 +357,7 @@ class Recommender:
             return AdaptedUser(self, user, codes_np, values_np, mean=float(y.mean()))
         if self.kind != "adapt":
             return AdaptedUser(self, user, codes_np, values_np)
-        params = {n: p.detach() for n, p in self._module.named_parameters()}  # views, never written
+        params = {n: p.detach() for n, p in zip(self._names, self._executor.adapted_params())}  # views, never written
         if self.implicit:
             codes, y = self._with_negatives(codes_np, values_np)
         mask = torch.ones_like(y, dtype=torch.bool)

@@ -32,8 +32,10 @@ RUNS = {
     "global": ["learner=global"],
     "user_mean": ["learner=user_mean"],
     "item_mean": ["learner=item_mean"],
+    "tf_lora": ["model=transformer", "model.d_model=16", "model.heads=2", "model.ffn=32", "model.lora_rank=2",
+                "learner.scope=lora"],
 }
-ADAPTING = ("maml", "head", "metasgd")
+ADAPTING = ("maml", "head", "metasgd", "tf_lora")
 
 
 @pytest.fixture(scope="module")

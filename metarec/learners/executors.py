@@ -3,9 +3,10 @@
     for each task:  theta_t = theta;  repeat k times: theta_t -= lr * grad L_support(theta_t)
                     loss_t = L_query(theta_t)
 
-where theta are the parameters of the adapted scope (see ``BaseRecommender.scope_split``) and ``lr``
-is a float (MAML) or a tensor per parameter (Meta-SGD). The non-adapted prefix of the model runs once
-per meta-batch in both executors.
+where theta are the parameters of the adapted scope (see ``BaseRecommender.scope_split``; under
+``lora`` only the adapters and the head of the adapted module, ``BaseRecommender.adapts``, the rest of
+it being used as is) and ``lr`` is a float (MAML) or a tensor per parameter (Meta-SGD). The
+non-adapted prefix of the model runs once per meta-batch in both executors.
 
 - ``learn2learn``: the reference. ``l2l.algorithms.MAML`` / ``MetaSGD`` ``clone()`` + ``adapt()``,
   one task at a time.
@@ -52,10 +53,23 @@ class Executor:
         self.wrapper = wrapper_cls(module, lr=inner_lr, first_order=first_order)
         self.inner_lr = inner_lr
         self.inner_grad_clip = inner_grad_clip
+        keep = model.adapts(scope)
+        self.all_names = [n for n, _ in module.named_parameters()]
+        self.names = [n for n in self.all_names if keep is None or keep(n)]  # adapted per task
+        self._adapted = set(self.names)
+        self.partial = len(self.names) < len(self.all_names)
 
     @property
     def module(self) -> torch.nn.Module:
         return self.wrapper.module
+
+    def adapted_params(self) -> list[torch.nn.Parameter]:
+        """The module's parameters that adapt per task, in ``names`` order."""
+        return [p for n, p in self.module.named_parameters() if n in self._adapted]
+
+    def fixed_params(self) -> dict[str, torch.Tensor]:
+        """The module's parameters that do not adapt per task (under ``lora``: the base weights)."""
+        return {n: p for n, p in self.module.named_parameters() if n not in self._adapted}
 
     def prefix_features(self, batch: EpisodeBatch, detach: bool) -> torch.Tensor | None:
         """The non-adapted computation for the whole meta-batch (``None`` when everything adapts)."""
@@ -79,16 +93,17 @@ def score_with(executor: "Executor", batch: EpisodeBatch, steps: int, items: Fea
     """Scores ``[T, I]`` of every item in ``items`` for each task's user, with the task's adapted
     parameters (first-order adaptation, as at evaluation). No graph is kept."""
     phis, _ = executor.adapted_parameters(batch, steps)
-    names = [n for n, _ in executor.module.named_parameters()]
+    fixed = {n: p.detach() for n, p in executor.fixed_params().items()}
 
     def one(params: dict, uc: torch.Tensor, um: torch.Tensor) -> torch.Tensor:
         user = Features(uc, um)
+        params = {**fixed, **params}
         if executor.prefix is None:
             return functional_call(executor.module, params, (user, items))
         return functional_call(executor.module, params, (executor.prefix(user, items),)).squeeze(-1)
 
     with torch.no_grad():
-        return vmap(one, chunk_size=chunk_size)(dict(zip(names, phis)), batch.user.categorical, batch.user.multihot)
+        return vmap(one, chunk_size=chunk_size)(dict(zip(executor.names, phis)), batch.user.categorical, batch.user.multihot)
 
 
 class L2LExecutor(Executor):
@@ -121,7 +136,7 @@ class L2LExecutor(Executor):
         args, y, m = self.block(batch, x, t, "support")
         for _ in range(steps):
             loss = self.loss_fn(self.predict(learner, args), y, m)
-            if self.inner_grad_clip is not None:
+            if self.inner_grad_clip is not None or self.partial:
                 self._clipped_update(learner, loss, first_order)
             elif self._is_maml:
                 learner.adapt(loss, first_order=first_order, allow_unused=True)
@@ -130,12 +145,15 @@ class L2LExecutor(Executor):
         return learner
 
     def _clipped_update(self, learner, loss: torch.Tensor, first_order: bool) -> None:
-        """``learner.adapt`` with the task's inner gradient clipped (learn2learn's own update rules)."""
-        grads = torch.autograd.grad(
-            loss, list(learner.module.parameters()), create_graph=not first_order, retain_graph=not first_order,
-            allow_unused=True,
-        )
-        grads = clip_by_global_norm(list(grads), self.inner_grad_clip)
+        """``learner.adapt`` with the task's inner gradient clipped and/or restricted to the adapted
+        parameters (learn2learn's own update rules; a ``None`` gradient leaves a parameter as it is)."""
+        named = list(learner.module.named_parameters())
+        adapted = [p for n, p in named if n in self._adapted]
+        found = iter(torch.autograd.grad(
+            loss, adapted, create_graph=not first_order, retain_graph=not first_order, allow_unused=True,
+        ))
+        grads = [next(found) if n in self._adapted else None for n, _ in named]
+        grads = clip_by_global_norm(grads, self.inner_grad_clip)
         if self._is_maml:
             learner.module = l2l.algorithms.maml_update(learner.module, learner.lr, grads)
         else:
@@ -163,7 +181,7 @@ class L2LExecutor(Executor):
             learner = self.adapt(batch, x, t, steps, first_order=True)
             with torch.no_grad():
                 losses.append(self.query_loss(learner, batch, x, t)[0])
-            per_task.append([p.detach() for p in learner.module.parameters()])
+            per_task.append([p.detach() for n, p in learner.module.named_parameters() if n in self._adapted])
         return [torch.stack(ps) for ps in zip(*per_task)], torch.stack(losses).mean()
 
 
@@ -173,13 +191,13 @@ class VmapExecutor(Executor):
     def __init__(self, *args, chunk_size: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.chunk_size = chunk_size
-        self.names = [n for n, _ in self.module.named_parameters()]
 
     def _lrs(self) -> dict[str, Any]:
         lrs = getattr(self.wrapper, "lrs", None)
         if lrs is None:
             return {n: self.inner_lr for n in self.names}
-        return dict(zip(self.names, lrs))
+        by_name = dict(zip(self.all_names, lrs))  # Meta-SGD: one rate tensor per module parameter
+        return {n: by_name[n] for n in self.names}
 
     def _inputs(self, batch: EpisodeBatch, x: torch.Tensor | None, which: str) -> tuple:
         s = batch.n_support
@@ -192,18 +210,20 @@ class VmapExecutor(Executor):
             args = (batch.user.categorical, batch.user.multihot, item.categorical[:, sl], item.multihot[:, sl])
         return args, batch.ratings[:, sl], mask
 
-    def _forward(self, params: dict, args: tuple) -> torch.Tensor:
+    def _forward(self, params: dict, args: tuple, fixed: dict) -> torch.Tensor:
+        params = {**fixed, **params}
         if len(args) == 1:
             return functional_call(self.module, params, args).squeeze(-1)
         uc, um, ic, im = args
         return functional_call(self.module, params, (Features(uc, um), Features(ic, im)))
 
-    def _per_task(self, steps: int, first_order: bool, lrs: dict):
+    def _per_task(self, steps: int, first_order: bool, lrs: dict, fixed: dict):
         """The inner loop of one task as a pure function: (parameters, support, query) ->
-        (adapted parameters, query loss, query predictions)."""
+        (adapted parameters, query loss, query predictions). ``fixed``: the module's non-adapted
+        parameters, used as they are (the outer loop still differentiates through them)."""
 
         def support_loss(p, args, y, m):
-            return self.loss_fn(self._forward(p, args), y, m)
+            return self.loss_fn(self._forward(p, args, fixed), y, m)
 
         def task(params, s_args, s_y, s_m, q_args, q_y, q_m):
             p = params
@@ -211,31 +231,33 @@ class VmapExecutor(Executor):
                 g = grad(support_loss)(p, s_args, s_y, s_m)
                 g = dict(zip(self.names, clip_by_global_norm([g[n] for n in self.names], self.inner_grad_clip)))
                 p = {n: p[n] - lrs[n] * (g[n].detach() if first_order else g[n]) for n in self.names}
-            out = self._forward(p, q_args)
+            out = self._forward(p, q_args, fixed)
             return p, self.loss_fn(out, q_y, q_m), out
 
         return task
 
-    def _vmapped(self, batch: EpisodeBatch, steps: int, first_order: bool, detach: bool, params: dict, lrs: dict):
+    def _vmapped(self, batch: EpisodeBatch, steps: int, first_order: bool, detach: bool, params: dict, lrs: dict,
+                 fixed: dict):
         x = self.prefix_features(batch, detach)
         s_args, s_y, s_m = self._inputs(batch, x, "support")
         q_args, q_y, q_m = self._inputs(batch, x, "query")
-        task = self._per_task(steps, first_order, lrs)
+        task = self._per_task(steps, first_order, lrs, fixed)
         return vmap(task, in_dims=(None, 0, 0, 0, 0, 0, 0), chunk_size=self.chunk_size)(
             params, s_args, s_y, s_m, q_args, q_y, q_m
         )
 
     def run(self, batch: EpisodeBatch, steps: int, first_order: bool, detach: bool):
-        params = dict(self.module.named_parameters())
-        _, losses, preds = self._vmapped(batch, steps, first_order, detach, params, self._lrs())
+        params = dict(zip(self.names, self.adapted_params()))
+        _, losses, preds = self._vmapped(batch, steps, first_order, detach, params, self._lrs(), self.fixed_params())
         if detach:
             losses, preds = losses.detach(), preds.detach()
         return losses.mean(), preds
 
     def adapted_parameters(self, batch: EpisodeBatch, steps: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-        params = {n: p.detach() for n, p in self.module.named_parameters()}
+        params = {n: p.detach() for n, p in zip(self.names, self.adapted_params())}
         lrs = {n: (lr.detach() if torch.is_tensor(lr) else lr) for n, lr in self._lrs().items()}
-        adapted, losses, _ = self._vmapped(batch, steps, True, True, params, lrs)
+        fixed = {n: p.detach() for n, p in self.fixed_params().items()}
+        adapted, losses, _ = self._vmapped(batch, steps, True, True, params, lrs, fixed)
         return [adapted[n].detach() for n in self.names], losses.detach().mean()
 
 

@@ -58,7 +58,7 @@ class Reptile(MetaLearner):
         """``theta - mean_tasks(phi_task)`` for every adapted parameter; and the mean query loss
         after adaptation (for monitoring)."""
         phis, loss = self.executor.adapted_parameters(batch, self.cfg.inner_steps)
-        return [p.detach() - phi.mean(0) for p, phi in zip(self.executor.module.parameters(), phis)], loss
+        return [p.detach() - phi.mean(0) for p, phi in zip(self.executor.adapted_params(), phis)], loss
 
     def training_step(self, batch: EpisodeBatch, batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()
@@ -69,7 +69,7 @@ class Reptile(MetaLearner):
         if not self.all_finite(loss, *direction):
             self.nonfinite_step("adapted parameters or query loss")
             return None
-        for p, d in zip(self.executor.module.parameters(), direction):
+        for p, d in zip(self.executor.adapted_params(), direction):
             p.grad = d
         opt.step()
         self.log("train/loss", loss, batch_size=batch.n_tasks, prog_bar=True, on_step=True, on_epoch=True,

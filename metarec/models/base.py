@@ -6,7 +6,9 @@ in the output layer). Adaptation scopes:
 
 - ``all``: every parameter adapts per task;
 - ``head``: the decision layers adapt (MeLU's local update); the body is computed once per meta-batch;
-- ``output``: only the final output layer adapts (ANIL); body and lower decision layers run once.
+- ``output``: only the final output layer adapts (ANIL); body and lower decision layers run once;
+- ``lora``: models with low-rank adapters (``model=transformer`` with ``lora_rank``): the adapters and
+  the head adapt, the token embeddings run once.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import nn
 
 from metarec.errors import ConfigError
 
-SCOPES = ("all", "head", "output")
+SCOPES = ("all", "head", "output", "lora")
 
 
 @dataclass
@@ -57,12 +59,21 @@ class BaseRecommender(nn.Module):
         if scope == "output":
             lower = self.head[:-1]
             return (lambda user, item: lower(self.body(user, item))), self.head[-1]
+        if scope == "lora":
+            raise ConfigError(f"learner.scope=lora needs a model with LoRA adapters (model=transformer, model.lora_rank > 0), "
+                              f"not {type(self).__name__}")
         raise ConfigError(f"unknown adaptation scope {scope!r} (known: {', '.join(SCOPES)})")
+
+    def adapts(self, scope: str) -> Callable[[str], bool] | None:
+        """Which parameters of the adapted module (by name inside it) adapt per task; ``None``: all of them.
+        The others are still meta-learned, in the outer loop only."""
+        return None
 
     def adapted_parameter_names(self, scope: str) -> list[str]:
         """Names (as in ``named_parameters``) of the parameters adapted per task under ``scope``."""
         _, module = self.scope_split(scope)
-        ids = {id(p) for p in module.parameters()}
+        keep = self.adapts(scope)
+        ids = {id(p) for n, p in module.named_parameters() if keep is None or keep(n)}
         return [n for n, p in self.named_parameters() if id(p) in ids]
 
     def set_output_bias(self, value: float) -> None:
