@@ -21,7 +21,8 @@ bench-smoke: setup
 	$(VENV)/bin/python benchmarks/ml100k_baselines.py --smoke
 	$(VENV)/bin/python benchmarks/quality_ml100k.py --smoke
 	$(VENV)/bin/python benchmarks/full_ranking_lastfm.py --smoke
-	$(VENV)/bin/python benchmarks/text_features_ml100k.py --smoke
+	$(VENV)/bin/python benchmarks/large_models_ml100k.py --smoke
+	$(VENV)/bin/python benchmarks/transformer_cost.py --smoke
 	$(VENV)/bin/python benchmarks/speed.py --smoke
 	$(VENV)/bin/python benchmarks/memory_stability.py --smoke
 
