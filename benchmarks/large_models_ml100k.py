@@ -39,7 +39,6 @@ VARIANTS = {
     "ids + genres + text, id dropout 0.5": ["data.text.enabled=true", "data.item_id_dropout=0.5"],
     "ids + genres, id dropout 0.5": ["data.item_id_dropout=0.5"],
     "Transformer, ids + genres": ["model=transformer"],
-    "Transformer, ids + genres + text": ["model=transformer", "data.text.enabled=true"],
 }
 TRANSFORMER_LEARNERS = ["global"]
 

@@ -129,7 +129,6 @@ def _rss_mb() -> float:
 def peak_memory_child(executor: str, support: int, scope: str, steps: int) -> float:
     """Run in a fresh process: peak memory (MB) of three training steps above the set-up's level.
     CPU: resident set size sampled every millisecond by a thread; GPU: the allocator's peak."""
-    import threading
 
     batch = make_batch(support)
     learner = make_learner(executor, scope, steps)
@@ -140,6 +139,19 @@ def peak_memory_child(executor: str, support: int, scope: str, steps: int) -> fl
         for _ in range(3):
             train_step(learner, opt, batch)
         return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+    def three_steps() -> None:
+        for _ in range(3):
+            train_step(learner, opt, batch)
+
+    return rss_growth_during(three_steps)
+
+
+def rss_growth_during(fn) -> float:
+    """Peak resident set size (MB) while ``fn()`` runs, above the level before it; sampled every
+    millisecond by a thread."""
+    import threading
+
     base, peak, done = _rss_mb(), [0.0], threading.Event()
 
     def sample() -> None:
@@ -149,10 +161,11 @@ def peak_memory_child(executor: str, support: int, scope: str, steps: int) -> fl
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    for _ in range(3):
-        train_step(learner, opt, batch)
-    done.set()
-    thread.join()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
     return max(peak[0], _rss_mb()) - base
 
 

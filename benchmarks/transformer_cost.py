@@ -14,12 +14,11 @@ import json
 import platform
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
-from speed import SCHEMA, _rss_mb, make_batch, sync
+from speed import SCHEMA, make_batch, rss_growth_during, sync
 
 from metarec.learners import LearnerContext, build_learner
 from metarec.learners.maml import MAMLConfig
@@ -61,23 +60,18 @@ def child(size: str, scope: str, steps: int) -> dict:
     gpu = torch.cuda.is_available()
     if gpu:
         torch.cuda.reset_peak_memory_stats()
-    base, peak, done = _rss_mb(), [0.0], threading.Event()
+    timing = {}
 
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mb())
-            time.sleep(0.002)
+    def timed() -> None:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        timing["s"] = time.perf_counter() - t0
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    elapsed = time.perf_counter() - t0
-    done.set()
-    thread.join()
-    mem = torch.cuda.max_memory_allocated() / 2**20 if gpu else max(peak[0], _rss_mb()) - base
+    rss = rss_growth_during(timed)
+    elapsed = timing["s"]
+    mem = torch.cuda.max_memory_allocated() / 2**20 if gpu else rss
     return {"size": size, "scope": scope, "params": n_params, "tasks_per_s": steps * T / elapsed,
             "s_per_step": elapsed / steps, "peak_mb": mem}
 

@@ -35,9 +35,9 @@ class MultiHotEmbedding(nn.Module):
         return self.linear(x) / count
 
 
-class FieldEncoder(nn.Module):
-    """Embeds the categorical and multi-hot fields of one entity kind and concatenates them; a dense
-    field (e.g. a text embedding) goes through a linear projection to ``dim``."""
+class FieldVectors(nn.Module):
+    """One ``dim``-vector per field of one entity kind: categorical fields by embedding, multi-hot fields
+    by the mean of their value embeddings, dense fields (e.g. a text embedding) by a linear projection."""
 
     def __init__(self, categorical, multihot, dim: int) -> None:
         super().__init__()
@@ -46,14 +46,24 @@ class FieldEncoder(nn.Module):
             nn.Linear(f.width, dim) if getattr(f, "dense", False) else MultiHotEmbedding(f.width, dim) for f in multihot
         )
         self.widths = [f.width for f in multihot]
-        self.out_dim = dim * (len(categorical) + len(multihot))
+        self.n = len(categorical) + len(multihot)
 
-    def forward(self, x: Features) -> torch.Tensor:
+    def vectors(self, x: Features) -> list[torch.Tensor]:
         parts = [emb(x.categorical[..., j]) for j, emb in enumerate(self.categorical)]
         if self.multihot:
-            for emb, chunk in zip(self.multihot, torch.split(x.multihot, self.widths, dim=-1)):
-                parts.append(emb(chunk))
-        return torch.cat(parts, dim=-1)
+            parts += [emb(chunk) for emb, chunk in zip(self.multihot, torch.split(x.multihot, self.widths, dim=-1))]
+        return parts
+
+
+class FieldEncoder(FieldVectors):
+    """The field vectors of one entity kind, concatenated: ``[..., fields * dim]``."""
+
+    def __init__(self, categorical, multihot, dim: int) -> None:
+        super().__init__(categorical, multihot, dim)
+        self.out_dim = dim * self.n
+
+    def forward(self, x: Features) -> torch.Tensor:
+        return torch.cat(self.vectors(x), dim=-1)
 
 
 class MeLU(BaseRecommender):

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from metarec.data.schema import FeatureSchema
 from metarec.errors import ConfigError
 from metarec.models.base import BaseRecommender, Features
-from metarec.models.melu import MultiHotEmbedding
+from metarec.models.melu import FieldVectors
 
 
 @dataclass
@@ -103,24 +103,15 @@ class Block(nn.Module):
         return x + self.ff2(F.gelu(self.ff1(self.norm2(x))))
 
 
-class Tokenizer(nn.Module):
-    """One token per field of one entity kind: ``[..., fields, d]``."""
+class Tokenizer(FieldVectors):
+    """One token per field of one entity kind, plus a learned embedding of the field: ``[..., fields, d]``."""
 
     def __init__(self, categorical, multihot, d: int) -> None:
-        super().__init__()
-        self.categorical = nn.ModuleList(nn.Embedding(f.cardinality, d, padding_idx=0) for f in categorical)
-        self.multihot = nn.ModuleList(
-            nn.Linear(f.width, d) if getattr(f, "dense", False) else MultiHotEmbedding(f.width, d) for f in multihot
-        )
-        self.widths = [f.width for f in multihot]
-        self.n = len(categorical) + len(multihot)
+        super().__init__(categorical, multihot, d)
         self.field = nn.Parameter(torch.randn(self.n, d) * 0.02)
 
     def forward(self, x: Features) -> torch.Tensor:
-        parts = [emb(x.categorical[..., j]) for j, emb in enumerate(self.categorical)]
-        if self.multihot:
-            parts += [emb(chunk) for emb, chunk in zip(self.multihot, torch.split(x.multihot, self.widths, dim=-1))]
-        return torch.stack(parts, dim=-2) + self.field
+        return torch.stack(self.vectors(x), dim=-2) + self.field
 
 
 class Encoder(nn.Module):
