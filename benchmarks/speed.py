@@ -129,7 +129,6 @@ def _rss_mb() -> float:
 def peak_memory_child(executor: str, support: int, scope: str, steps: int) -> float:
     """Run in a fresh process: peak memory (MB) of three training steps above the set-up's level.
     CPU: resident set size sampled every millisecond by a thread; GPU: the allocator's peak."""
-
     batch = make_batch(support)
     learner = make_learner(executor, scope, steps)
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
