@@ -117,6 +117,8 @@ class Recommender:
                 by_name = dict(zip(executor.all_names, lrs))
                 self._lrs = {n: by_name[n].detach() for n in self._names}
             self._clip = executor.inner_grad_clip
+            # lora: the base weights the adapted ones are used with (never written)
+            self._fixed = {n: p.detach() for n, p in executor.fixed_params().items()}
             if isinstance(learner, FineTune):
                 self.steps = int(learner.cfg.finetune_steps)
             elif hasattr(learner, "steps"):
@@ -333,8 +335,7 @@ class Recommender:
 
     def _call(self, params: dict, user: Features, codes: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """The adapted module with ``params`` on ``codes`` (``x``: its precomputed input, if any)."""
-        fixed = {n: p.detach() for n, p in self._executor.fixed_params().items()}  # lora: the base weights
-        state = {**fixed, **params, **{n: b for n, b in self._module.named_buffers()}}
+        state = {**self._fixed, **params, **{n: b for n, b in self._module.named_buffers()}}
         if self.scope == "all":
             return functional_call(self._skeleton(), state, (user, self._items(codes)))
         if x is None:
@@ -401,12 +402,9 @@ class Recommender:
         logits under implicit feedback."""
         idx = torch.as_tensor(codes, dtype=torch.long)
         if self.kind == "user_mean":
-            mean = torch.full((len(codes),), u.mean, dtype=torch.float32)
-            return torch.logit(mean.clamp(1e-4, 1 - 1e-4)) if self.implicit else mean
-        if self.kind == "popularity" and self.implicit:
-            return self.learner.item_logits[idx].detach().clone()
+            return self.learner.output(torch.full((len(codes),), u.mean, dtype=torch.float32))
         if self.kind in ("item_mean", "popularity"):
-            return self.learner.item_means[idx].detach().clone()
+            return self.learner.item_outputs()[idx].detach().clone()
         with torch.no_grad():
             if self.kind == "adapt":
                 return self._call(u.params, u.user, idx).detach()

@@ -122,6 +122,11 @@ RESULT_NEUTRAL = (
 )
 
 
+# Optional features: the setting that switches each on -> the prefix of its other options, which do not
+# change results while it is off.
+SWITCHES = {"data.text.enabled": "data.text.", "data.negatives.per_positive": "data.negatives."}
+
+
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, dict):
         return {prefix: d}
@@ -153,13 +158,11 @@ def config_difference(run_dir: Path, cfg, ignored: tuple[str, ...] = RESULT_NEUT
 
     def comparable(container: dict) -> dict[str, Any]:
         flat = _flatten(container)
-        # options of a switched-off feature do not change results
-        off = [p for p, on in (("data.text.", flat.get("data.text.enabled", False)),
-                               ("data.negatives.", flat.get("data.negatives.per_positive", 0))) if not on]
+        off = [prefix for switch, prefix in SWITCHES.items() if not flat.get(switch)]
         return {
             k: v for k, v in flat.items()
             if not any(k == p or k.startswith(p + ".") for p in ignored)
-            and not any(k.startswith(p) and k not in ("data.text.enabled", "data.negatives.per_positive") for p in off)
+            and (k in SWITCHES or not any(k.startswith(p) for p in off))
         }
 
     old_flat = comparable(old)

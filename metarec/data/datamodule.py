@@ -44,6 +44,10 @@ class DataConfig:
     hide_new_item_ids: bool = True
     item_id_dropout: float = 0.0  # training: hide each item's id with this probability (learn to use content)
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.item_id_dropout < 1.0:
+            raise ConfigError(f"data.item_id_dropout must be in [0, 1), got {self.item_id_dropout}")
+
 
 _M1, _M2, _M3 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
 
@@ -257,8 +261,6 @@ class ColdStartDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        if not 0.0 <= self.cfg.item_id_dropout < 1.0:
-            raise ConfigError(f"data.item_id_dropout must be in [0, 1), got {self.cfg.item_id_dropout}")
         episodes = TrainEpisodes(self.split, self.split_config, self.negatives, self.cfg.item_id_dropout)
         rank, world = self._rank_world()
         share = self.per_rank_batch(world)

@@ -59,10 +59,10 @@ class FeatureTables:
         names = [f.name for f in ds.items.categorical_fields]
         if "item_id" in names:
             self.item_id_column = names.index("item_id")
-        if hidden_items is not None and "item_id" in names:
+        if hidden_items is not None and self.item_id_column is not None:
             # A new item's id has never been seen in training: give it the "unknown" code (a zero
             # embedding) rather than an untrained random vector.
-            item_cat[torch.as_tensor(hidden_items), names.index("item_id")] = 0
+            item_cat[torch.as_tensor(hidden_items), self.item_id_column] = 0
         self.item_cat = item_cat
         self.item_multi = torch.as_tensor(ds.items.multihot, dtype=torch.float32)
 

@@ -50,10 +50,11 @@ class ItemMeanConfig:
 
 class ItemMean(MetaLearner):
     needs_training = False
+    serves_implicit = False  # its means say nothing when every training item is a positive
 
     def __init__(self, model: BaseRecommender, ctx: LearnerContext, cfg: ItemMeanConfig) -> None:
         super().__init__(model, ctx)
-        if ctx.loss == "bce" and type(self) is ItemMean:
+        if ctx.loss == "bce" and not self.serves_implicit:
             raise ConfigError(
                 "learner item_mean predicts ratings, but data.negatives makes the data implicit (every training "
                 "item is a positive); use learner=popularity, or set data.negatives.per_positive=0"
@@ -64,9 +65,13 @@ class ItemMean(MetaLearner):
         means = np.where(counts > 0, sums / np.maximum(counts, 1), ctx.train_rating_mean)
         self.register_buffer("item_means", torch.as_tensor(means, dtype=torch.float32))
 
+    def item_outputs(self) -> torch.Tensor:
+        """What the learner outputs for each item ``[I]``, whoever the user (also what serving shows)."""
+        return self.item_means
+
     def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         _, y, m = batch.part("query")
-        q = self.item_means[batch.item_ids[:, batch.n_support :]]
+        q = self.item_outputs()[batch.item_ids[:, batch.n_support :]]
         return self.loss_fn(q, y, m).mean(), q
 
     def score_candidates(self, batch: EpisodeBatch, items) -> torch.Tensor:
@@ -117,14 +122,17 @@ class UserMean(MetaLearner):
     def __init__(self, model: BaseRecommender, ctx: LearnerContext, cfg: UserMeanConfig) -> None:
         super().__init__(model, ctx)
 
+    def output(self, mean: torch.Tensor) -> torch.Tensor:
+        """The support mean as the learner's output: as is, or under ``bce`` (the share of positives)
+        as a logit."""
+        return torch.logit(mean.clamp(1e-4, 1 - 1e-4)) if self.ctx.loss == "bce" else mean
+
     def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         _, ys, ms = batch.part("support")
         _, y, m = batch.part("query")
         n = ms.sum(-1, keepdim=True)
         mean = torch.where(n > 0, (ys * ms).sum(-1, keepdim=True) / n.clamp_min(1), self.ctx.train_rating_mean)
-        if self.ctx.loss == "bce":  # the share of positives in the support, as a logit
-            mean = torch.logit(mean.clamp(1e-4, 1 - 1e-4))
-        q = mean.expand_as(y).to(y.dtype)
+        q = self.output(mean).expand_as(y).to(y.dtype)
         return self.loss_fn(q, y, m).mean(), q
 
     def configure_optimizers(self):

@@ -25,6 +25,8 @@ class PopularityConfig:
 
 
 class Popularity(ItemMean):
+    serves_implicit = True
+
     def __init__(self, model: BaseRecommender, ctx: LearnerContext, cfg: PopularityConfig) -> None:
         super().__init__(model, ctx, cfg)
         counts = np.bincount(ctx.train_items[0], minlength=ctx.n_items).astype(np.float64)
@@ -32,12 +34,8 @@ class Popularity(ItemMean):
         share = torch.as_tensor(counts / max(counts.max(), 1.0), dtype=torch.float32)
         self.register_buffer("item_logits", torch.logit(share.clamp(1e-4, 1 - 1e-4)))
 
-    def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.ctx.loss != "bce":
-            return super().meta_step(batch, train)
-        _, y, m = batch.part("query")
-        q = self.item_logits[batch.item_ids[:, batch.n_support :]]
-        return self.loss_fn(q, y, m).mean(), q
+    def item_outputs(self) -> torch.Tensor:
+        return self.item_logits if self.ctx.loss == "bce" else self.item_means
 
     def score_candidates(self, batch: EpisodeBatch, items) -> torch.Tensor:
         return self.item_counts.unsqueeze(0).expand(batch.n_tasks, -1)
