@@ -31,16 +31,25 @@ LEARNERS = ["maml", "global"]
 SCENARIOS = ["item_cold", "user_item_cold"]
 METRICS = ["mae", "ndcg@3"]
 BASE = ["data=movielens100k", "trainer.enable_progress_bar=false"]
-# variant -> (learners, overrides); the first is the reference of the verdicts
+TEXT = ["data.text.enabled=true"]
+TRANSFORMER = ["model=transformer"]
+LORA = [*TRANSFORMER, "model.lora_rank=4", "learner.scope=lora"]
+# variant -> (learners, overrides); the first is the reference of the verdicts. The folder of a variant's
+# runs is its position here (v0, v1, ...): append new variants at the end.
 VARIANTS = {
-    "ids + genres": [],
-    "ids + genres + text": ["data.text.enabled=true"],
+    "ids + genres": (LEARNERS, []),
+    "ids + genres + text": (LEARNERS, TEXT),
     # ids hidden for half the training items, as they are for new items: the model must learn to use content
-    "ids + genres + text, id dropout 0.5": ["data.text.enabled=true", "data.item_id_dropout=0.5"],
-    "ids + genres, id dropout 0.5": ["data.item_id_dropout=0.5"],
-    "Transformer, ids + genres": ["model=transformer"],
+    "ids + genres + text, id dropout 0.5": (LEARNERS, [*TEXT, "data.item_id_dropout=0.5"]),
+    "ids + genres, id dropout 0.5": (LEARNERS, ["data.item_id_dropout=0.5"]),
+    "Transformer, ids + genres": (["global"], TRANSFORMER),
+    "Transformer, ids + genres + text": (["global"], [*TRANSFORMER, *TEXT]),
+    "Transformer LoRA r4, ids + genres": (["maml"], LORA),
 }
-TRANSFORMER_LEARNERS = ["global"]
+ALL_LEARNERS = list(dict.fromkeys(name for learners, _ in VARIANTS.values() for name in learners))
+# verdicts compare a variant with the first one unless named here
+REFERENCE = {"Transformer, ids + genres + text": "Transformer, ids + genres"}
+SMOKE = ["ids + genres", "ids + genres + text", "Transformer LoRA r4, ids + genres"]
 
 
 def main() -> int:
@@ -54,11 +63,9 @@ def main() -> int:
     extra = ["trainer.max_epochs=1"] if args.smoke else []
     t0 = time.perf_counter()
     stats, runs = {}, 0
-    chosen = list(VARIANTS)[:2] + ["Transformer, ids + genres"] if args.smoke else list(VARIANTS)
-    for i, (variant, overrides) in enumerate(VARIANTS.items()):
-        if variant not in chosen:
+    for i, (variant, (learners, overrides)) in enumerate(VARIANTS.items()):
+        if args.smoke and variant not in SMOKE:
             continue
-        learners = TRANSFORMER_LEARNERS if "model=transformer" in overrides else LEARNERS
         spec = make_spec(work / f"v{i}", learners, seeds, ["5"], [*BASE, *overrides, *extra])
         result = compare(spec, echo=lambda line, v=variant: print(f"[{v}] {line}", flush=True))
         runs += len(result["records"])
@@ -67,7 +74,7 @@ def main() -> int:
     elapsed = time.perf_counter() - t0
     header = ["learner", "item features"] + [f"{s} {m}" for s in SCENARIOS for m in METRICS]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for learner in LEARNERS:
+    for learner in ALL_LEARNERS:
         for variant in VARIANTS:
             cells = []
             for s in SCENARIOS:
@@ -78,15 +85,17 @@ def main() -> int:
                 lines.append(f"| {learner} | {variant} | " + " | ".join(cells) + " |")
     verdicts = []
     names = list(VARIANTS)
-    for learner in LEARNERS:
-        off = stats.get((names[0], learner, ALL, "item_cold", "mae"))
+    for learner in ALL_LEARNERS:
         for variant in names[1:]:
+            ref = REFERENCE.get(variant, names[0])
+            off = stats.get((ref, learner, ALL, "item_cold", "mae"))
             on = stats.get((variant, learner, ALL, "item_cold", "mae"))
             if off is None or on is None:
                 continue
             beyond = on.mean + on.half_width < off.mean - off.half_width
             verdicts.append(
-                f"- {learner}, {variant}: item-cold MAE {off.mean:.4f} → {on.mean:.4f} ({on.mean - off.mean:+.4f}); "
+                f"- {learner}, {variant} (against {ref}): item-cold MAE {off.mean:.4f} → {on.mean:.4f} "
+                f"({on.mean - off.mean:+.4f}); "
                 + ("lower beyond the seed-to-seed spread (the 95% intervals do not overlap)." if beyond
                    else "not beyond the seed-to-seed spread (the 95% intervals overlap).")
             )

@@ -65,6 +65,7 @@ class Recommender:
     """A finished run's learner, ready to adapt to new users. Build it with :meth:`load`."""
 
     def __init__(self, run_dir: Path, cfg, datamodule, learner, checkpoint: Path | None) -> None:
+        from metarec.learners.amortised import Amortised
         from metarec.learners.baselines import FineTune, GlobalModel, ItemMean, UserMean
         from metarec.learners.popularity import Popularity
 
@@ -104,6 +105,8 @@ class Recommender:
             self.kind = "item_mean"
         elif isinstance(learner, UserMean):
             self.kind = "user_mean"
+        elif isinstance(learner, Amortised):
+            self.kind = "amortised"  # the support's encoding is the adaptation
         elif executor is not None:
             self.kind = "adapt"
             self._executor = executor
@@ -241,6 +244,11 @@ class Recommender:
             codes.append(code)
         return np.asarray(codes, dtype=np.int64)
 
+    @staticmethod
+    def _one(user: Features) -> Features:
+        """One user's features as a batch of one task."""
+        return Features(user.categorical[None], user.multihot[None])
+
     def _items(self, codes: torch.Tensor) -> Features:
         return Features(self._item_cat[codes], self._item_multi[codes])
 
@@ -356,12 +364,16 @@ class Recommender:
         y = torch.from_numpy(values_np)
         if self.kind == "user_mean":
             return AdaptedUser(self, user, codes_np, values_np, mean=float(y.mean()))
-        if self.kind != "adapt":
+        if self.kind not in ("adapt", "amortised"):
             return AdaptedUser(self, user, codes_np, values_np)
-        params = {n: p.detach() for n, p in zip(self._names, self._executor.adapted_params())}  # views, never written
         if self.implicit:
             codes, y = self._with_negatives(codes_np, values_np)
         mask = torch.ones_like(y, dtype=torch.bool)
+        if self.kind == "amortised":
+            with torch.no_grad():
+                context = self.learner.adapt(self._one(user), self._items(codes[None]), y[None], mask[None])
+            return AdaptedUser(self, user, codes_np, values_np, context=context)
+        params = {n: p.detach() for n, p in zip(self._names, self._executor.adapted_params())}  # views, never written
         x = None if self.scope == "all" else self._prefix(user, codes)
         with torch.enable_grad():
             for _ in range(self.steps):
@@ -408,6 +420,8 @@ class Recommender:
         with torch.no_grad():
             if self.kind == "adapt":
                 return self._call(u.params, u.user, idx).detach()
+            if self.kind == "amortised":
+                return self.learner.predict(self._one(u.user), self._items(idx[None]), u.context)[0].detach()
             m = self.model
             if self._item_enc is not None:
                 return m.head(self._prefix(u.user, idx)).squeeze(-1).detach()
@@ -418,13 +432,14 @@ class AdaptedUser:
     """One new user after adaptation: predict ratings, rank items. Holds only the adapted parameters."""
 
     def __init__(self, rec: Recommender, user: Features, seen: np.ndarray, ratings: np.ndarray,
-                 params: dict | None = None, mean: float | None = None) -> None:
+                 params: dict | None = None, mean: float | None = None, context=None) -> None:
         self.recommender = rec
         self.user = user
         self.seen = seen  # item codes of the given ratings
         self.ratings = ratings
         self.params = params  # adapted parameters of the learner's scope (None: no adaptation)
         self.mean = mean  # user_mean: the mean of the given ratings
+        self.context = context  # amortised: the encoded support
 
     @property
     def seen_items(self) -> list:

@@ -244,7 +244,8 @@ def test_ranking_targets_under_bce(tmp_path) -> None:
     assert bias == pytest.approx(math.log(1 / K))  # logit of the base rate 1 / (1 + K)
 
 
-LEARNERS = ["maml", "fomaml", "anil", "melu1", "metasgd", "reptile", "global", "finetune", "popularity", "user_mean"]
+LEARNERS = ["maml", "fomaml", "anil", "melu1", "metasgd", "reptile", "global", "finetune", "popularity", "user_mean",
+            "amortised", "tanp"]
 
 
 @pytest.mark.parametrize("learner", LEARNERS)

@@ -2,7 +2,8 @@
 
 Tiny runs on synthetic data are trained once for the module: MAML (scope ``all``), MAML with scope
 ``head`` (and ``eval_inner_steps=2``), Meta-SGD (learned rates, inner gradient clipping), ANIL (scope
-``output``), and the ``global``, ``user_mean`` and ``item_mean`` baselines.
+``output``), a LoRA-scoped Transformer, the amortised learner (attention encoder, and the TaNP preset
+with its latent path), and the ``global``, ``user_mean`` and ``item_mean`` baselines.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ RUNS = {
     "item_mean": ["learner=item_mean"],
     "tf_lora": ["model=transformer", "model.d_model=16", "model.heads=2", "model.ffn=32", "model.lora_rank=2",
                 "learner.scope=lora"],
+    "amortised": ["learner=amortised"],
+    "tanp": ["learner=tanp"],
 }
-ADAPTING = ("maml", "head", "metasgd", "tf_lora")
+ADAPTING = ("maml", "head", "metasgd", "tf_lora", "amortised", "tanp")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from metarec.learners.amortised import Amortised, AmortisedConfig
 from metarec.learners.base import LearnerContext, MetaLearner
 from metarec.learners.baselines import (
     FineTune, FineTuneConfig, GlobalConfig, GlobalModel, ItemMean, ItemMeanConfig, UserMean, UserMeanConfig,
@@ -23,6 +24,8 @@ LEARNERS: Registry[MetaLearner] = Registry("learner")
 LEARNERS.register("maml", MAMLConfig, help="MAML / FOMAML / ANIL / MeLU via learn2learn MAML")(MAML)
 LEARNERS.register("metasgd", MetaSGDConfig, help="Meta-SGD: learned per-parameter inner rates")(MetaSGD)
 LEARNERS.register("reptile", ReptileConfig, help="Reptile: first-order, theta += eps * (phi - theta)")(Reptile)
+LEARNERS.register("amortised", AmortisedConfig,
+                  help="TaNP-style: a set/attention encoder of the support conditions the model, no inner steps")(Amortised)
 LEARNERS.register("global", GlobalConfig, help="base model trained on all warm ratings, no adaptation")(GlobalModel)
 LEARNERS.register("finetune", FineTuneConfig, help="global model + SGD on the user's support at test")(FineTune)
 LEARNERS.register("item_mean", ItemMeanConfig, help="each item's mean training rating")(ItemMean)

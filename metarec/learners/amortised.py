@@ -1,0 +1,203 @@
+"""Amortised (in-context) adaptation, neural-process style as in TaNP (Lin et al., WWW 2021): no inner
+gradient steps; a set encoder reads the user's support and the prediction is conditioned on it.
+
+For each support rating the base model's ``body`` (user and item representation) and the centred,
+scaled rating go through an MLP; the task's context is
+
+- ``encoder=mean``: the masked mean of these vectors (a deep set, as in conditional neural processes);
+- ``encoder=attention``: that mean plus, for every target item, multi-head cross-attention from the
+  target's representation to the support's (as in attentive neural processes), with a learned "no
+  rating" entry so that an empty support is well defined;
+- with ``latent_dim > 0`` also a Gaussian latent ``z`` (TaNP's stochastic path): meta-training samples it
+  from ``q(z | support + query)`` and adds ``kl_weight * KL(q(z | support + query) || q(z | support))``;
+  evaluation uses the mean of ``q(z | support)``.
+
+The context modulates every linear layer of the base model's head (FiLM: ``x * (1 + gamma) + beta``,
+TaNP's decoder modulation). The modulation starts at zero, so before training the learner predicts what
+the base model predicts. Everything — base model, encoder, modulation — is trained end to end on the
+query loss of each meta-batch, with the same episodes, loss (``mse``/``bce``) and metrics as every
+other learner. Adapting to a new user costs one forward pass over the support.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from metarec.data.episodes import EpisodeBatch
+from metarec.errors import ConfigError
+from metarec.learners.base import LearnerContext, MetaLearner
+from metarec.models.base import BaseRecommender, Features
+
+ENCODERS = ("mean", "attention")
+
+
+@dataclass
+class AmortisedConfig:
+    encoder: str = "attention"  # mean | attention
+    hidden: int = 64  # width of the support encoder and of the context
+    heads: int = 4  # attention heads (encoder=attention)
+    latent_dim: int = 0  # > 0: a Gaussian latent path of this size (TaNP)
+    kl_weight: float = 0.1  # weight of the latent path's KL term against the mean query loss
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class Context:
+    """A task's encoded support: ``pooled`` ``[T, H]``; ``keys``/``values`` ``[T, S + 1, H]`` (attention;
+    the extra entry is the learned "no rating" one) and ``key_mask`` ``[T, S + 1]``; the latent ``z``
+    ``[T, Z]`` (latent path: the mean of ``q(z | support)``; a posterior sample in meta-training)."""
+
+    pooled: torch.Tensor
+    z: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    key_mask: torch.Tensor | None = None
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x [T, L, H]`` over the positions where ``mask [T, L]`` holds (0 where none does)."""
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(-2) / m.sum(-2).clamp_min(1.0)
+
+
+class Amortised(MetaLearner):
+    def __init__(self, model: BaseRecommender, ctx: LearnerContext, cfg: AmortisedConfig) -> None:
+        super().__init__(model, ctx, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.encoder not in ENCODERS:
+            raise ConfigError(f"learner.encoder must be one of {', '.join(ENCODERS)}, not {cfg.encoder!r}")
+        if cfg.hidden < 1 or cfg.heads < 1 or cfg.hidden % cfg.heads:
+            raise ConfigError(f"learner.hidden ({cfg.hidden}) must be a positive multiple of learner.heads ({cfg.heads})")
+        if cfg.latent_dim < 0 or not (math.isfinite(cfg.kl_weight) and cfg.kl_weight >= 0):
+            raise ConfigError("learner.latent_dim and learner.kl_weight must be >= 0")
+        head = model.head
+        if not isinstance(head, nn.Sequential) or not isinstance(head[-1], nn.Linear):
+            raise ConfigError(f"learner amortised needs a model whose head is an nn.Sequential ending in a linear layer "
+                              f"({type(model).__name__} has {type(head).__name__})")
+        self.cfg = cfg
+        h = cfg.hidden
+        width = self._body_width(model)
+        # support entry: [representation, rating] -> vector
+        self.entry = nn.Sequential(nn.Linear(width + 1, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h))
+        cond = h
+        if cfg.encoder == "attention":
+            self.query_proj = nn.Linear(width, h)
+            self.key_proj = nn.Linear(width, h)
+            self.null_key = nn.Parameter(torch.zeros(h))
+            self.null_value = nn.Parameter(torch.zeros(h))
+            cond += h
+        if cfg.latent_dim:
+            self.latent = nn.Linear(h, 2 * cfg.latent_dim)
+            cond += cfg.latent_dim
+        self.condition = nn.Sequential(nn.Linear(cond, h), nn.ReLU())
+        self.films = nn.ModuleList(nn.Linear(h, 2 * layer.out_features) for layer in head if isinstance(layer, nn.Linear))
+        for film in self.films:  # no modulation at the start: the base model's predictions
+            nn.init.zeros_(film.weight)
+            nn.init.zeros_(film.bias)
+        lo, hi = ctx.rating_range
+        self.centre, self.scale = float(ctx.train_rating_mean), max((hi - lo) / 2.0, 1e-6)
+
+    @staticmethod
+    def _body_width(model: BaseRecommender) -> int:
+        first = next((m for m in model.head.modules() if isinstance(m, nn.Linear)), None)
+        return first.in_features
+
+    # ----------------------------------------------------------------- pieces
+    def entries(self, body: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+        """Support entries ``[T, S, H]`` from representations ``[T, S, D]`` and ratings ``[T, S]``."""
+        r = ((ratings - self.centre) / self.scale).to(body.dtype).unsqueeze(-1)
+        return self.entry(torch.cat([body, r], dim=-1))
+
+    def _gaussian(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, raw = self.latent(pooled).chunk(2, dim=-1)
+        return mu, 0.1 + 0.9 * torch.sigmoid(raw)  # TaNP/ANP's bounded standard deviation
+
+    def encode(self, body: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor) -> Context:
+        """The context of each task from its support: representations ``[T, S, D]``, ratings and mask."""
+        e = self.entries(body, ratings)
+        pooled = masked_mean(e, mask)
+        ctx = Context(pooled)
+        if self.cfg.encoder == "attention":
+            t = body.shape[0]
+            ctx.keys = torch.cat([self.null_key.expand(t, 1, -1), self.key_proj(body)], dim=1)
+            ctx.values = torch.cat([self.null_value.expand(t, 1, -1), e], dim=1)
+            ctx.key_mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+        if self.cfg.latent_dim:
+            ctx.z = self._gaussian(pooled)[0]
+        return ctx
+
+    def attend(self, body: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Cross-attention from targets ``[T, Q, D]`` to the support: ``[T, Q, H]``."""
+        heads, h = self.cfg.heads, self.cfg.hidden
+        t, q = body.shape[:2]
+        split = lambda x: x.reshape(t, x.shape[1], heads, h // heads).transpose(1, 2)  # noqa: E731
+        qh, kh, vh = split(self.query_proj(body)), split(ctx.keys), split(ctx.values)
+        scores = qh @ kh.transpose(-1, -2) / math.sqrt(h // heads)  # [T, heads, Q, S + 1]
+        scores = scores.masked_fill(~ctx.key_mask[:, None, None, :], float("-inf"))
+        out = torch.softmax(scores, dim=-1) @ vh
+        return out.transpose(1, 2).reshape(t, q, h)
+
+    def decode(self, body: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Outputs ``[T, Q]`` for targets ``[T, Q, D]``: the head, every linear layer FiLM-modulated by the
+        context."""
+        q = body.shape[1]
+        parts = [ctx.pooled.unsqueeze(1).expand(-1, q, -1)]
+        if self.cfg.encoder == "attention":
+            parts.append(self.attend(body, ctx))
+        if ctx.z is not None:
+            parts.append(ctx.z.unsqueeze(1).expand(-1, q, -1))
+        c = self.condition(torch.cat(parts, dim=-1))
+        films = iter(self.films)
+        x = body
+        for layer in self.model.head:
+            x = layer(x)
+            if isinstance(layer, nn.Linear):
+                gamma, beta = next(films)(c).chunk(2, dim=-1)
+                x = x * (1.0 + gamma) + beta
+        return x.squeeze(-1)
+
+    def adapt(self, user: Features, support: Features, ratings: torch.Tensor, mask: torch.Tensor) -> Context:
+        """Each task's context from its support (``[T, S]`` items, ratings, mask): the whole adaptation."""
+        return self.encode(self.model.body(user, support), ratings, mask)
+
+    def predict(self, user: Features, targets: Features, ctx: Context) -> torch.Tensor:
+        """Outputs ``[T, Q]`` for the ``targets`` items of each task, given its context."""
+        return self.decode(self.model.body(user, targets), ctx)
+
+    # ---------------------------------------------------------------- learner
+    def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        s = batch.n_support
+        body = self.model.body(batch.user, batch.item)  # [T, L, D]: support and query in one pass
+        ctx = self.encode(body[:, :s], batch.ratings[:, :s], batch.support_mask[:, :s])
+        _, y, m = batch.part("query")
+        kl = None
+        if self.cfg.latent_dim:
+            prior_mu, prior_sd = self._gaussian(ctx.pooled)
+            if train:  # the posterior sees the query too; sample it, pull the prior towards it
+                every = batch.support_mask | batch.query_mask
+                post_mu, post_sd = self._gaussian(masked_mean(self.entries(body, batch.ratings), every))
+                ctx.z = post_mu + post_sd * torch.randn_like(post_sd)
+                kl = (torch.log(prior_sd / post_sd) + (post_sd**2 + (post_mu - prior_mu) ** 2) / (2 * prior_sd**2)
+                      - 0.5).sum(-1)
+        out = self.decode(body[:, s:], ctx)
+        loss = self.loss_fn(out, y, m).mean()
+        if kl is not None:
+            if self._trainer is not None:
+                self.log("train/kl", kl.mean().detach(), batch_size=batch.n_tasks, on_step=True, on_epoch=True,
+                         sync_dist=self.world_size > 1)
+            loss = loss + self.cfg.kl_weight * kl.mean()
+        return loss, out
+
+    def score_candidates(self, batch: EpisodeBatch, items: Features) -> torch.Tensor:
+        t = batch.n_tasks
+        support, ratings, mask = batch.part("support")
+        cat, multi = items.categorical, items.multihot
+        targets = Features(cat.expand(t, *cat.shape), multi.expand(t, *multi.shape))
+        return self.predict(batch.user, targets, self.adapt(batch.user, support, ratings, mask))
+
+
+__all__ = ["Amortised", "AmortisedConfig", "Context"]
