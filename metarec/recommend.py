@@ -9,7 +9,8 @@ handful of ratings exactly as the learner adapts at test time, and score or rank
 Adaptation follows the learner's own evaluation path: the same adapted scope (``all``/``head``/
 ``output``), the same inner learning rate (or Meta-SGD's learned per-parameter rates), the same number of
 steps (``eval_inner_steps``, else ``inner_steps``; ``finetune_steps`` for ``finetune``), the same inner
-gradient clipping, first order. Baselines use their own rule: ``global`` does not adapt, ``item_mean``
+gradient clipping, first order. The amortised learner encodes the given ratings once (its context; no
+gradient steps) and conditions every prediction on it. Baselines use their own rule: ``global`` does not adapt, ``item_mean``
 predicts each item's training mean, ``user_mean`` the mean of the given ratings, ``popularity`` ranks by
 training interactions.
 

@@ -151,6 +151,24 @@ def test_latent_path_samples_in_training_only_and_adds_a_nonnegative_kl():
     torch.testing.assert_close(no_kl.meta_step(batch, train=True)[0], query_loss)
 
 
+def test_targets_all_trains_on_support_and_query_but_evaluates_on_query():
+    ds = tiny_dataset()
+    learner = learner_for(ds, dataclasses.replace(CONFIGS["attention"], targets="all"))
+    batch = tiny_batch(ds)
+    s = batch.n_support
+    loss, out = learner.meta_step(batch, train=True)
+    ctx_ = learner.encode(learner.model.body(batch.user, batch.item)[:, :s], batch.ratings[:, :s],
+                          batch.support_mask[:, :s])
+    every = learner.decode(learner.model.body(batch.user, batch.item), ctx_)
+    torch.testing.assert_close(loss, learner.loss_fn(every, batch.ratings, batch.support_mask | batch.query_mask).mean())
+    torch.testing.assert_close(out, every[:, s:])
+    _, y, m = batch.part("query")
+    eval_loss, eval_out = learner.meta_step(batch, train=False)
+    torch.testing.assert_close(eval_out, out)
+    torch.testing.assert_close(eval_loss, learner.loss_fn(out, y, m).mean())
+    assert not torch.allclose(loss, eval_loss)
+
+
 # ---------------------------------------------------------------------------------------------
 # It learns what a global model cannot: each user's offset, visible only in its support
 
@@ -213,6 +231,7 @@ def test_learns_per_user_offsets_a_global_model_cannot(name):
 @pytest.mark.parametrize("override, fragment", [
     ("learner.encoder=lstm", "learner.encoder must be one of mean, attention"),
     ("learner.hidden=10", "positive multiple of learner.heads"),
+    ("learner.targets=support", "learner.targets must be query or all"),
     ("learner.latent_dim=-1", "latent_dim and learner.kl_weight must be >= 0"),
     ("learner.kl_weight=-0.5", "latent_dim and learner.kl_weight must be >= 0"),
 ])

@@ -385,3 +385,20 @@ def test_values_are_never_evaluated(tmp_path: Path, key: str, value: str) -> Non
 def test_config_error_is_a_metarec_error() -> None:
     assert issubclass(ConfigError, MetarecError)
     assert isinstance(compose([]), DictConfig)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
+def test_every_shipped_experiment_composes_and_trains(experiment: str, tmp_path: Path) -> None:
+    """Each experiment file is valid, and its model/learner/trainer picks train (on small synthetic data:
+    a command-line data choice beats the experiment's)."""
+    from metarec.runs import finished_runs
+    from metarec.train import fit
+
+    cfg = compose([f"experiment={experiment}"])
+    assert cfg.run.experiment == experiment
+    small = ["data=synthetic", "data.params.n_users=120", "trainer.fast_dev_run=true", f"run.root={tmp_path}"]
+    if cfg.model.name == "transformer":
+        small += ["model.d_model=16", "model.heads=2", "model.ffn=32"]
+    cfg = compose([f"experiment={experiment}", *small])
+    (record,) = finished_runs(fit(cfg))
+    assert record["learner"] == cfg.choices.learner

@@ -1,8 +1,11 @@
 """Amortised (in-context) adaptation, neural-process style as in TaNP (Lin et al., WWW 2021): no inner
 gradient steps; a set encoder reads the user's support and the prediction is conditioned on it.
 
-For each support rating the base model's ``body`` (user and item representation) and the centred,
-scaled rating go through an MLP; the task's context is
+For each support rating the base model's ``body`` (user and item representation), the centred, scaled
+rating and its residual against the unconditioned model's prediction go through an MLP. (Without the
+residual the encoder learns to ignore the support on MovieLens-100K: the base model recognises training
+users by their features, so the support adds little during meta-training, and new users then get
+nothing from it — user-cold MAE 0.897 against 0.857 with it, one seed.) The task's context is
 
 - ``encoder=mean``: the masked mean of these vectors (a deep set, as in conditional neural processes);
 - ``encoder=attention``: that mean plus, for every target item, multi-head cross-attention from the
@@ -15,7 +18,8 @@ scaled rating go through an MLP; the task's context is
 The context modulates every linear layer of the base model's head (FiLM: ``x * (1 + gamma) + beta``,
 TaNP's decoder modulation). The modulation starts at zero, so before training the learner predicts what
 the base model predicts. Everything — base model, encoder, modulation — is trained end to end on the
-query loss of each meta-batch, with the same episodes, loss (``mse``/``bce``) and metrics as every
+query loss of each meta-batch (``targets=all``: the support ratings are targets too, as neural
+processes are usually trained), with the same episodes, loss (``mse``/``bce``) and metrics as every
 other learner. Adapting to a new user costs one forward pass over the support.
 """
 
@@ -42,6 +46,7 @@ class AmortisedConfig:
     heads: int = 4  # attention heads (encoder=attention)
     latent_dim: int = 0  # > 0: a Gaussian latent path of this size (TaNP)
     kl_weight: float = 0.1  # weight of the latent path's KL term against the mean query loss
+    targets: str = "query"  # meta-training targets: query | all (support too, as neural processes train)
     lr: float = 1e-3
     weight_decay: float = 0.0
 
@@ -72,6 +77,8 @@ class Amortised(MetaLearner):
             raise ConfigError(f"learner.encoder must be one of {', '.join(ENCODERS)}, not {cfg.encoder!r}")
         if cfg.hidden < 1 or cfg.heads < 1 or cfg.hidden % cfg.heads:
             raise ConfigError(f"learner.hidden ({cfg.hidden}) must be a positive multiple of learner.heads ({cfg.heads})")
+        if cfg.targets not in ("query", "all"):
+            raise ConfigError(f"learner.targets must be query or all, not {cfg.targets!r}")
         if cfg.latent_dim < 0 or not (math.isfinite(cfg.kl_weight) and cfg.kl_weight >= 0):
             raise ConfigError("learner.latent_dim and learner.kl_weight must be >= 0")
         head = model.head
@@ -81,8 +88,8 @@ class Amortised(MetaLearner):
         self.cfg = cfg
         h = cfg.hidden
         width = self._body_width(model)
-        # support entry: [representation, rating] -> vector
-        self.entry = nn.Sequential(nn.Linear(width + 1, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h))
+        # support entry: [representation, rating, residual] -> vector
+        self.entry = nn.Sequential(nn.Linear(width + 2, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h))
         cond = h
         if cfg.encoder == "attention":
             self.query_proj = nn.Linear(width, h)
@@ -108,9 +115,15 @@ class Amortised(MetaLearner):
 
     # ----------------------------------------------------------------- pieces
     def entries(self, body: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
-        """Support entries ``[T, S, H]`` from representations ``[T, S, D]`` and ratings ``[T, S]``."""
+        """Support entries ``[T, S, H]`` from representations ``[T, S, D]`` and ratings ``[T, S]``: the
+        representation, the centred rating, and the rating's residual against the unconditioned model's
+        prediction (how this user departs from what their features predict)."""
         r = ((ratings - self.centre) / self.scale).to(body.dtype).unsqueeze(-1)
-        return self.entry(torch.cat([body, r], dim=-1))
+        base = self.model.head(body).detach()  # what the unconditioned model predicts (an input, not a path)
+        if self.ctx.loss == "bce":
+            base = torch.sigmoid(base)
+        resid = (ratings.to(body.dtype).unsqueeze(-1) - base) / self.scale
+        return self.entry(torch.cat([body, r, resid], dim=-1))
 
     def _gaussian(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, raw = self.latent(pooled).chunk(2, dim=-1)
@@ -183,8 +196,13 @@ class Amortised(MetaLearner):
                 ctx.z = post_mu + post_sd * torch.randn_like(post_sd)
                 kl = (torch.log(prior_sd / post_sd) + (post_sd**2 + (post_mu - prior_mu) ** 2) / (2 * prior_sd**2)
                       - 0.5).sum(-1)
-        out = self.decode(body[:, s:], ctx)
-        loss = self.loss_fn(out, y, m).mean()
+        if train and self.cfg.targets == "all":
+            every = self.decode(body, ctx)
+            loss = self.loss_fn(every, batch.ratings, batch.support_mask | batch.query_mask).mean()
+            out = every[:, s:]
+        else:
+            out = self.decode(body[:, s:], ctx)
+            loss = self.loss_fn(out, y, m).mean()
         if kl is not None:
             if self._trainer is not None:
                 self.log("train/kl", kl.mean().detach(), batch_size=batch.n_tasks, on_step=True, on_epoch=True,
