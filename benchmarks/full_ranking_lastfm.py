@@ -29,7 +29,7 @@ from metarec.compare import ALL, compare, make_spec, result_rows, summarize
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 NAME = "full_ranking_lastfm"
-LEARNERS = ["maml", "global", "finetune", "popularity"]
+LEARNERS = ["maml", "amortised", "global", "finetune", "popularity"]
 SIZES = ["1", "3", "5", "10", "20"]
 METRICS = ["full_recall@10", "full_ndcg@10", "full_hitrate@10"]
 # user-cold only (the protocol); early stopping on the validation BCE

@@ -1,8 +1,8 @@
 """Large models on MovieLens-100K: the MeLU-style MLP with and without the all-MiniLM-L6-v2 embedding of
-each movie's "title. Genres: ..." as an item field (MAML and the ``global`` baseline), with and without
-item-id dropout, and the Transformer base recommender against the MLP (``global``: a MAML run of the
-Transformer with every parameter adapting costs about 9 min here, see ``transformer_cost.py``). 3 seeds,
-one split. Item-cold and user-item-cold MAE and nDCG@3 (new items' ids are hidden, so only their content
+each movie's "title. Genres: ..." as an item field (MAML, the amortised learner and the ``global``
+baseline), with and without item-id dropout; the Transformer base recommender against the MLP
+(``global``, with and without text; a MAML run of the Transformer with every parameter adapting costs
+about 9 min here, see ``transformer_cost.py``, so MAML runs it with LoRA adapters). 3 seeds, one split. Item-cold and user-item-cold MAE and nDCG@3 (new items' ids are hidden, so only their content
 describes them). Writes ``benchmarks/results/large_models.md`` and the README section.
 
     METAREC_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/large_models_ml100k.py
@@ -27,7 +27,7 @@ from metarec.compare import ALL, compare, make_spec, result_rows, summarize
 
 HERE = Path(__file__).resolve().parent
 NAME = "large_models"
-LEARNERS = ["maml", "global"]
+LEARNERS = ["maml", "global", "amortised"]
 SCENARIOS = ["item_cold", "user_item_cold"]
 METRICS = ["mae", "ndcg@3"]
 BASE = ["data=movielens100k", "trainer.enable_progress_bar=false"]
