@@ -7,7 +7,8 @@ describes them). Writes ``benchmarks/results/large_models.md`` and the README se
 
     METAREC_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/large_models_ml100k.py
 
-Resumable (runs in ``--work``, default ``runs/text_ml100k``); ``--smoke``: one seed, one epoch, temp folder.
+Resumable (runs in ``--work``, default ``runs/text_ml100k``); ``--smoke``: one seed, one epoch, temp folder;
+``--only N ...``: just those variants (to share the grid between processes or machines), nothing written.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ def main() -> int:
     p.add_argument("--work", default="runs/text_ml100k")
     p.add_argument("--seeds", nargs="+", default=["0", "1", "2"])
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--only", nargs="+", type=int, metavar="N",
+                   help="run only these variants (positions in VARIANTS, from 0), e.g. to share the grid between "
+                        "machines; prints their table and writes nothing")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp()) if args.smoke else Path(args.work)
     seeds = ["0"] if args.smoke else args.seeds
@@ -64,7 +68,7 @@ def main() -> int:
     t0 = time.perf_counter()
     stats, runs = {}, 0
     for i, (variant, (learners, overrides)) in enumerate(VARIANTS.items()):
-        if args.smoke and variant not in SMOKE:
+        if (args.smoke and variant not in SMOKE) or (args.only is not None and i not in args.only):
             continue
         spec = make_spec(work / f"v{i}", learners, seeds, ["5"], [*BASE, *overrides, *extra])
         result = compare(spec, echo=lambda line, v=variant: print(f"[{v}] {line}", flush=True))
@@ -110,6 +114,7 @@ def main() -> int:
     print("\n".join(lines + [""] + verdicts))
     if args.smoke:
         shutil.rmtree(work, ignore_errors=True)
+    if args.smoke or args.only is not None:
         return 0
     footer = (
         f"_Produced by `python benchmarks/large_models_ml100k.py`: {runs} runs, seeds {', '.join(seeds)}; "
