@@ -34,7 +34,7 @@ METRICS = ["mae", "ndcg@3"]
 BASE = ["data=movielens100k", "trainer.enable_progress_bar=false"]
 TEXT = ["data.text.enabled=true"]
 TRANSFORMER = ["model=transformer"]
-LORA = [*TRANSFORMER, "model.lora_rank=4", "learner.scope=lora"]
+LORA = [*TRANSFORMER, "model.lora_rank=4"]  # with learner maml_lora (scope lora)
 # variant -> (learners, overrides); the first is the reference of the verdicts. The folder of a variant's
 # runs is its position here (v0, v1, ...): append new variants at the end.
 VARIANTS = {
@@ -45,11 +45,12 @@ VARIANTS = {
     "ids + genres, id dropout 0.5": (LEARNERS, ["data.item_id_dropout=0.5"]),
     "Transformer, ids + genres": (["global"], TRANSFORMER),
     "Transformer, ids + genres + text": (["global"], [*TRANSFORMER, *TEXT]),
-    "Transformer LoRA r4, ids + genres": (["maml"], LORA),
+    "Transformer LoRA r4, ids + genres": (["maml_lora"], LORA),
 }
 ALL_LEARNERS = list(dict.fromkeys(name for learners, _ in VARIANTS.values() for name in learners))
 # verdicts compare a variant with the first one unless named here
 REFERENCE = {"Transformer, ids + genres + text": "Transformer, ids + genres"}
+REFERENCE_LEARNER = {"maml_lora": "maml"}  # ... and a learner with itself unless named here
 SMOKE = ["ids + genres", "ids + genres + text", "Transformer LoRA r4, ids + genres"]
 
 
@@ -92,13 +93,14 @@ def main() -> int:
     for learner in ALL_LEARNERS:
         for variant in names[1:]:
             ref = REFERENCE.get(variant, names[0])
-            off = stats.get((ref, learner, ALL, "item_cold", "mae"))
+            ref_learner = REFERENCE_LEARNER.get(learner, learner)
+            off = stats.get((ref, ref_learner, ALL, "item_cold", "mae"))
             on = stats.get((variant, learner, ALL, "item_cold", "mae"))
             if off is None or on is None:
                 continue
             beyond = on.mean + on.half_width < off.mean - off.half_width
             verdicts.append(
-                f"- {learner}, {variant} (against {ref}): item-cold MAE {off.mean:.4f} → {on.mean:.4f} "
+                f"- {learner}, {variant} (against {ref_learner}, {ref}): item-cold MAE {off.mean:.4f} → {on.mean:.4f} "
                 f"({on.mean - off.mean:+.4f}); "
                 + ("lower beyond the seed-to-seed spread (the 95% intervals do not overlap)." if beyond
                    else "not beyond the seed-to-seed spread (the 95% intervals overlap).")

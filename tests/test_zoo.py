@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from metarec.config import compose
 from metarec.learners import build_learner
@@ -148,8 +149,11 @@ LEARNER_OPTIONS = sorted(p.stem for p in (CONFIGS / "learner").glob("*.yaml"))
 
 @pytest.mark.parametrize("option", LEARNER_OPTIONS)
 def test_every_learner_config_passes_fast_dev_run(option, tmp_path):
+    model = []
+    if yaml.safe_load((CONFIGS / "learner" / f"{option}.yaml").read_text()).get("scope") == "lora":
+        model = ["model=transformer", "model.d_model=16", "model.heads=2", "model.ffn=32", "model.lora_rank=2"]
     cfg = compose([
-        f"learner={option}", "data.params.n_users=200", "trainer.fast_dev_run=true",
+        f"learner={option}", *model, "data.params.n_users=200", "trainer.fast_dev_run=true",
         "trainer.enable_progress_bar=false", f"run.root={tmp_path}",
     ])
     run = fit(cfg)
