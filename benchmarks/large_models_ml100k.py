@@ -125,7 +125,8 @@ def main() -> int:
     )
     intro = (
         "MovieLens-100K, one split. MLP: MeLU-style (32-d fields, 64-64 head); Transformer: one token per field, "
-        "2 layers, d_model 64, 4 heads, ffn 256, head 64. Text: each movie's "
+        "2 layers, d_model 64, 4 heads, ffn 256, head 64; `maml_lora`: MAML adapting rank-4 LoRA adapters and "
+        "the head per user; `amortised`: the support encoded by attention, no inner steps. Text: each movie's "
         "`\"{title}. Genres: {genre}.\"` encoded by all-MiniLM-L6-v2 (384-d, unit length, computed once and "
         "cached) and projected to a 32-d item field; new items' ids are hidden, so in the item-cold "
         "scenarios the model knows a new movie only by its genres (and its text). Mean ± 95% CI over seeds."
