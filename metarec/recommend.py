@@ -10,9 +10,9 @@ Adaptation follows the learner's own evaluation path: the same adapted scope (``
 ``output``), the same inner learning rate (or Meta-SGD's learned per-parameter rates), the same number of
 steps (``eval_inner_steps``, else ``inner_steps``; ``finetune_steps`` for ``finetune``), the same inner
 gradient clipping, first order. The amortised learner encodes the given ratings once (its context; no
-gradient steps) and conditions every prediction on it. Baselines use their own rule: ``global`` does not adapt, ``item_mean``
-predicts each item's training mean, ``user_mean`` the mean of the given ratings, ``popularity`` ranks by
-training interactions.
+gradient steps) and conditions every prediction on it. Baselines use their own rule: ``global`` does not
+adapt, ``item_mean`` predicts each item's training mean, ``user_mean`` the mean of the given ratings,
+``popularity`` ranks by training interactions.
 
 Implicit feedback (runs trained with ``data.negatives``): the given items are positives (rating 1; a 0
 marks an item the user did not want), the support gets the run's sampled negatives exactly like a test
