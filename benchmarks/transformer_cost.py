@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from speed import SCHEMA, make_batch, rss_growth_during, sync
+from speed import SCHEMA, make_batch, rss_growth_during, sync, train_step
 
 from metarec.learners import LearnerContext, build_learner
 from metarec.learners.maml import MAMLConfig
@@ -49,13 +49,7 @@ def child(size: str, scope: str, steps: int) -> dict:
     learner, n_params = make(size, scope)
     opt = torch.optim.Adam(learner.parameters(), lr=1e-4)
     batch = make_batch(10, n_tasks=T)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        learner.meta_step(batch, train=True)[0].backward()
-        opt.step()
-
-    step()  # warm-up (also allocates Adam's state)
+    train_step(learner, opt, batch)  # warm-up (also allocates Adam's state)
     sync()
     gpu = torch.cuda.is_available()
     if gpu:
@@ -65,7 +59,7 @@ def child(size: str, scope: str, steps: int) -> dict:
     def timed() -> None:
         t0 = time.perf_counter()
         for _ in range(steps):
-            step()
+            train_step(learner, opt, batch)
         sync()
         timing["s"] = time.perf_counter() - t0
 

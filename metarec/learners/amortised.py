@@ -87,7 +87,7 @@ class Amortised(MetaLearner):
                               f"({type(model).__name__} has {type(head).__name__})")
         self.cfg = cfg
         h = cfg.hidden
-        width = self._body_width(model)
+        width = next(m for m in head if isinstance(m, nn.Linear)).in_features  # the body's width
         # support entry: [representation, rating, residual] -> vector
         self.entry = nn.Sequential(nn.Linear(width + 2, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h))
         cond = h
@@ -107,11 +107,6 @@ class Amortised(MetaLearner):
             nn.init.zeros_(film.bias)
         lo, hi = ctx.rating_range
         self.centre, self.scale = float(ctx.train_rating_mean), max((hi - lo) / 2.0, 1e-6)
-
-    @staticmethod
-    def _body_width(model: BaseRecommender) -> int:
-        first = next((m for m in model.head.modules() if isinstance(m, nn.Linear)), None)
-        return first.in_features
 
     # ----------------------------------------------------------------- pieces
     def entries(self, body: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
@@ -188,14 +183,13 @@ class Amortised(MetaLearner):
         ctx = self.encode(body[:, :s], batch.ratings[:, :s], batch.support_mask[:, :s])
         _, y, m = batch.part("query")
         kl = None
-        if self.cfg.latent_dim:
+        if self.cfg.latent_dim and train:  # the posterior sees the query too; sample it, pull the prior towards it
             prior_mu, prior_sd = self._gaussian(ctx.pooled)
-            if train:  # the posterior sees the query too; sample it, pull the prior towards it
-                every = batch.support_mask | batch.query_mask
-                post_mu, post_sd = self._gaussian(masked_mean(self.entries(body, batch.ratings), every))
-                ctx.z = post_mu + post_sd * torch.randn_like(post_sd)
-                kl = (torch.log(prior_sd / post_sd) + (post_sd**2 + (post_mu - prior_mu) ** 2) / (2 * prior_sd**2)
-                      - 0.5).sum(-1)
+            every = batch.support_mask | batch.query_mask
+            post_mu, post_sd = self._gaussian(masked_mean(self.entries(body, batch.ratings), every))
+            ctx.z = post_mu + post_sd * torch.randn_like(post_sd)
+            kl = (torch.log(prior_sd / post_sd) + (post_sd**2 + (post_mu - prior_mu) ** 2) / (2 * prior_sd**2)
+                  - 0.5).sum(-1)
         if train and self.cfg.targets == "all":
             every = self.decode(body, ctx)
             loss = self.loss_fn(every, batch.ratings, batch.support_mask | batch.query_mask).mean()
@@ -211,11 +205,8 @@ class Amortised(MetaLearner):
         return loss, out
 
     def score_candidates(self, batch: EpisodeBatch, items: Features) -> torch.Tensor:
-        t = batch.n_tasks
         support, ratings, mask = batch.part("support")
-        cat, multi = items.categorical, items.multihot
-        targets = Features(cat.expand(t, *cat.shape), multi.expand(t, *multi.shape))
-        return self.predict(batch.user, targets, self.adapt(batch.user, support, ratings, mask))
+        return self.predict(batch.user, items.for_tasks(batch.n_tasks), self.adapt(batch.user, support, ratings, mask))
 
 
 __all__ = ["Amortised", "AmortisedConfig", "Context"]

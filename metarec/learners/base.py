@@ -193,10 +193,7 @@ class MetaLearner(pl.LightningModule):
     def score_candidates(self, batch: EpisodeBatch, items: Features) -> torch.Tensor:
         """Scores ``[T, I]`` of every item for each task's user after adaptation. Default: the base model
         as it is (learners that adapt override this)."""
-        t = batch.n_tasks
-        cat, multi = items.categorical, items.multihot
-        expanded = Features(cat.expand(t, *cat.shape), multi.expand(t, *multi.shape))
-        return self.model(batch.user, expanded)
+        return self.model(batch.user, items.for_tasks(batch.n_tasks))
 
     def ranking_targets(self, batch: EpisodeBatch, scenario: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(candidates, relevant)``, bool ``[T, I]``. Candidates: the scenario's items (new items in the

@@ -34,6 +34,11 @@ class Features:
     def index(self, idx) -> "Features":
         return Features(self.categorical[idx], self.multihot[idx])
 
+    def for_tasks(self, t: int) -> "Features":
+        """The same entities for each of ``t`` tasks: a leading task axis of size ``t`` (a view)."""
+        cat, multi = self.categorical, self.multihot
+        return Features(cat.expand(t, *cat.shape), multi.expand(t, *multi.shape))
+
 
 class BaseRecommender(nn.Module):
     """``forward(user, item) = head(body(user, item)).squeeze(-1)``."""
