@@ -17,9 +17,14 @@ from metarec.models import MeLU, MeLUConfig
 
 
 @pytest.fixture(scope="module")
-def setup():
+def dm():
     dm = ColdStartDataModule(DataConfig(params={"n_users": 200}, split=SplitConfig(), meta_batch_size=6), seed=0)
     dm.setup()
+    return dm
+
+
+@pytest.fixture(scope="module")
+def setup(dm):
     batch = next(iter(dm.train_dataloader()))
     batch.ratings = batch.ratings.double()
     batch.item.multihot = batch.item.multihot.double()
@@ -42,12 +47,16 @@ CASES = {
 }
 
 
-def _pair(setup, name, cls, extra):
+def _pair(setup, name, cls, extra, dense=False):
+    """The learn2learn reference and the vmap executor; ``dense``: vmap with per-task copies of every
+    adapted weight (no factored first layer)."""
     batch, ctx, model = setup
     learners = []
     for executor in ("learn2learn", "vmap"):
         opts = {"inner_lr": 0.05, **extra, "executor": executor}
         learners.append(build_learner(name, copy.deepcopy(model), ctx, cls(**opts)))
+    if dense:
+        learners[1].executor.factored = None
     return batch, learners
 
 
@@ -59,15 +68,19 @@ def _close(a, b):
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("dense", [False, True], ids=["factored", "dense"])
 @pytest.mark.parametrize("steps", [1, 5])
 @pytest.mark.parametrize("scope", ["head", "all"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_query_loss_and_meta_gradient_agree(setup, case, scope, steps):
+def test_query_loss_and_meta_gradient_agree(setup, case, scope, steps, dense):
     name, cls, extra = CASES[case]
     extra = {"scope": scope, **extra}  # ANIL keeps its output scope; the others take the parametrised one
     if case == "anil" and scope == "all":
         pytest.skip("ANIL adapts the output layer only")
-    batch, (ref, fast) = _pair(setup, name, cls, {**extra, "inner_steps": steps})
+    batch, (ref, fast) = _pair(setup, name, cls, {**extra, "inner_steps": steps}, dense)
+    # head/output scopes of MAML-type learners take the factored first layer unless told not to
+    factored = not dense and extra["scope"] != "all" and case != "metasgd"
+    assert (fast.executor.factored is not None) == factored
     results = []
     for learner in (ref, fast):
         loss, preds = learner.meta_step(batch, train=True)
@@ -83,20 +96,22 @@ def test_query_loss_and_meta_gradient_agree(setup, case, scope, steps):
         assert any(k.startswith("maml.lrs") for k in g1)
 
 
+@pytest.mark.parametrize("dense", [False, True], ids=["factored", "dense"])
 @pytest.mark.parametrize("steps", [1, 5])
 @pytest.mark.parametrize("scope", ["head", "all"])
-def test_evaluation_predictions_agree(setup, scope, steps):
-    batch, (ref, fast) = _pair(setup, "maml", MAMLConfig, {"scope": scope, "inner_steps": steps})
+def test_evaluation_predictions_agree(setup, scope, steps, dense):
+    batch, (ref, fast) = _pair(setup, "maml", MAMLConfig, {"scope": scope, "inner_steps": steps}, dense)
     _, p1 = ref.meta_step(batch, train=False)
     _, p2 = fast.meta_step(batch, train=False)
     assert not p1.requires_grad and not p2.requires_grad
     _close(p1, p2)
 
 
+@pytest.mark.parametrize("dense", [False, True], ids=["factored", "dense"])
 @pytest.mark.parametrize("steps", [1, 5])
 @pytest.mark.parametrize("scope", ["head", "all"])
-def test_reptile_direction_agrees(setup, scope, steps):
-    batch, (ref, fast) = _pair(setup, "reptile", ReptileConfig, {"scope": scope, "inner_steps": steps})
+def test_reptile_direction_agrees(setup, scope, steps, dense):
+    batch, (ref, fast) = _pair(setup, "reptile", ReptileConfig, {"scope": scope, "inner_steps": steps}, dense)
     d1, l1 = ref.reptile_direction(batch)
     d2, l2 = fast.reptile_direction(batch)
     _close(l1, l2)
@@ -115,3 +130,40 @@ def test_vmap_chunking_gives_the_same_numbers(setup):
     l1, _ = ref.meta_step(batch, train=True)
     l2, _ = chunked.meta_step(batch, train=True)
     _close(l1.detach(), l2.detach())
+
+
+class FixedBiasMeLU(MeLU):
+    """MeLU whose biases are meta-learned but not adapted per task under ``head``."""
+
+    def adapts(self, scope):
+        return (lambda name: not name.endswith("bias")) if scope == "head" else None
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_factored_first_layer_with_fixed_biases_and_clipping(dm, setup, first_order, clip):
+    """The factored path when the first layer's bias is not adapted (it stays a meta-parameter), with
+    and without inner-gradient clipping, first and second order: the same numbers as learn2learn."""
+    batch, ctx, _ = setup
+    torch.manual_seed(1)
+    model = FixedBiasMeLU(dm.dataset.schema, MeLUConfig(embed_dim=8, hidden=[16, 16])).double()
+    cfg = {"inner_lr": 0.5, "inner_steps": 3, "scope": "head", "first_order": first_order, "inner_grad_clip": clip}
+    learners = [build_learner("maml", copy.deepcopy(model), ctx, MAMLConfig(**cfg, executor=e))
+                for e in ("learn2learn", "vmap")]
+    assert learners[1].executor.factored is not None and learners[1].executor.partial
+    results = []
+    for learner in learners:
+        loss, preds = learner.meta_step(batch, train=True)
+        loss.backward()
+        results.append((loss.detach(), preds.detach(), _grads(learner)))
+    (l1, p1, g1), (l2, p2, g2) = results
+    _close(l1, l2)
+    _close(p1, p2)
+    assert g1.keys() == g2.keys() and any("bias" in k for k in g1)
+    for k in g1:
+        _close(g1[k], g2[k])
+    # and the materialised adapted weights (Reptile, scoring) equal learn2learn's clone
+    phis, _ = learners[1].executor.adapted_parameters(batch, 3)
+    ref, _ = learners[0].executor.adapted_parameters(batch, 3)
+    for a, b in zip(phis, ref):
+        _close(a, b)

@@ -14,7 +14,7 @@ from metarec.learners import build_learner
 from metarec.learners.maml import MAMLConfig
 from metarec.runs import finished_runs
 from metarec.train import build, fit
-from test_executors import setup  # noqa: F401  (fixture)
+from test_executors import dm, setup  # noqa: F401  (fixtures)
 
 DIVERGING = ["data.params.n_users=200", "trainer.max_epochs=1", "learner.inner_lr=1e6", "learner.inner_steps=5",
              "trainer.enable_progress_bar=false"]

@@ -13,7 +13,11 @@ non-adapted prefix of the model runs once per meta-batch in both executors.
 - ``vmap``: the same loop as a pure function of (parameters, support) with
   ``torch.func.functional_call`` + ``grad``, ``vmap``-ed over the padded meta-batch (masks handle
   ragged support/query lengths; ``chunk_size`` bounds memory). One backward gives the full
-  second-order meta-gradient.
+  second-order meta-gradient. When the adapted module starts with a plain ``nn.Linear`` whose input
+  is fixed during adaptation (scopes ``head``/``output`` of an MLP head, MAML-type scalar rates), that
+  layer's adapted weight is kept in factored form, W - A X_support, instead of as a per-task copy
+  (``VmapExecutor._per_task_factored``): the same numbers, without the per-task copies of the
+  largest weight that otherwise dominate the time on a CPU.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from metarec._l2l import l2l
@@ -188,9 +193,30 @@ class L2LExecutor(Executor):
 class VmapExecutor(Executor):
     """``torch.func`` inner loop, vmapped over the tasks of a meta-batch."""
 
-    def __init__(self, *args, chunk_size: int | None = None, **kwargs) -> None:
+    def __init__(self, *args, chunk_size: int | None = None, factored: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.chunk_size = chunk_size
+        self.factored = self._factorable_first_linear() if factored else None
+
+    def _factorable_first_linear(self) -> tuple[str, str | None, nn.Module | None] | None:
+        """``(weight name, bias name, tail module)`` when the adapted module starts with a plain
+        ``nn.Linear`` whose input does not change during adaptation (a non-adapted prefix exists) and
+        whose weight adapts with a scalar rate; else ``None``."""
+        m = self.module
+        if self.prefix is None or hasattr(self.wrapper, "lrs"):
+            return None
+        if type(m) is nn.Linear:
+            first, tail, dot = m, None, ""
+        elif isinstance(m, nn.Sequential) and len(m) > 0 and type(m[0]) is nn.Linear:
+            key = next(iter(m._modules))
+            first, tail, dot = m[0], m[1:], f"{key}."
+        else:
+            return None
+        w = f"{dot}weight"
+        b = f"{dot}bias" if first.bias is not None else None
+        if w not in self._adapted:
+            return None
+        return w, b, tail
 
     def _lrs(self) -> dict[str, Any]:
         lrs = getattr(self.wrapper, "lrs", None)
@@ -199,16 +225,22 @@ class VmapExecutor(Executor):
         by_name = dict(zip(self.all_names, lrs))  # Meta-SGD: one rate tensor per module parameter
         return {n: by_name[n] for n in self.names}
 
-    def _inputs(self, batch: EpisodeBatch, x: torch.Tensor | None, which: str) -> tuple:
+    def _inputs(self, batch: EpisodeBatch, x: torch.Tensor | None) -> tuple[tuple, tuple]:
+        """``(args, ratings, mask)`` of the support block and of the query block, every tensor ``[T, ...]``.
+        The prefix features are split (one copy in the backward pass), not sliced twice (two
+        zero-filled full-size gradients)."""
         s = batch.n_support
-        sl = slice(0, s) if which == "support" else slice(s, None)
-        mask = batch.support_mask[:, sl] if which == "support" else batch.query_mask[:, sl]
+        sizes = [s, batch.ratings.shape[1] - s]
         if x is not None:
-            args: tuple = (x[:, sl],)
+            xs, xq = torch.split(x, sizes, dim=1)
+            args: tuple = ((xs,), (xq,))
         else:
-            item = batch.item
-            args = (batch.user.categorical, batch.user.multihot, item.categorical[:, sl], item.multihot[:, sl])
-        return args, batch.ratings[:, sl], mask
+            ic, iq = torch.split(batch.item.categorical, sizes, dim=1)
+            mc, mq = torch.split(batch.item.multihot, sizes, dim=1)
+            u = (batch.user.categorical, batch.user.multihot)
+            args = ((*u, ic, mc), (*u, iq, mq))
+        ys, yq = torch.split(batch.ratings, sizes, dim=1)
+        return (args[0], ys, batch.support_mask[:, :s]), (args[1], yq, batch.query_mask[:, s:])
 
     def _forward(self, params: dict, args: tuple, fixed: dict) -> torch.Tensor:
         params = {**fixed, **params}
@@ -236,12 +268,78 @@ class VmapExecutor(Executor):
 
         return task
 
+    def _per_task_factored(self, steps: int, first_order: bool, lrs: dict, fixed: dict, materialise: bool):
+        """The inner loop of ``_per_task`` with the first linear layer's adapted weight kept factored.
+
+        That layer's input X (the support's prefix features) is the same at every step, so its gradient
+        is delta^T X (delta: the loss's gradient with respect to the layer's output) and after k steps
+        W_k = W - A X with A = lr * sum_j delta_j^T, ``[out, S]``. The layer's output on any input x is
+        then x W^T - (x X^T) A^T: no per-task copy of W is ever made. First order: A and X are
+        constants, as learn2learn's detached gradient delta^T X is. ``materialise``: return W_k itself
+        among the adapted parameters (for Reptile and scoring); otherwise the weight is left out."""
+        w, b, tail = self.factored
+        lr = lrs[w]
+        tail_names = [] if tail is None else [n for n, _ in tail.named_parameters()]
+        adapts_bias = b is not None and b in self._adapted
+        clip = self.inner_grad_clip
+
+        def rest_of_module(rest, pre):  # the layers after the first, from its pre-activation output
+            if tail is None:
+                return pre.squeeze(-1)
+            params = {**fixed, **rest}
+            return functional_call(tail, {n: params[n] for n in tail_names}, (pre,)).squeeze(-1)
+
+        def support_loss(rest, pre, y, m):
+            return self.loss_fn(rest_of_module(rest, pre), y, m)
+
+        def task(params, s_args, s_y, s_m, q_args, q_y, q_m):
+            (xs,), (xq,) = s_args, q_args
+            weight = params[w]
+            bias = (params[b] if adapts_bias else fixed[b]) if b is not None else None
+            rest = {n: v for n, v in params.items() if n not in (w, b)}
+            xc = xs.detach() if first_order else xs
+            zs, zq = xs @ weight.T, xq @ weight.T
+            gs = xs @ xc.T if steps > 1 or clip is not None else None  # X X^T, needed after the first step
+            a = None
+
+            def first_layer(z, gram):
+                h = z if bias is None else z + bias
+                return h if a is None else h - gram @ a.T
+
+            for _ in range(steps):
+                g, delta = grad(support_loss, argnums=(0, 1))(rest, first_layer(zs, gs), s_y, s_m)
+                gb = delta.sum(0) if adapts_bias else None
+                if clip is not None:
+                    norm2 = ((delta @ delta.T) * gs).sum() + sum((v**2).sum() for v in g.values())
+                    if gb is not None:
+                        norm2 = norm2 + (gb**2).sum()
+                    scale = torch.clamp(clip / (torch.sqrt(norm2) + 1e-6), max=1.0)
+                    delta, g = delta * scale, {n: v * scale for n, v in g.items()}
+                    gb = None if gb is None else gb * scale
+                if first_order:
+                    delta, g = delta.detach(), {n: v.detach() for n, v in g.items()}
+                    gb = None if gb is None else gb.detach()
+                a = lr * delta.T if a is None else a + lr * delta.T
+                if gb is not None:
+                    bias = bias - lrs[b] * gb
+                rest = {n: rest[n] - lrs[n] * g[n] for n in rest}
+            out = rest_of_module(rest, first_layer(zq, xq @ xc.T))
+            if materialise:
+                rest[w] = weight - a @ xc
+                if adapts_bias:
+                    rest[b] = bias
+            return rest, self.loss_fn(out, q_y, q_m), out
+
+        return task
+
     def _vmapped(self, batch: EpisodeBatch, steps: int, first_order: bool, detach: bool, params: dict, lrs: dict,
-                 fixed: dict):
+                 fixed: dict, materialise: bool = False):
         x = self.prefix_features(batch, detach)
-        s_args, s_y, s_m = self._inputs(batch, x, "support")
-        q_args, q_y, q_m = self._inputs(batch, x, "query")
-        task = self._per_task(steps, first_order, lrs, fixed)
+        (s_args, s_y, s_m), (q_args, q_y, q_m) = self._inputs(batch, x)
+        if self.factored is not None and steps > 0:
+            task = self._per_task_factored(steps, first_order, lrs, fixed, materialise)
+        else:
+            task = self._per_task(steps, first_order, lrs, fixed)
         return vmap(task, in_dims=(None, 0, 0, 0, 0, 0, 0), chunk_size=self.chunk_size)(
             params, s_args, s_y, s_m, q_args, q_y, q_m
         )
@@ -257,7 +355,7 @@ class VmapExecutor(Executor):
         params = {n: p.detach() for n, p in zip(self.names, self.adapted_params())}
         lrs = {n: (lr.detach() if torch.is_tensor(lr) else lr) for n, lr in self._lrs().items()}
         fixed = {n: p.detach() for n, p in self.fixed_params().items()}
-        adapted, losses, _ = self._vmapped(batch, steps, True, True, params, lrs, fixed)
+        adapted, losses, _ = self._vmapped(batch, steps, True, True, params, lrs, fixed, materialise=True)
         return [adapted[n].detach() for n in self.names], losses.detach().mean()
 
 

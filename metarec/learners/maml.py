@@ -32,8 +32,8 @@ class MAMLConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     executor: str = "vmap"  # vmap | learn2learn (the reference; same numbers, slower)
-    chunk_size: Optional[int] = None
-    inner_grad_clip: Optional[float] = None  # clip each task's inner gradient to this global L2 norm  # vmap: tasks per vectorised chunk (bounds memory)
+    chunk_size: Optional[int] = None  # vmap: tasks per vectorised chunk (bounds memory)
+    inner_grad_clip: Optional[float] = None  # clip each task's inner gradient to this global L2 norm
 
 
 def check_inner(cfg) -> None:
