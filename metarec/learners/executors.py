@@ -273,9 +273,9 @@ class VmapExecutor(Executor):
 
         That layer's input X (the support's prefix features) is the same at every step, so its gradient
         is delta^T X (delta: the loss's gradient with respect to the layer's output) and after k steps
-        W_k = W - A X with A = lr * sum_j delta_j^T, ``[out, S]``. The layer's output on any input x is
-        then x W^T - (x X^T) A^T: no per-task copy of W is ever made. First order: A and X are
-        constants, as learn2learn's detached gradient delta^T X is. ``materialise``: return W_k itself
+        W_k = W - A^T X with A = lr * sum_j delta_j, ``[S, out]``. The layer's output on any input x is
+        then x W^T - (x X^T) A: no per-task copy of W is ever made. First order: A and X are constants,
+        as learn2learn's detached gradient delta^T X is. ``materialise``: return W_k itself
         among the adapted parameters (for Reptile and scoring); otherwise the weight is left out."""
         w, b, tail = self.factored
         lr = lrs[w]
@@ -304,7 +304,7 @@ class VmapExecutor(Executor):
 
             def first_layer(z, gram):
                 h = z if bias is None else z + bias
-                return h if a is None else h - gram @ a.T
+                return h if a is None else h - gram @ a
 
             for _ in range(steps):
                 g, delta = grad(support_loss, argnums=(0, 1))(rest, first_layer(zs, gs), s_y, s_m)
@@ -319,13 +319,13 @@ class VmapExecutor(Executor):
                 if first_order:
                     delta, g = delta.detach(), {n: v.detach() for n, v in g.items()}
                     gb = None if gb is None else gb.detach()
-                a = lr * delta.T if a is None else a + lr * delta.T
+                a = lr * delta if a is None else a + lr * delta
                 if gb is not None:
                     bias = bias - lrs[b] * gb
                 rest = {n: rest[n] - lrs[n] * g[n] for n in rest}
             out = rest_of_module(rest, first_layer(zq, xq @ xc.T))
             if materialise:
-                rest[w] = weight - a @ xc
+                rest[w] = weight - a.T @ xc
                 if adapts_bias:
                     rest[b] = bias
             return rest, self.loss_fn(out, q_y, q_m), out
