@@ -68,6 +68,23 @@ def _close(a, b):
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
 
 
+def _assert_same_training_step(batch, ref, fast) -> dict:
+    """One meta-training step of each learner: the same query loss, predictions and meta-gradients.
+    Returns the reference's gradients."""
+    results = []
+    for learner in (ref, fast):
+        loss, preds = learner.meta_step(batch, train=True)
+        loss.backward()
+        results.append((loss.detach(), preds.detach(), _grads(learner)))
+    (l1, p1, g1), (l2, p2, g2) = results
+    _close(l1, l2)
+    _close(p1, p2)
+    assert g1.keys() == g2.keys() and len(g1) > 0
+    for k in g1:
+        _close(g1[k], g2[k])
+    return g1
+
+
 @pytest.mark.parametrize("dense", [False, True], ids=["factored", "dense"])
 @pytest.mark.parametrize("steps", [1, 5])
 @pytest.mark.parametrize("scope", ["head", "all"])
@@ -81,17 +98,7 @@ def test_query_loss_and_meta_gradient_agree(setup, case, scope, steps, dense):
     # head/output scopes of MAML-type learners take the factored first layer unless told not to
     factored = not dense and extra["scope"] != "all" and case != "metasgd"
     assert (fast.executor.factored is not None) == factored
-    results = []
-    for learner in (ref, fast):
-        loss, preds = learner.meta_step(batch, train=True)
-        loss.backward()
-        results.append((loss.detach(), preds.detach(), _grads(learner)))
-    (l1, p1, g1), (l2, p2, g2) = results
-    _close(l1, l2)
-    _close(p1, p2)
-    assert g1.keys() == g2.keys() and len(g1) > 0
-    for k in g1:
-        _close(g1[k], g2[k])
+    g1 = _assert_same_training_step(batch, ref, fast)
     if case == "metasgd":
         assert any(k.startswith("maml.lrs") for k in g1)
 
@@ -151,17 +158,7 @@ def test_factored_first_layer_with_fixed_biases_and_clipping(dm, setup, first_or
     learners = [build_learner("maml", copy.deepcopy(model), ctx, MAMLConfig(**cfg, executor=e))
                 for e in ("learn2learn", "vmap")]
     assert learners[1].executor.factored is not None and learners[1].executor.partial
-    results = []
-    for learner in learners:
-        loss, preds = learner.meta_step(batch, train=True)
-        loss.backward()
-        results.append((loss.detach(), preds.detach(), _grads(learner)))
-    (l1, p1, g1), (l2, p2, g2) = results
-    _close(l1, l2)
-    _close(p1, p2)
-    assert g1.keys() == g2.keys() and any("bias" in k for k in g1)
-    for k in g1:
-        _close(g1[k], g2[k])
+    assert any("bias" in k for k in _assert_same_training_step(batch, *learners))
     # and the materialised adapted weights (Reptile, scoring) equal learn2learn's clone
     phis, _ = learners[1].executor.adapted_parameters(batch, 3)
     ref, _ = learners[0].executor.adapted_parameters(batch, 3)
