@@ -15,7 +15,7 @@ non-adapted prefix of the model runs once per meta-batch in both executors.
   ragged support/query lengths; ``chunk_size`` bounds memory). One backward gives the full
   second-order meta-gradient. When the adapted module starts with a plain ``nn.Linear`` whose input
   is fixed during adaptation (scopes ``head``/``output`` of an MLP head, MAML-type scalar rates), that
-  layer's adapted weight is kept in factored form, W - A X_support, instead of as a per-task copy
+  layer's adapted weight is kept in factored form, W - A^T X_support, instead of as a per-task copy
   (``VmapExecutor._per_task_factored``): the same numbers, without the per-task copies of the
   largest weight that otherwise dominate the time on a CPU.
 """
@@ -193,10 +193,10 @@ class L2LExecutor(Executor):
 class VmapExecutor(Executor):
     """``torch.func`` inner loop, vmapped over the tasks of a meta-batch."""
 
-    def __init__(self, *args, chunk_size: int | None = None, factored: bool = True, **kwargs) -> None:
+    def __init__(self, *args, chunk_size: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.chunk_size = chunk_size
-        self.factored = self._factorable_first_linear() if factored else None
+        self.factored = self._factorable_first_linear()  # None: every adapted weight is copied per task
 
     def _factorable_first_linear(self) -> tuple[str, str | None, nn.Module | None] | None:
         """``(weight name, bias name, tail module)`` when the adapted module starts with a plain
