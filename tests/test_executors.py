@@ -95,8 +95,8 @@ def test_query_loss_and_meta_gradient_agree(setup, case, scope, steps, dense):
     if case == "anil" and scope == "all":
         pytest.skip("ANIL adapts the output layer only")
     batch, (ref, fast) = _pair(setup, name, cls, {**extra, "inner_steps": steps}, dense)
-    # head/output scopes of MAML-type learners take the factored first layer unless told not to
-    factored = not dense and extra["scope"] != "all" and case != "metasgd"
+    # MAML-type learners (scalar rate) take the factored first layer unless told not to
+    factored = not dense and case != "metasgd"
     assert (fast.executor.factored is not None) == factored
     g1 = _assert_same_training_step(batch, ref, fast)
     if case == "metasgd":
@@ -162,5 +162,28 @@ def test_factored_first_layer_with_fixed_biases_and_clipping(dm, setup, first_or
     # and the materialised adapted weights (Reptile, scoring) equal learn2learn's clone
     phis, _ = learners[1].executor.adapted_parameters(batch, 3)
     ref, _ = learners[0].executor.adapted_parameters(batch, 3)
+    for a, b in zip(phis, ref):
+        _close(a, b)
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_factored_first_layer_under_all_folds_into_a_copy(dm, setup, first_order, clip):
+    """Scope ``all``: the first layer's input changes every step, so its factored terms pile up until
+    their rank would pass out*in/(out+in), then fold into a per-task copy that later steps update. With
+    this model two support-sized terms fit and five steps fold them: the numbers stay learn2learn's."""
+    batch, ctx, _ = setup
+    torch.manual_seed(2)
+    model = MeLU(dm.dataset.schema, MeLUConfig(embed_dim=16, hidden=[128, 16])).double()
+    out_dim, in_dim = model.head[0].weight.shape
+    support = batch.n_support  # each step adds a term of this rank
+    assert 2 * support <= out_dim * in_dim / (out_dim + in_dim) < 3 * support
+    cfg = {"inner_lr": 0.3, "inner_steps": 5, "scope": "all", "first_order": first_order, "inner_grad_clip": clip}
+    learners = [build_learner("maml", copy.deepcopy(model), ctx, MAMLConfig(**cfg, executor=e))
+                for e in ("learn2learn", "vmap")]
+    assert learners[1].executor.factored is not None
+    _assert_same_training_step(batch, *learners)
+    phis, _ = learners[1].executor.adapted_parameters(batch, 5)
+    ref, _ = learners[0].executor.adapted_parameters(batch, 5)
     for a, b in zip(phis, ref):
         _close(a, b)

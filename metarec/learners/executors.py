@@ -13,16 +13,15 @@ non-adapted prefix of the model runs once per meta-batch in both executors.
 - ``vmap``: the same loop as a pure function of (parameters, support) with
   ``torch.func.functional_call`` + ``grad``, ``vmap``-ed over the padded meta-batch (masks handle
   ragged support/query lengths; ``chunk_size`` bounds memory). One backward gives the full
-  second-order meta-gradient. When the adapted module starts with a plain ``nn.Linear`` whose input
-  is fixed during adaptation (scopes ``head``/``output`` of an MLP head, MAML-type scalar rates), that
-  layer's adapted weight is kept in factored form, W - A^T X_support, instead of as a per-task copy
-  (``VmapExecutor._per_task_factored``): the same numbers, without the per-task copies of the
-  largest weight that otherwise dominate the time on a CPU.
+  second-order meta-gradient. The first linear layer of the head (a plain ``nn.Linear``, adapted
+  with a scalar rate: not Meta-SGD) is kept in factored form, W - sum_j A_j^T X_j, instead of as a
+  per-task copy (``VmapExecutor._per_task_factored``): the same numbers, without the per-task copies
+  of the largest weight that otherwise dominate the time on a CPU.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -45,6 +44,29 @@ def clip_by_global_norm(grads: list, max_norm: float | None) -> list:
     norm = torch.sqrt(sum((g**2).sum() for g in grads if g is not None))
     scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
     return [None if g is None else g * scale for g in grads]
+
+
+class Factored(NamedTuple):
+    """Where ``VmapExecutor`` keeps the first adapted linear layer factored: its parameter names, the
+    layers after it (``None``: it is the last), the name prefix of those layers' parameters and, under
+    scope ``all``, the model's body (the layer's input, adapted too)."""
+
+    weight: str
+    bias: str | None
+    tail: nn.Module | None
+    pre: str
+    body: nn.Module | None
+
+
+class _BodyOf(nn.Module):
+    """``model.body`` as a module's forward (for ``functional_call``); parameters named ``model.*``."""
+
+    def __init__(self, model: BaseRecommender) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, user: Features, item: Features) -> torch.Tensor:
+        return self.model.body(user, item)
 
 
 class Executor:
@@ -198,13 +220,19 @@ class VmapExecutor(Executor):
         self.chunk_size = chunk_size
         self.factored = self._factorable_first_linear()  # None: every adapted weight is copied per task
 
-    def _factorable_first_linear(self) -> tuple[str, str | None, nn.Module | None] | None:
-        """``(weight name, bias name, tail module)`` when the adapted module starts with a plain
-        ``nn.Linear`` whose input does not change during adaptation (a non-adapted prefix exists) and
-        whose weight adapts with a scalar rate; else ``None``."""
+    def _factorable_first_linear(self) -> Factored | None:
+        """Where the first adapted ``nn.Linear`` can be kept factored: the adapted module is that layer
+        (scope ``output``), an ``nn.Sequential`` starting with it (``head``), or the whole model whose
+        head starts with it (``all``; the body before it adapts too), and its weight adapts with a
+        scalar rate (not Meta-SGD). ``None`` otherwise."""
         m = self.module
-        if self.prefix is None or hasattr(self.wrapper, "lrs"):
+        if hasattr(self.wrapper, "lrs"):
             return None
+        body, pre = None, ""
+        if self.prefix is None:
+            if not isinstance(m, BaseRecommender) or not isinstance(getattr(m, "head", None), nn.Sequential):
+                return None
+            body, pre, m = _BodyOf(m), "head.", m.head
         if type(m) is nn.Linear:
             first, tail, dot = m, None, ""
         elif isinstance(m, nn.Sequential) and len(m) > 0 and type(m[0]) is nn.Linear:
@@ -212,11 +240,11 @@ class VmapExecutor(Executor):
             first, tail, dot = m[0], m[1:], f"{key}."
         else:
             return None
-        w = f"{dot}weight"
-        b = f"{dot}bias" if first.bias is not None else None
+        w = f"{pre}{dot}weight"
+        b = f"{pre}{dot}bias" if first.bias is not None else None
         if w not in self._adapted:
             return None
-        return w, b, tail
+        return Factored(w, b, tail, pre, body)
 
     def _lrs(self) -> dict[str, Any]:
         lrs = getattr(self.wrapper, "lrs", None)
@@ -271,46 +299,79 @@ class VmapExecutor(Executor):
     def _per_task_factored(self, steps: int, first_order: bool, lrs: dict, fixed: dict, materialise: bool):
         """The inner loop of ``_per_task`` with the first linear layer's adapted weight kept factored.
 
-        That layer's input X (the support's prefix features) is the same at every step, so its gradient
-        is delta^T X (delta: the loss's gradient with respect to the layer's output) and after k steps
-        W_k = W - A^T X with A = lr * sum_j delta_j, ``[S, out]``. The layer's output on any input x is
-        then x W^T - (x X^T) A: no per-task copy of W is ever made. First order: A and X are constants,
-        as learn2learn's detached gradient delta^T X is. ``materialise``: return W_k itself
-        among the adapted parameters (for Reptile and scoring); otherwise the weight is left out."""
-        w, b, tail = self.factored
+        The layer's weight gradient on the support is delta^T X (X: its input, delta: the loss's
+        gradient with respect to its output), so after k steps W_k = W - sum_j A_j^T X_j with
+        A_j = lr * delta_j, ``[S, out]``, and its output on any input x is x W^T - sum_j (x X_j^T) A_j:
+        no per-task copy of W is ever made. Under ``head``/``output`` X is the same at every step (the
+        non-adapted prefix's features), so the A_j add up into one term and the Gram matrices are
+        computed once; under ``all`` X_j is the adapted body's output at step j, so the terms pile up
+        and, once their rank would pass out*in/(out+in) (where the factors stop being smaller than W),
+        they are summed into a per-task copy of W that later steps update directly. First order: A_j
+        and X_j are constants, as learn2learn's detached gradient is. ``materialise``: also return W_k
+        itself (for Reptile and scoring); otherwise the weight is left out of the adapted parameters."""
+        f = self.factored
+        w, b, tail, body = f.weight, f.bias, f.tail, f.body
         lr = lrs[w]
         tail_names = [] if tail is None else [n for n, _ in tail.named_parameters()]
+        body_names = [] if body is None else [n for n in self.all_names if not n.startswith(f.pre)]
         adapts_bias = b is not None and b in self._adapted
         clip = self.inner_grad_clip
+        out_dim, in_dim = dict(self.module.named_parameters())[w].shape
+        max_rank = out_dim * in_dim / (out_dim + in_dim)
 
         def rest_of_module(rest, pre):  # the layers after the first, from its pre-activation output
             if tail is None:
                 return pre.squeeze(-1)
             params = {**fixed, **rest}
-            return functional_call(tail, {n: params[n] for n in tail_names}, (pre,)).squeeze(-1)
+            return functional_call(tail, {n: params[f.pre + n] for n in tail_names}, (pre,)).squeeze(-1)
 
-        def support_loss(rest, pre, y, m):
-            return self.loss_fn(rest_of_module(rest, pre), y, m)
+        def features(rest, args):  # the first layer's input
+            if body is None:
+                return args[0]
+            params = {**fixed, **rest}
+            uc, um, ic, im = args
+            body_params = {f"model.{n}": params[n] for n in body_names}
+            return functional_call(body, body_params, (Features(uc, um), Features(ic, im)))
 
         def task(params, s_args, s_y, s_m, q_args, q_y, q_m):
-            (xs,), (xq,) = s_args, q_args
             weight = params[w]
             bias = (params[b] if adapts_bias else fixed[b]) if b is not None else None
             rest = {n: v for n, v in params.items() if n not in (w, b)}
-            xc = xs.detach() if first_order else xs
-            zs, zq = xs @ weight.T, xq @ weight.T
-            gs = xs @ xc.T if steps > 1 or clip is not None else None  # X X^T, needed after the first step
-            a = None
+            terms: list = []  # (A_j, X_j as used in the correction)
+            dense = None  # the per-task copy of W, once the terms are folded into one (under ``all``)
+            fixed_x = body is None
+            if fixed_x:
+                xs = features(rest, s_args)
+                xc = xs.detach() if first_order else xs
+                zs = xs @ weight.T
+                gs = xs @ xc.T if steps > 1 or clip is not None else None  # X X^T, needed after the first step
 
-            def first_layer(z, gram):
-                h = z if bias is None else z + bias
-                return h if a is None else h - gram @ a
+            def first_layer(x, grams=None):
+                if fixed_x and x is xs:
+                    h = zs
+                else:
+                    h = x @ (weight if dense is None else dense).T
+                if bias is not None:
+                    h = h + bias
+                if grams is None:
+                    grams = [x @ xt.T for _, xt in terms]
+                for (a, _), gram in zip(terms, grams):
+                    h = h - gram @ a
+                return h
 
+            def support_loss(rest, u):
+                x = features(rest, s_args)
+                pre = first_layer(x, [gs] * len(terms) if fixed_x else None)
+                return self.loss_fn(rest_of_module(rest, pre + u), s_y, s_m), x
+
+            rank_step = s_y.shape[-1]  # each step adds a term of rank <= the (padded) support size
             for _ in range(steps):
-                g, delta = grad(support_loss, argnums=(0, 1))(rest, first_layer(zs, gs), s_y, s_m)
+                u = torch.zeros(rank_step, out_dim, dtype=weight.dtype, device=weight.device)
+                (g, delta), x = grad(support_loss, argnums=(0, 1), has_aux=True)(rest, u)
                 gb = delta.sum(0) if adapts_bias else None
                 if clip is not None:
-                    norm2 = ((delta @ delta.T) * gs).sum() + sum((v**2).sum() for v in g.values())
+                    gram = gs if fixed_x else x @ x.T
+                    norm2 = ((delta @ delta.T) * gram).sum() + sum((v**2).sum() for v in g.values())
                     if gb is not None:
                         norm2 = norm2 + (gb**2).sum()
                     scale = torch.clamp(clip / (torch.sqrt(norm2) + 1e-6), max=1.0)
@@ -319,13 +380,23 @@ class VmapExecutor(Executor):
                 if first_order:
                     delta, g = delta.detach(), {n: v.detach() for n, v in g.items()}
                     gb = None if gb is None else gb.detach()
-                a = lr * delta if a is None else a + lr * delta
+                if fixed_x:
+                    terms = [(lr * delta if not terms else terms[0][0] + lr * delta, xc)]
+                else:
+                    x_used = x.detach() if first_order else x
+                    if dense is None and (len(terms) + 1) * rank_step <= max_rank:
+                        terms.append((lr * delta, x_used))
+                    else:
+                        start = weight if dense is None else dense
+                        dense = start - sum(a.T @ xt for a, xt in [*terms, (lr * delta, x_used)])
+                        terms = []
                 if gb is not None:
                     bias = bias - lrs[b] * gb
                 rest = {n: rest[n] - lrs[n] * g[n] for n in rest}
-            out = rest_of_module(rest, first_layer(zq, xq @ xc.T))
+            xq = features(rest, q_args)
+            out = rest_of_module(rest, first_layer(xq))
             if materialise:
-                rest[w] = weight - a.T @ xc
+                rest[w] = (weight if dense is None else dense) - sum(a.T @ xt for a, xt in terms)
                 if adapts_bias:
                     rest[b] = bias
             return rest, self.loss_fn(out, q_y, q_m), out
