@@ -2,7 +2,8 @@
 each movie's "title. Genres: ..." as an item field (MAML, the amortised learner and the ``global``
 baseline), with and without item-id dropout; the Transformer base recommender against the MLP
 (``global``, with and without text; a MAML run of the Transformer with every parameter adapting costs
-about 9 min here, see ``transformer_cost.py``, so MAML runs it with LoRA adapters). 3 seeds, one split. Item-cold and user-item-cold MAE and nDCG@3 (new items' ids are hidden, so only their content
+about 9 min here, see ``transformer_cost.py``, so MAML runs it with LoRA adapters). 3 seeds, one split.
+Item-cold and user-item-cold MAE and nDCG@3 (new items' ids are hidden, so only their content
 describes them). Writes ``benchmarks/results/large_models.md`` and the README section.
 
     METAREC_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/large_models_ml100k.py

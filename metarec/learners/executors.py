@@ -41,21 +41,29 @@ def clip_by_global_norm(grads: list, max_norm: float | None) -> list:
     (differentiably, so the meta-gradient sees the clipping). ``None`` entries are kept."""
     if max_norm is None:
         return grads
-    norm = torch.sqrt(sum((g**2).sum() for g in grads if g is not None))
-    scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    scale = clip_scale(sum((g**2).sum() for g in grads if g is not None), max_norm)
     return [None if g is None else g * scale for g in grads]
+
+
+def clip_scale(squared_norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """The factor that brings a gradient of this squared L2 norm down to at most ``max_norm``."""
+    return torch.clamp(max_norm / (torch.sqrt(squared_norm) + 1e-6), max=1.0)
 
 
 class Factored(NamedTuple):
     """Where ``VmapExecutor`` keeps the first adapted linear layer factored: its parameter names, the
-    layers after it (``None``: it is the last), the name prefix of those layers' parameters and, under
-    scope ``all``, the model's body (the layer's input, adapted too)."""
+    layers after it (``None``: it is the last) with their parameters' names inside ``tail`` (``pre`` +
+    name in the adapted module), under scope ``all`` the model's body (the layer's input, adapted too)
+    with its parameters' names, and the rank up to which the factors are smaller than the weight."""
 
     weight: str
     bias: str | None
     tail: nn.Module | None
+    tail_names: list[str]
     pre: str
     body: nn.Module | None
+    body_names: list[str]
+    max_rank: float
 
 
 class _BodyOf(nn.Module):
@@ -244,7 +252,10 @@ class VmapExecutor(Executor):
         b = f"{pre}{dot}bias" if first.bias is not None else None
         if w not in self._adapted:
             return None
-        return Factored(w, b, tail, pre, body)
+        tail_names = [] if tail is None else [n for n, _ in tail.named_parameters()]
+        body_names = [] if body is None else [n for n in self.all_names if not n.startswith(pre)]
+        out_dim, in_dim = first.weight.shape
+        return Factored(w, b, tail, tail_names, pre, body, body_names, out_dim * in_dim / (out_dim + in_dim))
 
     def _lrs(self) -> dict[str, Any]:
         lrs = getattr(self.wrapper, "lrs", None)
@@ -312,25 +323,21 @@ class VmapExecutor(Executor):
         f = self.factored
         w, b, tail, body = f.weight, f.bias, f.tail, f.body
         lr = lrs[w]
-        tail_names = [] if tail is None else [n for n, _ in tail.named_parameters()]
-        body_names = [] if body is None else [n for n in self.all_names if not n.startswith(f.pre)]
         adapts_bias = b is not None and b in self._adapted
         clip = self.inner_grad_clip
-        out_dim, in_dim = dict(self.module.named_parameters())[w].shape
-        max_rank = out_dim * in_dim / (out_dim + in_dim)
 
         def rest_of_module(rest, pre):  # the layers after the first, from its pre-activation output
             if tail is None:
                 return pre.squeeze(-1)
             params = {**fixed, **rest}
-            return functional_call(tail, {n: params[f.pre + n] for n in tail_names}, (pre,)).squeeze(-1)
+            return functional_call(tail, {n: params[f.pre + n] for n in f.tail_names}, (pre,)).squeeze(-1)
 
         def features(rest, args):  # the first layer's input
             if body is None:
                 return args[0]
             params = {**fixed, **rest}
             uc, um, ic, im = args
-            body_params = {f"model.{n}": params[n] for n in body_names}
+            body_params = {f"model.{n}": params[n] for n in f.body_names}
             return functional_call(body, body_params, (Features(uc, um), Features(ic, im)))
 
         def task(params, s_args, s_y, s_m, q_args, q_y, q_m):
@@ -346,11 +353,8 @@ class VmapExecutor(Executor):
                 zs = xs @ weight.T
                 gs = xs @ xc.T if steps > 1 or clip is not None else None  # X X^T, needed after the first step
 
-            def first_layer(x, grams=None):
-                if fixed_x and x is xs:
-                    h = zs
-                else:
-                    h = x @ (weight if dense is None else dense).T
+            def first_layer(x, z=None, grams=None):  # z: x W^T when already known
+                h = x @ (weight if dense is None else dense).T if z is None else z
                 if bias is not None:
                     h = h + bias
                 if grams is None:
@@ -361,12 +365,12 @@ class VmapExecutor(Executor):
 
             def support_loss(rest, u):
                 x = features(rest, s_args)
-                pre = first_layer(x, [gs] * len(terms) if fixed_x else None)
+                pre = first_layer(x, zs, [gs] * len(terms)) if fixed_x else first_layer(x)
                 return self.loss_fn(rest_of_module(rest, pre + u), s_y, s_m), x
 
             rank_step = s_y.shape[-1]  # each step adds a term of rank <= the (padded) support size
+            u = torch.zeros(rank_step, weight.shape[0], dtype=weight.dtype, device=weight.device)  # d/du: delta
             for _ in range(steps):
-                u = torch.zeros(rank_step, out_dim, dtype=weight.dtype, device=weight.device)
                 (g, delta), x = grad(support_loss, argnums=(0, 1), has_aux=True)(rest, u)
                 gb = delta.sum(0) if adapts_bias else None
                 if clip is not None:
@@ -374,7 +378,7 @@ class VmapExecutor(Executor):
                     norm2 = ((delta @ delta.T) * gram).sum() + sum((v**2).sum() for v in g.values())
                     if gb is not None:
                         norm2 = norm2 + (gb**2).sum()
-                    scale = torch.clamp(clip / (torch.sqrt(norm2) + 1e-6), max=1.0)
+                    scale = clip_scale(norm2, clip)
                     delta, g = delta * scale, {n: v * scale for n, v in g.items()}
                     gb = None if gb is None else gb * scale
                 if first_order:
@@ -384,7 +388,7 @@ class VmapExecutor(Executor):
                     terms = [(lr * delta if not terms else terms[0][0] + lr * delta, xc)]
                 else:
                     x_used = x.detach() if first_order else x
-                    if dense is None and (len(terms) + 1) * rank_step <= max_rank:
+                    if dense is None and (len(terms) + 1) * rank_step <= f.max_rank:
                         terms.append((lr * delta, x_used))
                     else:
                         start = weight if dense is None else dense
