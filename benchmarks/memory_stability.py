@@ -60,9 +60,9 @@ def child(executor: str, n_batches: int, extra: list[str]) -> dict:
 
     from metarec.config import compose
     from metarec.data.datamodule import ListDataset
-    from metarec.train import _quiet_lightning, build
+    from metarec.assembly import build, quiet_lightning
 
-    _quiet_lightning()
+    quiet_lightning()
     cfg = compose([*LEARNER_ARGS, f"learner.executor={executor}", *extra])
     dm, learner = build(cfg)
     tasks = dm.split.episodes["val"]
@@ -179,7 +179,7 @@ def run_child(executor: str, n_batches: int, extra: list[str]) -> dict:
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("MKL_NUM_THREADS", "1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-    env.setdefault("METAREC_CONFIG_DIR", str(REPO / "configs"))
+    env.setdefault("METAREC_CONFIG_DIR", str(REPO / "metarec" / "configs"))
     out = subprocess.run(
         [sys.executable, __file__, "--_child", executor, "--batches", str(n_batches), *extra],
         check=False, capture_output=True, text=True, env=env, cwd=str(REPO),

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from metarec.config import data_config, to_object
+from metarec.assembly import build, check_checkpoint, learner_label, quiet_lightning
 from metarec.data.datamodule import VAL_SCENARIO, ColdStartDataModule
 from metarec.errors import ConfigError, MetarecError
-from metarec.learners import LEARNERS, LearnerContext, MetaLearner
-from metarec.models import MODELS
+from metarec.learners import MetaLearner
 from metarec.runs import (
     RUN_DIR_ENV, atomic_checkpoint_io, atomic_write_text, is_rank_zero, job_run_name, named_run_dir, new_run_dir,
     resume_target, wait_for_run_dir, write_final_metrics,
@@ -31,64 +27,6 @@ def monitor_key(loss: str) -> str:
     """What checkpointing and early stopping watch: warm-validation MAE for ratings; the validation BCE
     (a proper scoring rule, unlike MAE on probabilities) for implicit feedback."""
     return MONITOR if loss == "mse" else f"val/{VAL_SCENARIO}/loss"
-
-
-def _quiet_lightning() -> None:
-    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*TreeSpec.*")
-    warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")  # a skipped non-finite step
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # small data: epoch logs still come
-
-
-def build(cfg: DictConfig) -> tuple[ColdStartDataModule, MetaLearner]:
-    """Data module (already set up) and learner for ``cfg``."""
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = ColdStartDataModule(data_config(cfg.data), seed=cfg.seed)
-    dm.setup()
-    ds = dm.dataset
-    model_entry = MODELS.get(cfg.model.name)
-    model = model_entry.factory(ds.schema, to_object(cfg.model, model_entry.config_cls))
-    if dm.loss == "bce":  # labels 0/1 with per_positive negatives per positive: start at the base rate
-        rating_range, base = (0.0, 1.0), 1.0 / (1.0 + dm.cfg.negatives.per_positive)
-        model.set_output_bias(math.log(base / (1.0 - base)))
-    else:
-        rating_range, base = tuple(ds.rating_range), dm.train_rating_mean()
-        model.set_output_bias(base)
-    ctx = LearnerContext(
-        rating_range=rating_range,
-        train_rating_mean=base,
-        val_scenarios=[VAL_SCENARIO],
-        test_scenarios=dm.scenarios,
-        train_items=dm.split.train_ratings(),
-        n_items=ds.n_items,
-        label=learner_label(cfg),
-        nonfinite=cfg.trainer.nonfinite,
-        max_nonfinite=cfg.trainer.max_nonfinite,
-        hint=_nonfinite_hint(cfg),
-        ranking_ks=tuple(int(k) for k in cfg.data.ranking_ks),
-        all_items=dm.collate.tables.items(torch.arange(ds.n_items)),
-        new_item_mask=torch.as_tensor(dm.split.new_item_mask),
-        relevance_threshold=float(cfg.data.relevance_threshold),
-        implicit=bool(getattr(ds, "implicit", False)),
-        loss=dm.loss,
-    )
-    entry = LEARNERS.get(cfg.learner.name)
-    learner = entry.factory(model, ctx, to_object(cfg.learner, entry.config_cls))
-    return dm, learner
-
-
-def _nonfinite_hint(cfg: DictConfig) -> str:
-    parts = []
-    if "inner_lr" in cfg.learner:
-        parts.append(f"lower learner.inner_lr (now {cfg.learner.inner_lr})")
-    parts.append(f"lower learner.lr (now {cfg.learner.get('lr', '-')})")
-    parts.append("set trainer.gradient_clip_val")
-    if "inner_grad_clip" in cfg.learner:
-        parts.append("set learner.inner_grad_clip")
-    return ", ".join(parts[:-1]) + " or " + parts[-1]
 
 
 def _logger(cfg: DictConfig, run_dir: Path):
@@ -148,34 +86,6 @@ def _trainer(cfg: DictConfig, run_dir: Path, trainable: bool, monitor: str = MON
     return trainer, checkpoint
 
 
-def check_checkpoint(path: str | Path) -> None:
-    """Refuse, with one clear line, a checkpoint that is missing, truncated or corrupt, or that carries
-    anything but tensors and plain data (it is only ever read with ``torch.load(weights_only=True)``)."""
-    import pickle
-
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise MetarecError(f"checkpoint {path} does not exist") from None
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise MetarecError(
-                f"checkpoint {path} holds objects other than tensors and plain data; refusing to load it "
-                f"(loaded with weights_only=True): {first}"
-            ) from None
-        raise MetarecError(f"checkpoint {path} is truncated or corrupt: {first}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MetarecError(f"checkpoint {path} is truncated or corrupt: {first}") from None
-
-
-def learner_label(cfg: DictConfig) -> str:
-    """The learner's option name (e.g. ``fomaml``, ``melu5``), else its registry name."""
-    choices = cfg.get("choices") or {}
-    return str(choices.get("learner") or cfg.learner.name)
-
-
 def _test(trainer: pl.Trainer, learner: MetaLearner, dm: ColdStartDataModule, ckpt, support_size) -> dict:
     """One test pass over every scenario; with ``support_size`` K, metrics are named ``test_kK/...``."""
     dm.test_support_size = support_size
@@ -225,7 +135,7 @@ def _run_dir(cfg: DictConfig, label: str, rank_zero: bool) -> Path:
 
 
 def _fit(cfg: DictConfig) -> Path:
-    _quiet_lightning()
+    quiet_lightning()
     label = learner_label(cfg)
     rank_zero = is_rank_zero()
     resume_from = None

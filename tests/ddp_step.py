@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from metarec.config import compose
-from metarec.train import _quiet_lightning, _trainer, build
+from metarec.assembly import build, quiet_lightning
+from metarec.train import _trainer
 
 
 def main() -> None:
@@ -23,7 +24,7 @@ def main() -> None:
         f"trainer.strategy={'ddp' if devices > 1 else 'auto'}", "trainer.max_steps=1", "trainer.precision=64-true",
         "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", f"run.root={out}", *overrides,
     ])
-    _quiet_lightning()
+    quiet_lightning()
     dm, learner = build(cfg)
     trainer, _ = _trainer(cfg, out / f"run{devices}", False)
     init = {n: p.detach().double().clone() for n, p in learner.named_parameters()}

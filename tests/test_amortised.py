@@ -98,7 +98,10 @@ def test_support_is_a_set_padding_is_ignored_and_tasks_are_independent(name):
     assert not torch.allclose(learner.meta_step(flipped, train=False)[1], out)
 
     # full ranking scores the query items as the query path does
-    scores = learner.score_candidates(batch, FeatureTables(ds).items(torch.arange(ds.items.categorical.shape[0])))
+    n_items = ds.items.categorical.shape[0]
+    ids = torch.arange(n_items).expand(batch.n_tasks, n_items)
+    state = learner.adapt(batch.user, batch.support())
+    scores = learner.rank_score(state, ids, FeatureTables(ds).items(torch.arange(n_items)).for_tasks(batch.n_tasks))
     scores = scores.double()
     for t in range(batch.n_tasks):
         q = batch.item_ids[t, s:][batch.query_mask[t, s:]]

@@ -8,6 +8,7 @@ with its latent path), and the ``global``, ``user_mean`` and ``item_mean`` basel
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -15,30 +16,37 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from cli_helpers import cli_env, run_cli
 
 import metarec
-from metarec.config import compose
+from metarec.config import compose, config_dir
 from metarec.data.splits import Task
 from metarec.errors import MetarecError
 from metarec.recommend import AdaptedUser, Recommender
 from metarec.train import fit
 
 TINY = ["data.params.n_users=200", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+LORA_MODEL = ["model=transformer", "model.d_model=16", "model.heads=2", "model.ffn=32", "model.lora_rank=2"]
+
+
+def _learner_options() -> dict[str, list[str]]:
+    """Every learner option of the zoo (LoRA-scoped ones on a LoRA Transformer)."""
+    out = {}
+    for path in sorted((config_dir() / "learner").glob("*.yaml")):
+        lora = yaml.safe_load(path.read_text()).get("scope") == "lora"
+        out[path.stem] = [f"learner={path.stem}", *(LORA_MODEL if lora else [])]
+    return out
+
+
+# every learner of the zoo, and variants that exercise other serving paths
 RUNS = {
-    "maml": [],
+    **_learner_options(),
     "head": ["learner.scope=head", "learner.eval_inner_steps=2"],
-    "metasgd": ["learner=metasgd", "learner.inner_grad_clip=0.5"],
-    "anil": ["learner=anil"],
-    "global": ["learner=global"],
-    "user_mean": ["learner=user_mean"],
-    "item_mean": ["learner=item_mean"],
-    "tf_lora": ["model=transformer", "model.d_model=16", "model.heads=2", "model.ffn=32", "model.lora_rank=2",
-                "learner.scope=lora"],
-    "amortised": ["learner=amortised"],
-    "tanp": ["learner=tanp"],
+    "metasgd_clip": ["learner=metasgd", "learner.inner_grad_clip=0.5"],
+    "tf_lora": [*LORA_MODEL, "learner.scope=lora"],
 }
-ADAPTING = ("maml", "head", "metasgd", "tf_lora", "amortised", "tanp")
+ADAPTING = ("maml", "head", "metasgd_clip", "tf_lora", "amortised", "tanp")
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +91,7 @@ def test_load_restores_the_run(runs, recs) -> None:
     for k, v in rec.learner.state_dict().items():
         assert torch.equal(v, state[k]), k
     assert rec.datamodule.split.manifest["content_hash"] in (runs["maml"] / "split_manifest.json").read_text()
-    assert [recs[n].scope for n in ("maml", "head", "metasgd", "anil")] == ["all", "head", "all", "output"]
-    assert (recs["maml"].steps, recs["head"].steps) == (1, 2)
-    assert recs["head"]._item_enc is not None and recs["maml"]._item_enc is None  # cached when not adapted
+    assert (recs["maml"].learner.eval_steps, recs["head"].learner.eval_steps) == (1, 2)
     assert recs["user_mean"].checkpoint is None  # nothing to train, nothing to load
 
 
@@ -113,22 +119,40 @@ def test_load_refuses_missing_or_unfinished_runs(runs, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-def test_adapted_predictions_equal_the_learner_test_path(recs, name) -> None:
+def test_serving_equals_the_learner_test_path(recs, name) -> None:
+    """Every learner is served through its own adapt/score: what a user gets from ``Recommender`` equals
+    what the learner computes for the same user at test time (collated with other users, padded)."""
     rec = recs[name]
+    learner = rec.learner
     lo, hi = rec.rating_range
-    for task in _tasks(rec):
-        batch = rec.datamodule.collate([task])
-        with torch.enable_grad():
-            _, preds = rec.learner.meta_step(batch, train=False)
-        expected = preds[0, : len(task.query_items)].detach().numpy()
+    tasks = _tasks(rec)
+    batch = rec.datamodule.collate(tasks)
+    state, _, out = learner.evaluate(batch)
+    with torch.no_grad():
+        ranked = learner.rank_score(state, *batch.query())
+    for t, task in enumerate(tasks):
+        n = len(task.query_items)
         user = rec.adapt(_support(rec, task), _user_features(rec, task.user))
         query = rec.item_ids[task.query_items]
+        np.testing.assert_allclose(rec._scores(user, task.query_items, rank=True), ranked[t, :n].numpy(),
+                                   rtol=1e-5, atol=1e-5)
+        if not learner.predicts_ratings:
+            with pytest.raises(MetarecError, match="does not predict ratings"):
+                user.predict(query)
+            continue
+        expected = out[t, :n].detach().numpy()
         got = user.predict(query, clip=False)
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
         np.testing.assert_allclose(user.predict(query), np.clip(expected, lo, hi), rtol=0, atol=1e-5)
         if name in (*ADAPTING, "anil", "user_mean"):  # the ratings matter
             flipped = [(i, lo + hi - r) for i, r in _support(rec, task)]
             assert not np.allclose(rec.adapt(flipped, _user_features(rec, task.user)).predict(query), got)
+
+
+def test_recommend_has_no_learner_class_checks() -> None:
+    source = (Path(metarec.__file__).parent / "recommend.py").read_text()
+    assert not re.search(r"isinstance\((self\.)?learner|type\((self\.)?learner\)", source)
+    assert "from metarec.learners" not in source and "hasattr(" not in source
 
 
 def test_baseline_rules(recs) -> None:

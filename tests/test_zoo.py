@@ -20,7 +20,7 @@ from metarec.runs import finished_runs
 from metarec.train import fit
 from test_learners import closed_form, ctx, linear_head_model, tiny_batch, tiny_dataset
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent / "metarec" / "configs"
 
 
 def test_reptile_update_matches_closed_form_on_linear_regression_tasks():
@@ -126,7 +126,7 @@ def test_inner_loop_leaves_everything_outside_the_scope_untouched(scope):
     learner = build_learner("maml", model, ctx(ds), cfg)
     adapter = learner.executor
     x = adapter.prefix_features(batch, detach=False)
-    fast = adapter.adapt(batch, x, 0, steps=3, first_order=False)
+    fast = adapter.adapt_task(batch, x, 0, steps=3, first_order=False)
     adapted = set(model.adapted_parameter_names(scope))
     named = dict(model.named_parameters())
     # the clone holds exactly the adapted parameters, and they moved

@@ -15,7 +15,39 @@ import torch
 from metarec.data.schema import RecDataset
 from metarec.data.splits import Task
 from metarec.errors import DataError
-from metarec.models.base import Features
+from metarec.data.features import Features
+
+
+@dataclass
+class Support:
+    """What a learner adapts to: each task's support items (codes ``[T, S]`` and features), their
+    ratings (0/1 labels under implicit feedback, sampled negatives included) and a mask of real entries."""
+
+    item_ids: torch.Tensor  # [T, S]
+    items: Features  # [T, S, Fi], [T, S, Mi]
+    ratings: torch.Tensor  # [T, S] float
+    mask: torch.Tensor  # [T, S] bool
+
+    @property
+    def n_tasks(self) -> int:
+        return int(self.item_ids.shape[0])
+
+    def positives(self, implicit_labels: bool, threshold: float) -> torch.Tensor:
+        """Bool ``[T, S]``: the support entries that count as relevant — label 1 under implicit labels,
+        else a rating of at least ``threshold``."""
+        return self.mask & (self.ratings > 0.5 if implicit_labels else self.ratings >= threshold)
+
+    def as_batch(self, user: Features) -> "EpisodeBatch":
+        """An ``EpisodeBatch`` with this support and an empty (fully masked) one-wide query block, for
+        code that runs on whole episodes (the executors' inner loops)."""
+        t, s = self.item_ids.shape
+        pad = lambda x: torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)  # noqa: E731
+        mask = pad(self.mask)
+        return EpisodeBatch(
+            user_ids=torch.full((t,), -1, dtype=torch.long, device=self.item_ids.device), user=user,
+            item_ids=pad(self.item_ids), item=Features(pad(self.items.categorical), pad(self.items.multihot)),
+            ratings=pad(self.ratings), support_mask=mask, query_mask=torch.zeros_like(mask), n_support=s,
+        )
 
 
 @dataclass
@@ -38,6 +70,17 @@ class EpisodeBatch:
         sl = slice(0, self.n_support) if which == "support" else slice(self.n_support, None)
         mask = self.support_mask if which == "support" else self.query_mask
         return self.item.index((slice(None), sl)), self.ratings[:, sl], mask[:, sl]
+
+    def support(self) -> Support:
+        """The support block as what ``MetaLearner.adapt`` takes."""
+        s = self.n_support
+        return Support(self.item_ids[:, :s], self.item.index((slice(None), slice(0, s))), self.ratings[:, :s],
+                       self.support_mask[:, :s])
+
+    def query(self) -> tuple[torch.Tensor, Features]:
+        """The query block's item codes ``[T, Q]`` and features, as ``MetaLearner.score`` takes them."""
+        s = self.n_support
+        return self.item_ids[:, s:], self.item.index((slice(None), slice(s, None)))
 
     def to(self, device) -> "EpisodeBatch":
         f = lambda x: x.to(device)  # noqa: E731

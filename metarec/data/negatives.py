@@ -122,3 +122,15 @@ class NegativeSampler:
         s_items, s_labels = join(s_rng, task.support_items, s_neg)
         q_items, q_labels = join(q_rng, task.query_items, q_neg)
         return Task(task.user, s_items, s_labels, q_items, q_labels)
+
+    def for_new_user(self, items: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """A new (served) user's support: the given items plus ``per_positive`` sampled existing items per
+        positive (label 0), as in a test support; seeded by ``seed`` and the items, so the same user always
+        gets the same negatives."""
+        import zlib
+
+        n = self.cfg.per_positive * int((labels > 0.5).sum())
+        key = zlib.crc32(np.sort(items).astype(np.int64).tobytes())
+        neg = self.sample(np.random.default_rng([int(seed), key, 2]), n, new_items=False, exclude=items)
+        return (np.concatenate([items.astype(np.int64), neg]),
+                np.concatenate([labels.astype(np.float32), np.zeros(len(neg), np.float32)]))

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from metarec.data.episodes import EpisodeBatch
+from metarec.data.episodes import EpisodeBatch, Support
 from metarec.errors import ConfigError
 from metarec.learners.base import LearnerContext, MetaLearner
-from metarec.models.base import BaseRecommender, Features
+from metarec.data.features import Features
+from metarec.models.base import BaseRecommender
 
 ENCODERS = ("mean", "attention")
 
@@ -168,29 +169,31 @@ class Amortised(MetaLearner):
                 x = x * (1.0 + gamma) + beta
         return x.squeeze(-1)
 
-    def adapt(self, user: Features, support: Features, ratings: torch.Tensor, mask: torch.Tensor) -> Context:
-        """Each task's context from its support (``[T, S]`` items, ratings, mask): the whole adaptation."""
-        return self.encode(self.model.body(user, support), ratings, mask)
+    def adapt(self, user: Features, support: Support) -> tuple[Features, Context]:
+        """Each task's context from its support: the whole adaptation (one forward pass, no graph)."""
+        with torch.no_grad():
+            return user, self.encode(self.model.body(user, support.items), support.ratings, support.mask)
 
-    def predict(self, user: Features, targets: Features, ctx: Context) -> torch.Tensor:
-        """Outputs ``[T, Q]`` for the ``targets`` items of each task, given its context."""
-        return self.decode(self.model.body(user, targets), ctx)
+    def score(self, state: tuple[Features, Context], item_ids: torch.Tensor, items: Features) -> torch.Tensor:
+        """Outputs ``[T, N]`` for the items of each task, given its context."""
+        user, ctx = state
+        return self.decode(self.model.body(user, items), ctx)
 
     # ---------------------------------------------------------------- learner
-    def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         s = batch.n_support
         body = self.model.body(batch.user, batch.item)  # [T, L, D]: support and query in one pass
         ctx = self.encode(body[:, :s], batch.ratings[:, :s], batch.support_mask[:, :s])
         _, y, m = batch.part("query")
         kl = None
-        if self.cfg.latent_dim and train:  # the posterior sees the query too; sample it, pull the prior towards it
+        if self.cfg.latent_dim:  # the posterior sees the query too; sample it, pull the prior towards it
             prior_mu, prior_sd = self._gaussian(ctx.pooled)
             every = batch.support_mask | batch.query_mask
             post_mu, post_sd = self._gaussian(masked_mean(self.entries(body, batch.ratings), every))
             ctx.z = post_mu + post_sd * torch.randn_like(post_sd)
             kl = (torch.log(prior_sd / post_sd) + (post_sd**2 + (post_mu - prior_mu) ** 2) / (2 * prior_sd**2)
                   - 0.5).sum(-1)
-        if train and self.cfg.targets == "all":
+        if self.cfg.targets == "all":
             every = self.decode(body, ctx)
             loss = self.loss_fn(every, batch.ratings, batch.support_mask | batch.query_mask).mean()
             out = every[:, s:]
@@ -203,10 +206,6 @@ class Amortised(MetaLearner):
                          sync_dist=self.world_size > 1)
             loss = loss + self.cfg.kl_weight * kl.mean()
         return loss, out
-
-    def score_candidates(self, batch: EpisodeBatch, items: Features) -> torch.Tensor:
-        support, ratings, mask = batch.part("support")
-        return self.predict(batch.user, items.for_tasks(batch.n_tasks), self.adapt(batch.user, support, ratings, mask))
 
 
 __all__ = ["Amortised", "AmortisedConfig", "Context"]

@@ -1,9 +1,20 @@
-"""The shared meta-learner LightningModule: train, validation and test all run ``meta_step``.
+"""The shared meta-learner LightningModule and the one learner contract, from training to serving.
 
-A learner implements ``meta_step(batch, train) -> (query_loss, query_predictions)``; this class does the
-rest: logging ``train/loss``, per-scenario metrics named ``{stage}/{scenario}/{metric}``, optimiser.
-Validation and test adapt with gradients enabled (``torch.enable_grad``) but keep no graph beyond the
-step: predictions and losses are detached before they reach the metrics.
+A learner implements
+
+- ``training_loss(batch) -> (query_loss, query_outputs)``: its meta-training objective on one
+  meta-batch (learners with ``needs_training = False`` have none);
+- ``adapt(user, support) -> state``: what it makes of each user's support set (adapted parameters, an
+  encoded context, fold-in scores, ...: opaque to everything else);
+- ``score(state, item_ids, items) -> outputs [T, N]``: raw outputs for any items (predicted ratings, or
+  logits under ``bce``); ``rank_score`` is what full ranking and ``Recommender.recommend`` order items
+  by (``score``, unless a learner ranks by something else: ``popularity`` by training counts).
+
+Validation, test, full ranking, support-size passes and ``metarec.Recommender`` call ``adapt`` and
+``score`` and nothing else, so a learner written outside the package is evaluated and served exactly
+like a built-in one. This class does the rest: logging ``train/loss``, per-scenario metrics named
+``{stage}/{scenario}/{metric}``, optimiser. Adaptation runs with gradients enabled
+(``torch.enable_grad``), scoring without; nothing keeps a graph beyond the step.
 """
 
 from __future__ import annotations
@@ -17,11 +28,12 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MetricCollection
 
-from metarec.data.episodes import EpisodeBatch
+from metarec.data.episodes import EpisodeBatch, Support
 from metarec.errors import ConfigError, NonFiniteError
 from metarec.metrics import rating_metrics
 from metarec.metrics.full_ranking import full_ranking_metrics
-from metarec.models.base import BaseRecommender, Features
+from metarec.data.features import Features
+from metarec.models.base import BaseRecommender
 
 
 @dataclass
@@ -33,6 +45,8 @@ class LearnerContext:
     val_scenarios: list[str]
     test_scenarios: list[str]
     train_items: Any = None  # (items, ratings) arrays seen by training; for statistics baselines
+    train_pool: Any = None  # {user code: (item codes, ratings)} of every training user (closed-form learners)
+    validation_batches: Any = None  # () -> iterable of EpisodeBatch: the validation users (for tuning on them)
     n_items: int = 0
     label: str = "learner"  # the learner option's name, for messages
     nonfinite: str = "skip"  # skip | fail: what a non-finite loss or meta-gradient does
@@ -89,6 +103,7 @@ def task_loss(name: str):
 class MetaLearner(pl.LightningModule):
     needs_training = True
     ranks_items = True  # False for learners whose scores cannot order items (no full-ranking metrics)
+    predicts_ratings = True  # False for rankers (e.g. item-item fold-in): no rating metrics, '-' in tables
     test_stage = "test"  # metric prefix of test passes; e.g. "test_k5" for a support-size-5 pass
 
     def __init__(self, model: BaseRecommender, ctx: LearnerContext, lr: float = 1e-3, weight_decay: float = 0.0):
@@ -98,17 +113,49 @@ class MetaLearner(pl.LightningModule):
         self.loss_fn = task_loss(ctx.loss)
         self.lr = lr
         self.weight_decay = weight_decay
-        self.val_metrics = nn.ModuleDict({s: rating_metrics() for s in ctx.val_scenarios})
-        self.test_metrics = nn.ModuleDict({s: rating_metrics() for s in ctx.test_scenarios})
+        rated = self.predicts_ratings
+        self.val_metrics = nn.ModuleDict({s: rating_metrics() for s in ctx.val_scenarios} if rated else {})
+        self.test_metrics = nn.ModuleDict({s: rating_metrics() for s in ctx.test_scenarios} if rated else {})
         self.rank_metrics = nn.ModuleDict(
             {s: MetricCollection(full_ranking_metrics(ctx.ranking_ks), compute_groups=False) for s in ctx.test_scenarios}
             if ctx.ranking_ks and self.ranks_items else {}
         )
 
     # ----------------------------------------------------------------- contract
+    def training_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The meta-training objective: mean query loss over tasks and query outputs ``[T, Q]``."""
+        raise NotImplementedError(f"{type(self).__name__} has no training objective")
+
+    def adapt(self, user: Features, support: Support) -> Any:
+        """Each task's state after reading its support. Default: no adaptation, the user's features."""
+        return user
+
+    def score(self, state: Any, item_ids: torch.Tensor, items: Features) -> torch.Tensor:
+        """Raw outputs ``[T, N]`` for items ``[T, N]`` (codes and features) given ``adapt``'s state.
+        Default: the base model as it is."""
+        return self.model(state, items)
+
+    def rank_score(self, state: Any, item_ids: torch.Tensor, items: Features) -> torch.Tensor:
+        """What items are ranked by (full ranking, ``recommend``): ``score`` unless overridden."""
+        return self.score(state, item_ids, items)
+
+    def evaluate(self, batch: EpisodeBatch) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """``(state, mean query loss, query outputs [T, Q])``: adapt to each support, score its query."""
+        with torch.enable_grad():
+            state = self.adapt(batch.user, batch.support())
+        with torch.no_grad():
+            out = self.score(state, *batch.query())
+            _, y, m = batch.part("query")
+            loss = self.loss_fn(out, y.to(out.dtype), m).mean()
+        return state, loss, out
+
     def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the mean query loss over tasks and query predictions ``[T, Q]`` (query block)."""
-        raise NotImplementedError
+        """Mean query loss over tasks and query outputs ``[T, Q]``: the training objective, or (``train``
+        false) adaptation to each support and scoring of its query through ``adapt``/``score``."""
+        if train:
+            return self.training_loss(batch)
+        _, loss, out = self.evaluate(batch)
+        return loss, out
 
     # --------------------------------------------------------------- lightning
     @property
@@ -163,22 +210,23 @@ class MetaLearner(pl.LightningModule):
     def _eval_step(self, stage: str, batch: EpisodeBatch, dataloader_idx: int) -> None:
         names = self.ctx.val_scenarios if stage == "val" else self.ctx.test_scenarios
         scenario = names[dataloader_idx]
-        with torch.enable_grad():
-            loss, preds = self.meta_step(batch, train=False)
-        preds = self.to_prediction(preds.detach())
-        _, target, mask = batch.part("query")
-        metrics = (self.val_metrics if stage == "val" else self.test_metrics)[scenario]
-        metrics.update(preds.float(), target.float(), mask)
+        state, loss, out = self.evaluate(batch)
         prefix = self.test_stage if stage == "test" else stage
-        # under DDP averaged over processes (the monitor under bce: every process must agree on it)
-        self.log(f"{prefix}/{scenario}/loss", loss.detach(), batch_size=batch.n_tasks, add_dataloader_idx=False,
-                 sync_dist=self.world_size > 1)
+        if self.predicts_ratings:
+            _, target, mask = batch.part("query")
+            metrics = (self.val_metrics if stage == "val" else self.test_metrics)[scenario]
+            metrics.update(self.to_prediction(out.detach()).float(), target.float(), mask)
+            # under DDP averaged over processes (the monitor under bce: every process must agree on it)
+            self.log(f"{prefix}/{scenario}/loss", loss.detach(), batch_size=batch.n_tasks, add_dataloader_idx=False,
+                     sync_dist=self.world_size > 1)
         if stage == "test" and self.rank_metrics:
-            with torch.enable_grad():
-                items = self.ctx.all_items
-                dev = batch.item_ids.device
-                items = Features(items.categorical.to(dev), items.multihot.to(dev))
-                scores = self.score_candidates(batch, items).detach().float()
+            items = self.ctx.all_items
+            dev = batch.item_ids.device
+            t, n = batch.n_tasks, items.categorical.shape[0]
+            ids = torch.arange(n, device=dev).expand(t, n)
+            items = Features(items.categorical.to(dev), items.multihot.to(dev)).for_tasks(t)
+            with torch.no_grad():
+                scores = self.rank_score(state, ids, items).detach().float()
             candidates, relevant = self.ranking_targets(batch, scenario)
             self.rank_metrics[scenario].update(scores.masked_fill(~candidates, float("-inf")), relevant & candidates)
 
@@ -190,11 +238,6 @@ class MetaLearner(pl.LightningModule):
         return out.clamp(*self.ctx.rating_range)
 
     # ------------------------------------------------------------ full ranking
-    def score_candidates(self, batch: EpisodeBatch, items: Features) -> torch.Tensor:
-        """Scores ``[T, I]`` of every item for each task's user after adaptation. Default: the base model
-        as it is (learners that adapt override this)."""
-        return self.model(batch.user, items.for_tasks(batch.n_tasks))
-
     def ranking_targets(self, batch: EpisodeBatch, scenario: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(candidates, relevant)``, bool ``[T, I]``. Candidates: the scenario's items (new items in the
         item-cold scenarios, existing items otherwise) except the user's support items (its positives

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from metarec._l2l import l2l
-from metarec.data.episodes import EpisodeBatch
+from metarec.data.episodes import EpisodeBatch, Support
 from metarec.errors import ConfigError
-from metarec.learners.executors import make_executor, score_with
+from metarec.learners.executors import ExecutorSettings, ScalarRate, make_executor
 from metarec.learners.base import ELEMENTWISE, LearnerContext, MetaLearner
+from metarec.learners.gradient import GradientAdaptation
+from metarec.data.features import Features
 from metarec.models.base import SCOPES, BaseRecommender
 
 
@@ -32,15 +33,12 @@ class GlobalModel(MetaLearner):
     def __init__(self, model: BaseRecommender, ctx: LearnerContext, cfg: GlobalConfig) -> None:
         super().__init__(model, ctx, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         pred = self.model(batch.user, batch.item)  # [T, L]
-        if train:  # every training rating is a training example (support and query alike)
-            mask = (batch.support_mask | batch.query_mask).to(pred.dtype)
-            loss = (ELEMENTWISE[self.ctx.loss](pred, batch.ratings) * mask).sum() / mask.sum()
-            return loss, pred[:, batch.n_support :]
-        q = pred[:, batch.n_support :]
-        _, y, m = batch.part("query")
-        return self.loss_fn(q, y, m).mean(), q
+        # every training rating is a training example (support and query alike)
+        mask = (batch.support_mask | batch.query_mask).to(pred.dtype)
+        loss = (ELEMENTWISE[self.ctx.loss](pred, batch.ratings) * mask).sum() / mask.sum()
+        return loss, pred[:, batch.n_support :]
 
 
 @dataclass
@@ -69,13 +67,11 @@ class ItemMean(MetaLearner):
         """What the learner outputs for each item ``[I]``, whoever the user (also what serving shows)."""
         return self.item_means
 
-    def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        _, y, m = batch.part("query")
-        q = self.item_outputs()[batch.item_ids[:, batch.n_support :]]
-        return self.loss_fn(q, y, m).mean(), q
+    def adapt(self, user: Features, support: Support) -> None:
+        return None  # the same outputs whoever the user
 
-    def score_candidates(self, batch: EpisodeBatch, items) -> torch.Tensor:
-        return self.item_means.unsqueeze(0).expand(batch.n_tasks, -1)
+    def score(self, state: None, item_ids: torch.Tensor, items: Features) -> torch.Tensor:
+        return self.item_outputs()[item_ids]
 
     def configure_optimizers(self):
         return None
@@ -89,7 +85,7 @@ class FineTuneConfig(GlobalConfig):
     executor: str = "vmap"
 
 
-class FineTune(GlobalModel):
+class FineTune(GradientAdaptation, GlobalModel):
     def __init__(self, model: BaseRecommender, ctx: LearnerContext, cfg: FineTuneConfig) -> None:
         super().__init__(model, ctx, cfg)
         if cfg.scope not in SCOPES or cfg.finetune_steps < 0 or cfg.finetune_lr < 0:
@@ -98,16 +94,9 @@ class FineTune(GlobalModel):
             )
         self.cfg = cfg
         self.executor = make_executor(
-            cfg.executor, model, cfg.scope, l2l.algorithms.MAML, cfg.finetune_lr, True, loss=ctx.loss
+            cfg.executor, model, ExecutorSettings(cfg.scope, ScalarRate(cfg.finetune_lr), True, loss=ctx.loss)
         )
-
-    def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        if train:
-            return super().meta_step(batch, train=True)
-        return self.executor.run(batch, self.cfg.finetune_steps, first_order=True, detach=True)
-
-    def score_candidates(self, batch: EpisodeBatch, items) -> torch.Tensor:
-        return score_with(self.executor, batch, self.cfg.finetune_steps, items)
+        self.eval_steps = cfg.finetune_steps
 
 
 @dataclass
@@ -127,13 +116,14 @@ class UserMean(MetaLearner):
         as a logit."""
         return torch.logit(mean.clamp(1e-4, 1 - 1e-4)) if self.ctx.loss == "bce" else mean
 
-    def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        _, ys, ms = batch.part("support")
-        _, y, m = batch.part("query")
+    def adapt(self, user: Features, support: Support) -> torch.Tensor:
+        """Each task's support mean ``[T, 1]`` (the training mean for an empty support)."""
+        ys, ms = support.ratings, support.mask
         n = ms.sum(-1, keepdim=True)
-        mean = torch.where(n > 0, (ys * ms).sum(-1, keepdim=True) / n.clamp_min(1), self.ctx.train_rating_mean)
-        q = self.output(mean).expand_as(y).to(y.dtype)
-        return self.loss_fn(q, y, m).mean(), q
+        return torch.where(n > 0, (ys * ms).sum(-1, keepdim=True) / n.clamp_min(1), self.ctx.train_rating_mean)
+
+    def score(self, state: torch.Tensor, item_ids: torch.Tensor, items: Features) -> torch.Tensor:
+        return self.output(state).expand(item_ids.shape).to(torch.float32)
 
     def configure_optimizers(self):
         return None

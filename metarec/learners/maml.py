@@ -14,11 +14,11 @@ from typing import Optional
 
 import torch
 
-from metarec._l2l import l2l
 from metarec.data.episodes import EpisodeBatch
 from metarec.errors import ConfigError
-from metarec.learners.executors import make_executor, score_with
+from metarec.learners.executors import ExecutorSettings, ScalarRate, make_executor
 from metarec.learners.base import LearnerContext, MetaLearner
+from metarec.learners.gradient import GradientAdaptation
 from metarec.models.base import SCOPES, BaseRecommender
 
 
@@ -45,27 +45,23 @@ def check_inner(cfg) -> None:
         raise ConfigError(f"learner.inner_lr must be >= 0, got {cfg.inner_lr}")
 
 
-class MAML(MetaLearner):
-    wrapper_cls = l2l.algorithms.MAML
+class MAML(GradientAdaptation, MetaLearner):
+    rule = ScalarRate  # the inner update rule (Meta-SGD: learned rates)
 
     def __init__(self, model: BaseRecommender, ctx: LearnerContext, cfg: MAMLConfig) -> None:
         super().__init__(model, ctx, lr=cfg.lr, weight_decay=cfg.weight_decay)
         check_inner(cfg)
         self.cfg = cfg
-        self.executor = make_executor(
-            cfg.executor, model, cfg.scope, self.wrapper_cls, cfg.inner_lr, cfg.first_order, cfg.chunk_size,
-            cfg.inner_grad_clip, ctx.loss,
-        )
+        self.executor = make_executor(cfg.executor, model, ExecutorSettings(
+            cfg.scope, self.rule(cfg.inner_lr), cfg.first_order, cfg.inner_grad_clip, ctx.loss, cfg.chunk_size,
+        ))
         self.maml = self.executor.wrapper  # registered so its own parameters (e.g. MetaSGD lrs) train
+        self.eval_steps = self.steps(False)
 
     def steps(self, train: bool) -> int:
         if train or self.cfg.eval_inner_steps is None:
             return self.cfg.inner_steps
         return self.cfg.eval_inner_steps
 
-    def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        first_order = self.cfg.first_order or not train
-        return self.executor.run(batch, self.steps(train), first_order, detach=not train)
-
-    def score_candidates(self, batch: EpisodeBatch, items) -> torch.Tensor:
-        return score_with(self.executor, batch, self.steps(False), items, self.cfg.chunk_size)
+    def training_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.executor.run(batch, self.steps(True), self.cfg.first_order, detach=False)

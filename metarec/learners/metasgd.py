@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from metarec._l2l import l2l
+from metarec.learners.executors import LearnedRates
 from metarec.learners.maml import MAML, MAMLConfig
 
 
@@ -15,4 +15,4 @@ class MetaSGDConfig(MAMLConfig):
 
 
 class MetaSGD(MAML):
-    wrapper_cls = l2l.algorithms.MetaSGD
+    rule = LearnedRates

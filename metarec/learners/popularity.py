@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from metarec.data.episodes import EpisodeBatch
 from metarec.learners.base import LearnerContext
 from metarec.learners.baselines import ItemMean
+from metarec.data.features import Features
 from metarec.models.base import BaseRecommender
 
 
@@ -37,5 +37,6 @@ class Popularity(ItemMean):
     def item_outputs(self) -> torch.Tensor:
         return self.item_logits if self.ctx.loss == "bce" else self.item_means
 
-    def score_candidates(self, batch: EpisodeBatch, items) -> torch.Tensor:
-        return self.item_counts.unsqueeze(0).expand(batch.n_tasks, -1)
+    def rank_score(self, state: None, item_ids: torch.Tensor, items: Features) -> torch.Tensor:
+        """Items are ranked by their training interactions (the rating outputs are item means)."""
+        return self.item_counts[item_ids]

@@ -14,11 +14,11 @@ from typing import Optional
 
 import torch
 
-from metarec._l2l import l2l
 from metarec.data.episodes import EpisodeBatch
 from metarec.errors import ConfigError
-from metarec.learners.executors import make_executor, score_with
+from metarec.learners.executors import ExecutorSettings, ScalarRate, make_executor
 from metarec.learners.base import LearnerContext, MetaLearner
+from metarec.learners.gradient import GradientAdaptation
 from metarec.learners.maml import check_inner
 from metarec.models.base import BaseRecommender
 
@@ -37,22 +37,22 @@ class ReptileConfig:
     inner_grad_clip: Optional[float] = None  # clip each task's inner gradient to this global L2 norm
 
 
-class Reptile(MetaLearner):
+class Reptile(GradientAdaptation, MetaLearner):
     def __init__(self, model: BaseRecommender, ctx: LearnerContext, cfg: ReptileConfig) -> None:
         super().__init__(model, ctx, lr=cfg.lr, weight_decay=cfg.weight_decay)
         check_inner(cfg)
         if cfg.outer_optimizer not in ("sgd", "adam"):
             raise ConfigError(f"learner.outer_optimizer must be sgd or adam, got {cfg.outer_optimizer!r}")
         self.cfg = cfg
-        self.executor = make_executor(
-            cfg.executor, model, cfg.scope, l2l.algorithms.MAML, cfg.inner_lr, True, cfg.chunk_size,
-            cfg.inner_grad_clip, ctx.loss,
-        )
+        self.executor = make_executor(cfg.executor, model, ExecutorSettings(
+            cfg.scope, ScalarRate(cfg.inner_lr), True, cfg.inner_grad_clip, ctx.loss, cfg.chunk_size,
+        ))
         self.automatic_optimization = False
+        self.eval_steps = cfg.inner_steps if cfg.eval_inner_steps is None else cfg.eval_inner_steps
 
-    def meta_step(self, batch: EpisodeBatch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        steps = self.cfg.inner_steps if train or self.cfg.eval_inner_steps is None else self.cfg.eval_inner_steps
-        return self.executor.run(batch, steps, first_order=True, detach=True)
+    def training_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The query loss after first-order adaptation (Reptile trains in ``training_step``)."""
+        return self.executor.run(batch, self.cfg.inner_steps, first_order=True, detach=True)
 
     def reptile_direction(self, batch: EpisodeBatch) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``theta - mean_tasks(phi_task)`` for every adapted parameter; and the mean query loss
@@ -81,7 +81,3 @@ class Reptile(MetaLearner):
         if self.cfg.outer_optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.lr, weight_decay=self.weight_decay)
         return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-
-    def score_candidates(self, batch: EpisodeBatch, items) -> torch.Tensor:
-        steps = self.cfg.inner_steps if self.cfg.eval_inner_steps is None else self.cfg.eval_inner_steps
-        return score_with(self.executor, batch, steps, items, self.cfg.chunk_size)

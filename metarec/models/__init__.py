@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from metarec.data.schema import FeatureSchema
-from metarec.models.base import BaseRecommender, Features
+from metarec.data.features import Features
+from metarec.models.base import BaseRecommender
 from metarec.models.melu import MeLU, MeLUConfig
 from metarec.models.transformer import TransformerConfig, TransformerRec
 from metarec.registry import Registry
@@ -15,9 +13,4 @@ MODELS.register("melu", MeLUConfig, help="MeLU: field embeddings + MLP decision 
 MODELS.register("transformer", TransformerConfig, help="field tokens + self-attention + MLP head; LoRA scope")(TransformerRec)
 
 
-def build_model(name: str, schema: FeatureSchema, cfg: Any) -> BaseRecommender:
-    return MODELS.get(name).factory(schema, cfg)
-
-
-__all__ = ["BaseRecommender", "Features", "MeLU", "MeLUConfig", "MODELS", "TransformerConfig", "TransformerRec",
-           "build_model"]
+__all__ = ["BaseRecommender", "Features", "MeLU", "MeLUConfig", "MODELS", "TransformerConfig", "TransformerRec"]

@@ -13,31 +13,15 @@ in the output layer). Adaptation scopes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
+from metarec.data.features import Features
 from metarec.errors import ConfigError
 
 SCOPES = ("all", "head", "output", "lora")
-
-
-@dataclass
-class Features:
-    """Model inputs of one entity kind: categorical codes ``[..., F]`` and multi-hot values ``[..., M]``."""
-
-    categorical: torch.Tensor
-    multihot: torch.Tensor
-
-    def index(self, idx) -> "Features":
-        return Features(self.categorical[idx], self.multihot[idx])
-
-    def for_tasks(self, t: int) -> "Features":
-        """The same entities for each of ``t`` tasks: a leading task axis of size ``t`` (a view)."""
-        cat, multi = self.categorical, self.multihot
-        return Features(cat.expand(t, *cat.shape), multi.expand(t, *multi.shape))
 
 
 class BaseRecommender(nn.Module):

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from metarec.data.schema import FeatureSchema
-from metarec.models.base import BaseRecommender, Features
+from metarec.data.features import Features
+from metarec.models.base import BaseRecommender
 
 
 @dataclass

@@ -30,7 +30,8 @@ from torch.nn import functional as F
 
 from metarec.data.schema import FeatureSchema
 from metarec.errors import ConfigError
-from metarec.models.base import BaseRecommender, Features
+from metarec.data.features import Features
+from metarec.models.base import BaseRecommender
 from metarec.models.melu import FieldVectors
 
 

@@ -1,0 +1,179 @@
+"""The factored first layer of the ``vmap`` executor.
+
+The first linear layer of the head (a plain ``nn.Linear``, adapted with a scalar rate: not Meta-SGD)
+is kept in factored form, W - sum_j A_j^T X_j, instead of as a per-task copy: the same numbers, without
+the per-task copies of the largest weight that otherwise dominate the time on a CPU.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad
+
+from metarec.learners.executors.base import clip_scale
+from metarec.data.features import Features
+from metarec.models.base import BaseRecommender
+
+if TYPE_CHECKING:
+    from metarec.learners.executors.base import Executor
+
+
+class Factored(NamedTuple):
+    """Where ``VmapExecutor`` keeps the first adapted linear layer factored: its parameter names, the
+    layers after it (``None``: it is the last) with their parameters' names inside ``tail`` (``pre`` +
+    name in the adapted module), under scope ``all`` the model's body (the layer's input, adapted too)
+    with its parameters' names, and the rank up to which the factors are smaller than the weight."""
+
+    weight: str
+    bias: str | None
+    tail: nn.Module | None
+    tail_names: list[str]
+    pre: str
+    body: nn.Module | None
+    body_names: list[str]
+    max_rank: float
+
+
+class _BodyOf(nn.Module):
+    """``model.body`` as a module's forward (for ``functional_call``); parameters named ``model.*``."""
+
+    def __init__(self, model: BaseRecommender) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, user: Features, item: Features) -> torch.Tensor:
+        return self.model.body(user, item)
+
+
+def factorable_first_linear(ex: "Executor") -> Factored | None:
+    """Where the first adapted ``nn.Linear`` can be kept factored: the adapted module is that layer
+    (scope ``output``), an ``nn.Sequential`` starting with it (``head``), or the whole model whose
+    head starts with it (``all``; the body before it adapts too), and its weight adapts with a
+    scalar rate (not Meta-SGD). ``None`` otherwise."""
+    m = ex.module
+    if not ex.rule.scalar:
+        return None
+    body, pre = None, ""
+    if ex.prefix is None:
+        if not isinstance(m, BaseRecommender) or not isinstance(getattr(m, "head", None), nn.Sequential):
+            return None
+        body, pre, m = _BodyOf(m), "head.", m.head
+    if type(m) is nn.Linear:
+        first, tail, dot = m, None, ""
+    elif isinstance(m, nn.Sequential) and len(m) > 0 and type(m[0]) is nn.Linear:
+        key = next(iter(m._modules))
+        first, tail, dot = m[0], m[1:], f"{key}."
+    else:
+        return None
+    w = f"{pre}{dot}weight"
+    b = f"{pre}{dot}bias" if first.bias is not None else None
+    if w not in ex._adapted:
+        return None
+    tail_names = [] if tail is None else [n for n, _ in tail.named_parameters()]
+    body_names = [] if body is None else [n for n in ex.all_names if not n.startswith(pre)]
+    out_dim, in_dim = first.weight.shape
+    return Factored(w, b, tail, tail_names, pre, body, body_names, out_dim * in_dim / (out_dim + in_dim))
+
+
+
+def factored_task(ex: "Executor", steps: int, first_order: bool, lrs: dict, fixed: dict, materialise: bool):
+    """The inner loop of ``_per_task`` with the first linear layer's adapted weight kept factored.
+
+    The layer's weight gradient on the support is delta^T X (X: its input, delta: the loss's
+    gradient with respect to its output), so after k steps W_k = W - sum_j A_j^T X_j with
+    A_j = lr * delta_j, ``[S, out]``, and its output on any input x is x W^T - sum_j (x X_j^T) A_j:
+    no per-task copy of W is ever made. Under ``head``/``output`` X is the same at every step (the
+    non-adapted prefix's features), so the A_j add up into one term and the Gram matrices are
+    computed once; under ``all`` X_j is the adapted body's output at step j, so the terms pile up
+    and, once their rank would pass out*in/(out+in) (where the factors stop being smaller than W),
+    they are summed into a per-task copy of W that later steps update directly. First order: A_j
+    and X_j are constants, as learn2learn's detached gradient is. ``materialise``: also return W_k
+    itself (for Reptile and scoring); otherwise the weight is left out of the adapted parameters."""
+    f = ex.factored
+    w, b, tail, body = f.weight, f.bias, f.tail, f.body
+    lr = lrs[w]
+    adapts_bias = b is not None and b in ex._adapted
+    clip = ex.inner_grad_clip
+
+    def rest_of_module(rest, pre):  # the layers after the first, from its pre-activation output
+        if tail is None:
+            return pre.squeeze(-1)
+        params = {**fixed, **rest}
+        return functional_call(tail, {n: params[f.pre + n] for n in f.tail_names}, (pre,)).squeeze(-1)
+
+    def features(rest, args):  # the first layer's input
+        if body is None:
+            return args[0]
+        params = {**fixed, **rest}
+        body_params = {f"model.{n}": params[n] for n in f.body_names}
+        return functional_call(body, body_params, args)
+
+    def task(params, s_args, s_y, s_m, q_args, q_y, q_m):
+        weight = params[w]
+        bias = (params[b] if adapts_bias else fixed[b]) if b is not None else None
+        rest = {n: v for n, v in params.items() if n not in (w, b)}
+        terms: list = []  # (A_j, X_j as used in the correction)
+        dense = None  # the per-task copy of W, once the terms are folded into one (under ``all``)
+        fixed_x = body is None
+        if fixed_x:
+            xs = features(rest, s_args)
+            xc = xs.detach() if first_order else xs
+            zs = xs @ weight.T
+            gs = xs @ xc.T if steps > 1 or clip is not None else None  # X X^T, needed after the first step
+
+        def first_layer(x, z=None, grams=None):  # z: x W^T when already known
+            h = x @ (weight if dense is None else dense).T if z is None else z
+            if bias is not None:
+                h = h + bias
+            if grams is None:
+                grams = [x @ xt.T for _, xt in terms]
+            for (a, _), gram in zip(terms, grams):
+                h = h - gram @ a
+            return h
+
+        def support_loss(rest, u):
+            x = features(rest, s_args)
+            pre = first_layer(x, zs, [gs] * len(terms)) if fixed_x else first_layer(x)
+            return ex.loss_fn(rest_of_module(rest, pre + u), s_y, s_m), x
+
+        rank_step = s_y.shape[-1]  # each step adds a term of rank <= the (padded) support size
+        u = torch.zeros(rank_step, weight.shape[0], dtype=weight.dtype, device=weight.device)  # d/du: delta
+        for _ in range(steps):
+            (g, delta), x = grad(support_loss, argnums=(0, 1), has_aux=True)(rest, u)
+            gb = delta.sum(0) if adapts_bias else None
+            if clip is not None:
+                gram = gs if fixed_x else x @ x.T
+                norm2 = ((delta @ delta.T) * gram).sum() + sum((v**2).sum() for v in g.values())
+                if gb is not None:
+                    norm2 = norm2 + (gb**2).sum()
+                scale = clip_scale(norm2, clip)
+                delta, g = delta * scale, {n: v * scale for n, v in g.items()}
+                gb = None if gb is None else gb * scale
+            if first_order:
+                delta, g = delta.detach(), {n: v.detach() for n, v in g.items()}
+                gb = None if gb is None else gb.detach()
+            if fixed_x:
+                terms = [(lr * delta if not terms else terms[0][0] + lr * delta, xc)]
+            else:
+                x_used = x.detach() if first_order else x
+                if dense is None and (len(terms) + 1) * rank_step <= f.max_rank:
+                    terms.append((lr * delta, x_used))
+                else:
+                    start = weight if dense is None else dense
+                    dense = start - sum(a.T @ xt for a, xt in [*terms, (lr * delta, x_used)])
+                    terms = []
+            if gb is not None:
+                bias = bias - lrs[b] * gb
+            rest = {n: rest[n] - lrs[n] * g[n] for n in rest}
+        xq = features(rest, q_args)
+        out = rest_of_module(rest, first_layer(xq))
+        if materialise:
+            rest[w] = (weight if dense is None else dense) - sum(a.T @ xt for a, xt in terms)
+            if adapts_bias:
+                rest[b] = bias
+        return rest, ex.loss_fn(out, q_y, q_m), out
+
+    return task

@@ -1,0 +1,90 @@
+"""The ``vmap`` executor: the inner loop as one pure function of (parameters, support), with
+``torch.func.functional_call`` + ``grad``, ``vmap``-ed over the padded meta-batch (masks handle ragged
+support/query lengths; ``chunk_size`` bounds memory). One backward gives the full second-order
+meta-gradient. The first linear layer of the head stays factored where it can (``factored.py``)."""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call, grad, vmap
+
+from metarec.data.episodes import EpisodeBatch
+from metarec.learners.executors.base import Executor, ExecutorSettings, clip_by_global_norm
+from metarec.learners.executors.factored import factorable_first_linear, factored_task
+from metarec.data.features import Features
+from metarec.models.base import BaseRecommender
+
+
+class VmapExecutor(Executor):
+    """``torch.func`` inner loop, vmapped over the tasks of a meta-batch."""
+
+    def __init__(self, model: BaseRecommender, settings: ExecutorSettings) -> None:
+        super().__init__(model, settings)
+        self.factored = factorable_first_linear(self)  # None: every adapted weight is copied per task
+
+    def _inputs(self, batch: EpisodeBatch, x: torch.Tensor | None) -> tuple[tuple, tuple]:
+        """``(args, ratings, mask)`` of the support block and of the query block, every tensor ``[T, ...]``.
+        The prefix features are split (one copy in the backward pass), not sliced twice (two
+        zero-filled full-size gradients)."""
+        s = batch.n_support
+        sizes = [s, batch.ratings.shape[1] - s]
+        if x is not None:
+            xs, xq = torch.split(x, sizes, dim=1)
+            args: tuple = ((xs,), (xq,))
+        else:
+            ic, iq = torch.split(batch.item.categorical, sizes, dim=1)
+            mc, mq = torch.split(batch.item.multihot, sizes, dim=1)
+            args = ((batch.user, Features(ic, mc)), (batch.user, Features(iq, mq)))
+        ys, yq = torch.split(batch.ratings, sizes, dim=1)
+        return (args[0], ys, batch.support_mask[:, :s]), (args[1], yq, batch.query_mask[:, s:])
+
+    def _forward(self, params: dict, args: tuple, fixed: dict) -> torch.Tensor:
+        params = {**fixed, **params}
+        if len(args) == 1:
+            return functional_call(self.module, params, args).squeeze(-1)
+        return functional_call(self.module, params, args)
+
+    def _per_task(self, steps: int, first_order: bool, lrs: dict, fixed: dict):
+        """The inner loop of one task as a pure function: (parameters, support, query) ->
+        (adapted parameters, query loss, query predictions). ``fixed``: the module's non-adapted
+        parameters, used as they are (the outer loop still differentiates through them)."""
+
+        def support_loss(p, args, y, m):
+            return self.loss_fn(self._forward(p, args, fixed), y, m)
+
+        def task(params, s_args, s_y, s_m, q_args, q_y, q_m):
+            p = params
+            for _ in range(steps):
+                g = grad(support_loss)(p, s_args, s_y, s_m)
+                g = dict(zip(self.names, clip_by_global_norm([g[n] for n in self.names], self.inner_grad_clip)))
+                p = {n: p[n] - lrs[n] * (g[n].detach() if first_order else g[n]) for n in self.names}
+            out = self._forward(p, q_args, fixed)
+            return p, self.loss_fn(out, q_y, q_m), out
+
+        return task
+
+    def _vmapped(self, batch: EpisodeBatch, steps: int, first_order: bool, detach: bool, params: dict, lrs: dict,
+                 fixed: dict, materialise: bool = False):
+        x = self.prefix_features(batch, detach)
+        (s_args, s_y, s_m), (q_args, q_y, q_m) = self._inputs(batch, x)
+        if self.factored is not None and steps > 0:
+            task = factored_task(self, steps, first_order, lrs, fixed, materialise)
+        else:
+            task = self._per_task(steps, first_order, lrs, fixed)
+        return vmap(task, in_dims=(None, 0, 0, 0, 0, 0, 0), chunk_size=self.chunk_size)(
+            params, s_args, s_y, s_m, q_args, q_y, q_m
+        )
+
+    def run(self, batch: EpisodeBatch, steps: int, first_order: bool, detach: bool):
+        params = dict(zip(self.names, self.adapted_params()))
+        _, losses, preds = self._vmapped(batch, steps, first_order, detach, params, self.rates(), self.fixed_params())
+        if detach:
+            losses, preds = losses.detach(), preds.detach()
+        return losses.mean(), preds
+
+    def adapted_parameters(self, batch: EpisodeBatch, steps: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        params = {n: p.detach() for n, p in zip(self.names, self.adapted_params())}
+        lrs = {n: (lr.detach() if torch.is_tensor(lr) else lr) for n, lr in self.rates().items()}
+        fixed = {n: p.detach() for n, p in self.fixed_params().items()}
+        adapted, losses, _ = self._vmapped(batch, steps, True, True, params, lrs, fixed, materialise=True)
+        return [adapted[n].detach() for n in self.names], losses.detach().mean()
