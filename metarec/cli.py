@@ -12,23 +12,34 @@ from pathlib import Path
 
 from metarec.errors import MetarecError
 
+CONFIG_PATH_ENV = "METAREC_CONFIG_PATH"  # = metarec.config.CONFIG_PATH_ENV (not imported: --help stays light)
+
 FIT_EPILOG_HEAD = """arguments are group=option or dotted.key=value (YAML values; nothing is evaluated), e.g.
   metarec fit data=movielens100k learner=maml learner.inner_steps=5 seed=1
 """
 
 
 def _fit_epilog() -> str:
-    from metarec.config import GROUPS, config_dir, group_options
+    from metarec.config import GROUPS, group_options
 
     try:
-        root = config_dir()
+        options = {g: group_options(g) for g in (*GROUPS, "experiment")}
     except MetarecError as e:
-        return FIT_EPILOG_HEAD + f"\n(config folder not found: {e})"
-    lines = [FIT_EPILOG_HEAD, "groups and their options (configs/<group>/<option>.yaml):"]
-    for g in (*GROUPS, "experiment"):
-        lines.append(f"  {g:<11} {', '.join(group_options(g, root))}")
-    lines.append("\nsee configs/defaults.yaml for the default option of each group.")
+        return FIT_EPILOG_HEAD + f"\n(cannot list the options: {e})"
+    lines = [FIT_EPILOG_HEAD, "groups and their options (<group>/<option>.yaml in the built-in configs and the folders of",
+             f"{CONFIG_PATH_ENV}; options in --config-path folders come on top):"]
+    for g, names in options.items():
+        lines.append(f"  {g:<11} {', '.join(names)}")
+    lines.append("\nsee metarec/configs/defaults.yaml for the default option of each group.")
     return "\n".join(lines)
+
+
+def _add_config_path(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config-path", action="append", default=[], metavar="DIR",
+        help=f"a folder of extra configs (<group>/<option>.yaml, e.g. learner/mine.yaml), searched before those "
+             f"of {CONFIG_PATH_ENV} and the built-in ones (the first folder holding a file wins); repeatable",
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("overrides", nargs="*", metavar="group=option|key=value")
     fit.add_argument("--print-config", action="store_true", help="print the composed config and exit")
+    _add_config_path(fit)
     rep = sub.add_parser("report", help="print a table of the finished runs under a folder")
     rep.add_argument("root", nargs="+", help="run folders or folders holding runs")
     rep.add_argument("--stage", default="test")
@@ -60,13 +72,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _compare_epilog() -> str:
     from metarec.compare import HELP
-    from metarec.config import config_dir, group_options
+    from metarec.config import group_options
 
     try:
-        learners = ", ".join(group_options("learner", config_dir()))
+        learners = ", ".join(group_options("learner"))
     except MetarecError as e:
-        learners = f"(config folder not found: {e})"
-    return f"{HELP}\nlearner options (configs/learner/): {learners}"
+        learners = f"(cannot list them: {e})"
+    return f"{HELP}\nlearner options (learner/ of the config search path): {learners}"
 
 
 def _add_compare(sub) -> None:
@@ -81,13 +93,14 @@ def _add_compare(sub) -> None:
     )
     cmp.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reused to resume)")
     cmp.add_argument("--learners", nargs="+", metavar="LEARNER",
-                     help="learner options (default: all of configs/learner)")
+                     help="learner options (default: every option of the learner group)")
     cmp.add_argument("--seeds", nargs="+", metavar="SEED",
                      help="seeds of model initialisation and training order (default: "
                           f"{' '.join(map(str, DEFAULT_SEEDS))})")
     cmp.add_argument("--support-sizes", nargs="+", metavar="K",
                      help="support sizes K of the extra test passes (default: "
                           f"{' '.join(map(str, DEFAULT_SUPPORT_SIZES))})")
+    _add_config_path(cmp)
     cmp.add_argument("overrides", nargs="*", metavar="group=option|key=value", help="applied to every run")
 
 
@@ -204,9 +217,9 @@ def _split_off_overrides(values: list[str] | None, overrides: list[str]) -> list
 def _cmd_fit(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from metarec.config import compose
+    from metarec.config import compose, search_path
 
-    cfg = compose(args.overrides)
+    cfg = compose(args.overrides, search_path(args.config_path))
     if args.print_config:
         print(OmegaConf.to_yaml(cfg))
         return 0
@@ -247,7 +260,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     learners = _split_off_overrides(args.learners, overrides)
     seeds = _split_off_overrides(args.seeds, overrides)
     sizes = _split_off_overrides(args.support_sizes, overrides)
-    spec = make_spec(args.out, learners, seeds, sizes, overrides)
+    spec = make_spec(args.out, learners, seeds, sizes, overrides, config_path=args.config_path)
     result = compare(spec, echo=lambda line: print(line, flush=True))
     print()
     print(result["markdown"])
@@ -258,7 +271,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `fit a=1 --config-path DIR b=2`: argparse leaves b=2 over; it is an override like a=1
+        if args.command not in ("fit", "compare") or any(a.startswith("-") or "=" not in a for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         if args.command == "fit":
             return _cmd_fit(args)

@@ -63,7 +63,7 @@ Overrides (group=option or dotted.key=value, as for `metarec fit`) apply to ever
       data=movielens100k trainer.max_epochs=20 logger=wandb
 compare sets learner (and learner.*), seed, run.*, data.manifest and data.eval_support_sizes itself;
 overriding them is an error (use --learners, --seeds, --out, --support-sizes; for other learner
-settings add an option file configs/learner/<option>.yaml).
+settings add an option file learner/<option>.yaml to a folder given with --config-path).
 """
 
 
@@ -74,11 +74,13 @@ class CompareSpec:
     seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
     support_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_SUPPORT_SIZES))
     overrides: list[str] = field(default_factory=list)
+    config_path: list[Path] = field(default_factory=list)  # searched before METAREC_CONFIG_PATH and the built-ins
 
 
 # ----------------------------------------------------------------------------------------- arguments
 _FORBIDDEN = {
-    "learner": "use --learners; for other learner settings add an option file configs/learner/<option>.yaml",
+    "learner": "use --learners; for other learner settings add an option file learner/<option>.yaml to a folder "
+               "given with --config-path",
     "seed": "use --seeds",
     "run": "--out DIR places the runs",
     "data.manifest": f"the split is DIR/{MANIFEST}",
@@ -115,11 +117,13 @@ def make_spec(
     seeds: Optional[list[str]] = None,
     support_sizes: Optional[list[str]] = None,
     overrides: Optional[list[str]] = None,
+    config_path: Optional[list[str]] = None,
 ) -> CompareSpec:
     """A checked ``CompareSpec`` from command-line strings (``None`` for a default)."""
-    from metarec.config import config_dir, group_options
+    from metarec.config import group_options, search_path
 
-    known = group_options("learner", config_dir())
+    known = group_options("learner", search_path(config_path or []))  # also checks that the folders exist
+    extra = [Path(p).expanduser().resolve() for p in config_path or []]
     if learners is None:
         learners = list(known)
     if not learners:
@@ -143,7 +147,7 @@ def make_spec(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise MetarecError(f"--out {out} exists and is not a folder")
-    return CompareSpec(out.resolve(), chosen, seed_list, sizes, overrides)
+    return CompareSpec(out.resolve(), chosen, seed_list, sizes, overrides, extra)
 
 
 # -------------------------------------------------------------------------------------------- configs
@@ -153,10 +157,10 @@ def run_name(learner: str, seed: int) -> str:
 
 def run_config(spec: CompareSpec, learner: str, seed: int):
     """The validated config of one run of the grid."""
-    from metarec.config import compose
+    from metarec.config import compose, search_path
 
     try:
-        cfg = compose([*spec.overrides, f"learner={learner}", f"seed={seed}"])
+        cfg = compose([*spec.overrides, f"learner={learner}", f"seed={seed}"], search_path(spec.config_path))
     except ConfigError as e:
         raise ConfigError(f"{e} (in the config of learner {learner!r})") from None
     # Set directly rather than as `key=value` strings: a path is then never parsed as YAML.

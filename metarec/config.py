@@ -1,19 +1,26 @@
 """Configuration: OmegaConf YAML groups composed into one validated config.
 
-``configs/defaults.yaml`` picks one option per group (``data``, ``model``, ``learner``, ``trainer``,
+``defaults.yaml`` picks one option per group (``data``, ``model``, ``learner``, ``trainer``,
 ``logger``); an ``experiment`` file may change those picks (its ``defaults:``) and override any key.
 Command-line arguments are ``group=option`` or ``dotted.key=value``, applied last. Every section is
 checked against a dataclass: an unknown key, group or option, or a value of the wrong type is a
 ``ConfigError`` naming it. Values are parsed as YAML scalars; nothing is ever evaluated.
+
+Files are looked up on a search path of folders (:func:`search_path`): the ``--config-path`` folders,
+then those of ``METAREC_CONFIG_PATH``, then the built-in ``metarec/configs`` shipped in the package
+(or ``METAREC_CONFIG_DIR``, which replaces it). Each file (``defaults.yaml`` or
+``<group>/<option>.yaml``) is read from the first folder that has it, so an added folder may both add
+options and override built-in ones of the same name; a group's options are the union over the path.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +29,10 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from metarec.errors import ConfigError
 
 GROUPS = ("data", "model", "learner", "trainer", "logger")
-NAMED_SECTIONS = ("model", "learner")  # {name: registry entry, ...entry options}
+CONFIG_PATH_ENV = "METAREC_CONFIG_PATH"  # extra folders (os.pathsep-separated), searched before the base one
+CONFIG_DIR_ENV = "METAREC_CONFIG_DIR"  # a folder that replaces the built-in configs as the base one
+
+Roots = Union[Path, Sequence[Path], None]
 
 
 @dataclass
@@ -63,18 +73,66 @@ class RunConfig:
     resume: Optional[str] = None  # continue a killed run: its folder, a checkpoint in it, or "last"
 
 
+def builtin_config_dir() -> Path:
+    """The ``configs/`` folder shipped inside the metarec package."""
+    return Path(__file__).resolve().parent / "configs"
+
+
 def config_dir() -> Path:
-    """``METAREC_CONFIG_DIR``, else the ``configs/`` folder of the source checkout."""
-    env = os.environ.get("METAREC_CONFIG_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    """The base config folder, last on the search path: ``METAREC_CONFIG_DIR`` (replacing the built-in
+    configs) if set, else the package's own ``configs/``."""
+    env = os.environ.get(CONFIG_DIR_ENV)
+    path = Path(env).expanduser() if env else builtin_config_dir()
     if not (path / "defaults.yaml").is_file():
-        raise ConfigError(f"no configs/defaults.yaml under {path}; set METAREC_CONFIG_DIR to the configs folder")
+        if env:
+            raise ConfigError(f"{CONFIG_DIR_ENV}={env}: no defaults.yaml in that folder ({CONFIG_DIR_ENV} replaces "
+                              f"the built-in configs; to add configs to them, use {CONFIG_PATH_ENV} or --config-path)")
+        raise ConfigError(f"the built-in configs are missing: no defaults.yaml under {path} (broken install?)")
     return path
 
 
-def group_options(group: str, root: Path | None = None) -> list[str]:
-    root = root or config_dir()
-    return sorted(p.stem for p in (root / group).glob("*.yaml"))
+def _checked_folder(entry: str | Path, origin: str) -> Path:
+    path = Path(entry).expanduser()
+    if not path.is_dir():
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise ConfigError(f"config folder {entry} ({origin}) {what}")
+    return path.resolve()
+
+
+def search_path(extra: Iterable[str | Path] = ()) -> list[Path]:
+    """The folders config files are looked up in, first match first: ``extra`` (``--config-path``, in
+    order), the entries of ``METAREC_CONFIG_PATH`` (in order; empty entries skipped), then
+    :func:`config_dir`. A folder that does not exist is a ``ConfigError``."""
+    folders = [_checked_folder(p, "--config-path") for p in extra]
+    env = os.environ.get(CONFIG_PATH_ENV, "")
+    folders += [_checked_folder(p, CONFIG_PATH_ENV) for p in env.split(os.pathsep) if p.strip()]
+    folders.append(config_dir())
+    out: list[Path] = []
+    for f in folders:
+        if f not in out:
+            out.append(f)
+    return out
+
+
+def _roots(root: Roots) -> list[Path]:
+    if root is None:
+        return search_path()
+    if isinstance(root, (str, Path)):
+        return [Path(root)]
+    return [Path(r) for r in root]
+
+
+def group_options(group: str, root: Roots = None) -> list[str]:
+    """The options of ``group``: the union of ``<folder>/<group>/*.yaml`` over the search path ``root``."""
+    return sorted({p.stem for r in _roots(root) for p in (r / group).glob("*.yaml")})
+
+
+def find_config(relpath: str, root: Roots = None) -> Path | None:
+    """``<folder>/relpath`` of the first folder of the search path ``root`` that has it."""
+    for r in _roots(root):
+        if (r / relpath).is_file():
+            return r / relpath
+    return None
 
 
 def _load_yaml(path: Path) -> DictConfig:
@@ -89,11 +147,12 @@ def _load_yaml(path: Path) -> DictConfig:
     return cfg
 
 
-def _option_file(root: Path, group: str, option: str) -> Path:
-    path = root / group / f"{option}.yaml"
-    if option not in group_options(group, root):  # also refuses names like ../defaults
-        known = ", ".join(group_options(group, root)) or "none"
-        raise ConfigError(f"unknown {group} option {option!r} (available: {known})")
+def _option_file(roots: list[Path], group: str, option: str) -> Path:
+    known = group_options(group, roots)
+    if option not in known:  # also refuses names like ../defaults
+        raise ConfigError(f"unknown {group} option {option!r} (available: {', '.join(known) or 'none'})")
+    path = find_config(f"{group}/{option}.yaml", roots)
+    assert path is not None
     return path
 
 
@@ -114,15 +173,21 @@ def parse_overrides(args: list[str]) -> tuple[dict[str, str], list[str]]:
     return choices, keys
 
 
-def compose(args: list[str], root: Path | None = None) -> DictConfig:
-    """Compose defaults, experiment, group options and overrides into one validated config."""
-    root = root or config_dir()
+def compose(args: list[str], root: Roots = None) -> DictConfig:
+    """Compose defaults, experiment, group options and overrides into one validated config.
+
+    ``root``: a config folder or a search path of them (first match wins); default :func:`search_path`.
+    """
+    roots = _roots(root)
     choices_cli, overrides = parse_overrides(args)
-    base = _load_yaml(root / "defaults.yaml")
+    defaults = find_config("defaults.yaml", roots)
+    if defaults is None:
+        raise ConfigError(f"no defaults.yaml in the config folders {', '.join(map(str, roots))}")
+    base = _load_yaml(defaults)
     choices = dict(OmegaConf.to_container(base.pop("defaults", OmegaConf.create({}))))
     experiment = None
     if "experiment" in choices_cli:
-        experiment = _load_yaml(_option_file(root, "experiment", choices_cli["experiment"]))
+        experiment = _load_yaml(_option_file(roots, "experiment", choices_cli["experiment"]))
         exp_defaults = experiment.pop("defaults", None)
         if exp_defaults is not None:
             choices.update(OmegaConf.to_container(exp_defaults))
@@ -133,8 +198,8 @@ def compose(args: list[str], root: Path | None = None) -> DictConfig:
     cfg = base
     for g in GROUPS:
         if g not in choices:
-            raise ConfigError(f"no {g} option chosen; add `{g}=<option>` (available: {', '.join(group_options(g, root))})")
-        cfg[g] = _load_yaml(_option_file(root, g, str(choices[g])))
+            raise ConfigError(f"no {g} option chosen; add `{g}=<option>` (available: {', '.join(group_options(g, roots))})")
+        cfg[g] = _load_yaml(_option_file(roots, g, str(choices[g])))
     if experiment is not None:
         cfg = OmegaConf.merge(cfg, experiment)
         cfg.run.experiment = choices_cli["experiment"]

@@ -19,3 +19,7 @@ class DataError(MetarecError):
 
 class NonFiniteError(MetarecError):
     """Meta-training produced a non-finite loss or meta-gradient and the policy says stop."""
+
+
+class PluginError(MetarecError):
+    """An installed plugin (an entry point in ``metarec.learners``, ``.models`` or ``.sources``) failed to load."""

@@ -15,6 +15,12 @@ import pytest
 ML100K_REQUIRED = ("u.data", "u.user", "u.item")
 
 
+@pytest.fixture(autouse=True)
+def _no_user_config_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests compose the repository's configs: a developer's own METAREC_CONFIG_PATH folders are ignored."""
+    monkeypatch.delenv("METAREC_CONFIG_PATH", raising=False)
+
+
 def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 

@@ -22,7 +22,7 @@ from cli_helpers import cli_env, run_cli, wandb_offline_env
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "configs"
+CONFIGS = REPO / "metarec" / "configs"
 SCENARIOS = ("warm", "user_cold", "item_cold", "user_item_cold")
 METRICS = ("mae", "rmse", "ndcg@1", "ndcg@3")
 TINY = ["data.params.n_users=200", "trainer.max_epochs=2", "trainer.enable_progress_bar=false"]

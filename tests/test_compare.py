@@ -23,7 +23,7 @@ from metarec.errors import ConfigError
 from metarec.report import mean_ci
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "configs"
+CONFIGS = REPO / "metarec" / "configs"
 SCENARIOS = ("warm", "user_cold", "item_cold", "user_item_cold")
 TINY = ["data.params.n_users=200", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
 LEARNERS = ("global", "item_mean", "user_mean")
@@ -200,7 +200,7 @@ def test_resume_recomputes_only_missing_runs(grid, tmp_path: Path) -> None:
         (["--learners", "global", "--support-sizes", "0"], ["--support-sizes"]),
         (["--learners", "global", "seed=3"], ["compare sets seed itself", "--seeds"]),
         (["--learners", "global", "learner=maml"], ["compare sets learner itself", "--learners"]),
-        (["--learners", "global", "learner.lr=0.1"], ["compare sets learner itself", "configs/learner"]),
+        (["--learners", "global", "learner.lr=0.1"], ["compare sets learner itself", "learner/<option>.yaml", "--config-path"]),
         (["--learners", "global", "run.root=/tmp/x"], ["compare sets run itself"]),
         (["--learners", "global", "data.manifest=m.json"], ["compare sets data.manifest itself"]),
         (["--learners", "global", "data.eval_support_sizes=[1]"], ["compare sets data.eval_support_sizes itself"]),

@@ -11,18 +11,18 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from metarec.config import GROUPS, compose, config_dir, data_config, group_options, parse_overrides
 from metarec.errors import ConfigError, MetarecError
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent / "metarec" / "configs"
 
 
 @pytest.fixture(autouse=True)
 def _real_configs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """compose() without ``root`` reads the repository's configs/ folder."""
+    """compose() without ``root`` reads the repository's metarec/configs/ folder."""
     monkeypatch.setenv("METAREC_CONFIG_DIR", str(CONFIGS))
 
 
 @pytest.fixture
 def cfg_root(tmp_path: Path) -> Path:
-    """A copy of configs/ with extra experiment files."""
+    """A copy of metarec/configs/ with extra experiment files."""
     root = tmp_path / "configs"
     shutil.copytree(CONFIGS, root)
     (root / "experiment" / "tiny_global.yaml").write_text(

@@ -41,7 +41,7 @@ def test_shard_sampler_covers_every_task_once() -> None:
 def _run(out: Path, devices: int, overrides: list[str]) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH", "")])),
-           "METAREC_CONFIG_DIR": str(HERE.parent / "configs")}
+           "METAREC_CONFIG_DIR": str(HERE.parent / "metarec" / "configs")}
     env.pop("WANDB_MODE", None)
     proc = subprocess.run([sys.executable, str(HERE / "ddp_step.py"), str(out), str(devices), *overrides],
                           cwd=out, env=env, capture_output=True, text=True, timeout=600)

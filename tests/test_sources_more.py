@@ -31,7 +31,7 @@ from metarec.data.sources._tables import quantile_buckets, vocab_codes
 from metarec.data.splits import SplitConfig, make_split
 from metarec.errors import ConfigError, DataError
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent / "metarec" / "configs"
 LASTFM_REQUIRED = lastfm.REQUIRED_FILES
 
 

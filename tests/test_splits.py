@@ -180,8 +180,8 @@ def syn_split(syn) -> ColdStartSplit:
 
 @pytest.fixture(scope="module")
 def ml_cfg() -> SplitConfig:
-    """The split options of configs/data/movielens100k.yaml."""
-    conf = OmegaConf.load(REPO / "configs" / "data" / "movielens100k.yaml")
+    """The split options of metarec/configs/data/movielens100k.yaml."""
+    conf = OmegaConf.load(REPO / "metarec" / "configs" / "data" / "movielens100k.yaml")
     return SplitConfig(**OmegaConf.to_container(conf.split))
 
 

@@ -1,4 +1,4 @@
-"""W&B sweep files (``configs/sweep/*.yaml``): every run an agent could start is a valid ``metarec fit``
+"""W&B sweep files (``metarec/configs/sweep/*.yaml``): every run an agent could start is a valid ``metarec fit``
 command line, and the metric the sweep optimises is one that fit logs."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import yaml
 from metarec.config import compose
 from metarec.train import fit
 
-SWEEPS = sorted((Path(__file__).resolve().parent.parent / "configs" / "sweep").glob("*.yaml"))
+SWEEPS = sorted((Path(__file__).resolve().parent.parent / "metarec" / "configs" / "sweep").glob("*.yaml"))
 
 
 def _values(spec: dict) -> list:

@@ -30,15 +30,6 @@ DEFAULT_TIMEOUT_S = 60.0
 _CHUNK = 1 << 20
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_archive(
     url: str,
     dest_dir: str | os.PathLike[str],
