@@ -37,7 +37,7 @@ def build(cfg: DictConfig) -> tuple[ColdStartDataModule, MetaLearner]:
     ds = dm.dataset
     model_entry = MODELS.get(cfg.model.name)
     model = model_entry.factory(ds.schema, to_object(cfg.model, model_entry.config_cls))
-    if dm.loss == "bce":  # labels 0/1 with per_positive negatives per positive: start at the base rate
+    if dm.loss != "mse":  # labels 0/1 with per_positive negatives per positive: start at the base rate
         rating_range, base = (0.0, 1.0), 1.0 / (1.0 + dm.cfg.negatives.per_positive)
         model.set_output_bias(math.log(base / (1.0 - base)))
     else:

@@ -18,6 +18,10 @@ from typing import Any, Iterable, Optional
 ALL = "all"  # support_size of the full-support test pass
 TABLE_METRICS = ("mae", "rmse", "ndcg@3")  # columns of the main table
 CURVE_METRIC = "mae"
+# full-ranking columns (every candidate item ranked), shown in their own tables when the runs have them;
+# learners that predict no ratings (itemknn, ease) report only these
+RANKING_METRICS = ("full_recall@10", "full_ndcg@10")
+RANKING_CURVE_METRIC = "full_recall@10"
 MANIFEST = "split_manifest.json"
 CSV_COLUMNS = ("learner", "seed", "support_size", "scenario", "metric", "value", "run_dir")
 
@@ -97,11 +101,13 @@ def _scenarios(stats: dict[tuple, Stat], support: str | int | None = None) -> li
 
 
 def _metric_label(m: str) -> str:
+    if m.startswith("full_"):  # full_recall@10 -> Recall@10
+        m = m[len("full_"):].replace("recall", "Recall").replace("hitrate", "HitRate")
     return m.upper() if m in ("mae", "rmse") else m.replace("ndcg", "nDCG")
 
 
 def _lower_is_better(metric: str) -> bool:
-    return not metric.startswith("ndcg")
+    return not (metric.startswith("ndcg") or metric.startswith("full_"))
 
 
 def _cell(stat: Optional[Stat], seeds: int, digits: int = 4) -> str:
@@ -181,8 +187,42 @@ def render_markdown(stats: dict[tuple, Stat], learners: list[str], seeds: list[i
         columns = [[stats.get((l, k, s, CURVE_METRIC)) for l in learners] for k in sizes]
         lines += ["", f"### {s}", ""]
         lines += _table(header, learners, columns, [_lower_is_better(CURVE_METRIC)] * len(sizes), n_seeds)
+    lines += _ranking_sections(stats, learners, sizes, n_seeds)
     lines.append("")
     return "\n".join(lines)
+
+
+def _ranking_sections(stats: dict[tuple, Stat], learners: list[str], sizes: list[str | int], n_seeds: int) -> list[str]:
+    """The full-ranking tables (``RANKING_METRICS`` at full support, ``RANKING_CURVE_METRIC`` by support
+    size), when the runs have these metrics; nothing otherwise."""
+    metrics = [m for m in RANKING_METRICS if any(k[3] == m for k in stats)]
+    if not metrics:
+        return []
+    scenarios = _scenarios(stats, ALL)
+    header = ["learner"] + [f"{s} {_metric_label(m)}" for s in scenarios for m in metrics]
+    columns = [[stats.get((l, ALL, s, m)) for l in learners] for s in scenarios for m in metrics]
+    lines = [
+        "",
+        "## Full ranking, full support",
+        "",
+        "Every candidate item of the scenario ranked for each test user (its support items excluded); relevant: "
+        "the user's relevant query items; users without one are not counted. Learners that predict no ratings "
+        "(e.g. `itemknn`, `ease`) report only these and show – in the rating tables above. Best per column in "
+        "**bold** (highest).",
+        "",
+        *_table(header, learners, columns, [_lower_is_better(m) for _ in scenarios for m in metrics], n_seeds),
+    ]
+    if RANKING_CURVE_METRIC not in metrics:
+        return lines
+    label = _metric_label(RANKING_CURVE_METRIC)
+    lines += ["", f"## {label} by support size (full ranking)", "",
+              "Columns as in the MAE curve tables. Best per column in **bold** (highest)."]
+    for s in sorted(_scenarios(stats), key=lambda s: s != "user_cold"):
+        head = ["learner"] + [f"K={k}" if k != ALL else "all" for k in sizes]
+        cols = [[stats.get((l, k, s, RANKING_CURVE_METRIC)) for l in learners] for k in sizes]
+        lines += ["", f"### {label}, {s}", ""]
+        lines += _table(head, learners, cols, [False] * len(sizes), n_seeds)
+    return lines
 
 
 # ------------------------------------------------------------------------------------------- writing

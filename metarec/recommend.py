@@ -61,7 +61,7 @@ class Recommender:
         self.dataset = ds
         lo, hi = learner.ctx.rating_range  # (0, 1) under implicit feedback (data.negatives)
         self.rating_range = (float(lo), float(hi))
-        self.implicit = learner.ctx.loss == "bce"  # outputs are logits; predictions are probabilities
+        self.implicit = learner.ctx.binary_labels  # outputs are logits; predictions are probabilities
         self.item_ids = np.asarray(ds.item_ids)
         self.n_items = int(ds.n_items)
         titles = list(ds.item_titles or [])

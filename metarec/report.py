@@ -9,6 +9,9 @@ from typing import Any, Iterable
 from metarec.data.splits import SCENARIOS
 
 DEFAULT_METRICS = ("mae", "rmse", "ndcg@3")
+# full-ranking metrics, added as columns when some run has them (the only metrics of learners that
+# predict no ratings, e.g. itemknn and ease, whose rating cells show "–")
+RANKING_METRICS = ("full_recall@10",)
 
 
 def aggregate(records: Iterable[dict[str, Any]], key: str = "learner") -> dict[str, dict[str, list[float]]]:
@@ -27,10 +30,16 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def markdown_table(records: list[dict[str, Any]], metrics=DEFAULT_METRICS, stage: str = "test") -> str:
-    """One row per learner, one column per scenario x metric: ``mean ± std (n)``."""
+def markdown_table(records: list[dict[str, Any]], metrics=None, stage: str = "test") -> str:
+    """One row per learner, one column per scenario x metric: ``mean ± std (n)``; "–" where a learner has
+    no value (e.g. rating metrics of a learner that only ranks). ``metrics``: default ``DEFAULT_METRICS``
+    plus those of ``RANKING_METRICS`` some run has."""
+    records = list(records)
     agg = aggregate(records)
     present = {k.split("/")[1] for r in records for k in r["metrics"] if k.startswith(stage + "/")}
+    if metrics is None:
+        names = {k.split("/")[-1] for r in records for k in r["metrics"] if k.startswith(stage + "/")}
+        metrics = (*DEFAULT_METRICS, *(m for m in RANKING_METRICS if m in names))
     scenarios = [s for s in SCENARIOS if s in present]
     header = ["learner", "runs"] + [f"{s} {m.upper() if m in ('mae', 'rmse') else m}" for s in scenarios for m in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -19,7 +19,7 @@ from metarec.data.negatives import NegativeConfig, NegativeSampler
 from metarec.data.splits import SplitConfig, Task
 from metarec.errors import ConfigError, MetarecError
 from metarec.learners import LearnerContext, build_learner
-from metarec.learners.base import masked_bce_per_task
+from metarec.learners.base import masked_bce_per_task, masked_softmax_per_task
 from metarec.learners.maml import MAMLConfig
 from metarec.learners.metasgd import MetaSGDConfig
 from metarec.learners.reptile import ReptileConfig
@@ -155,6 +155,7 @@ def test_a_small_pool_gives_what_it_has(dm) -> None:
     ("data.negatives.per_positive=-1", "data.negatives.per_positive"),
     ("data.negatives.sampler=zipf", "data.negatives.sampler must be one of uniform, popularity"),
     ("data.negatives.power=-2", "data.negatives.power"),
+    ("data.negatives.loss=hinge", "data.negatives.loss must be one of bce, softmax"),
     ("data.negatives.bogus=1", "unknown config key data.negatives.bogus"),
 ])
 def test_bad_negative_options_are_one_line_errors(override, fragment) -> None:
@@ -176,6 +177,38 @@ def test_bce_matches_torch() -> None:
     for t in range(4):
         want = torch.nn.functional.binary_cross_entropy_with_logits(logits[t][mask[t]], target[t][mask[t]])
         torch.testing.assert_close(got[t], want)
+
+
+def test_sampled_softmax_matches_a_hand_computation() -> None:
+    """Each positive against the task's negatives: log(e^{s_p} + sum_n e^{s_n}) - s_p, mean over the
+    task's positives; masked entries and other positives never enter a positive's denominator."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 5.0], [0.5, 3.0, -2.0, 0.0, 0.0]], dtype=torch.float64)
+    target = torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True, True, False], [True, True, True, False, False]])
+    got = masked_softmax_per_task(logits, target, mask)
+    e = math.exp
+    neg0 = e(0.0) + e(-1.0)  # the 5.0 entry is masked out
+    want0 = ((math.log(e(2.0) + neg0) - 2.0) + (math.log(e(1.0) + neg0) - 1.0)) / 2
+    want1 = math.log(e(3.0) + e(0.5) + e(-2.0)) - 3.0
+    torch.testing.assert_close(got, torch.tensor([want0, want1], dtype=torch.float64))
+    # a row without negatives or without positives costs nothing and has a finite gradient
+    x = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    loss = masked_softmax_per_task(x, torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), torch.ones(2, 3, dtype=torch.bool))
+    loss.sum().backward()
+    assert torch.equal(loss.detach(), torch.zeros(2, dtype=torch.float64)) and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("model", ["melu", "twotower"])
+def test_softmax_training_runs_end_to_end(tmp_path, model) -> None:
+    """``data.negatives.loss=softmax`` trains, monitors the validation loss and serves probabilities."""
+    run = fit(compose([f"model={model}", "data.params.n_users=200", "data.negatives.per_positive=4",
+                       "data.negatives.loss=softmax", "trainer.max_epochs=2", f"run.root={tmp_path}"]))
+    (record,) = finished_runs(run)
+    assert "val/warm/loss" in record["metrics"] and "test/user_cold/full_recall@10" in record["metrics"]
+    rec = Recommender.load(run)
+    assert rec.implicit and rec.learner.ctx.loss == "softmax"
+    p = rec.adapt([(rec.item_ids[0].item(), 1.0), (rec.item_ids[1].item(), 1.0)]).predict(rec.item_ids[:5])
+    assert ((p > 0) & (p < 1)).all()
 
 
 @pytest.fixture(scope="module")

@@ -16,32 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from cli_helpers import cli_env, run_cli
+from zoo_helpers import LORA_MODEL, learner_options
 
 import metarec
-from metarec.config import compose, config_dir
+from metarec.config import compose
 from metarec.data.splits import Task
 from metarec.errors import MetarecError
 from metarec.recommend import AdaptedUser, Recommender
 from metarec.train import fit
 
 TINY = ["data.params.n_users=200", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
-LORA_MODEL = ["model=transformer", "model.d_model=16", "model.heads=2", "model.ffn=32", "model.lora_rank=2"]
-
-
-def _learner_options() -> dict[str, list[str]]:
-    """Every learner option of the zoo (LoRA-scoped ones on a LoRA Transformer)."""
-    out = {}
-    for path in sorted((config_dir() / "learner").glob("*.yaml")):
-        lora = yaml.safe_load(path.read_text()).get("scope") == "lora"
-        out[path.stem] = [f"learner={path.stem}", *(LORA_MODEL if lora else [])]
-    return out
-
-
 # every learner of the zoo, and variants that exercise other serving paths
 RUNS = {
-    **_learner_options(),
+    **learner_options(),
     "head": ["learner.scope=head", "learner.eval_inner_steps=2"],
     "metasgd_clip": ["learner=metasgd", "learner.inner_grad_clip=0.5"],
     "tf_lora": [*LORA_MODEL, "learner.scope=lora"],

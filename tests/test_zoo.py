@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from metarec.config import compose
 from metarec.learners import build_learner
@@ -18,9 +16,9 @@ from metarec.learners.reptile import ReptileConfig
 from metarec.models import MeLU, MeLUConfig
 from metarec.runs import finished_runs
 from metarec.train import fit
+from zoo_helpers import learner_options
 from test_learners import closed_form, ctx, linear_head_model, tiny_batch, tiny_dataset
 
-CONFIGS = Path(__file__).resolve().parent.parent / "metarec" / "configs"
 
 
 def test_reptile_update_matches_closed_form_on_linear_regression_tasks():
@@ -144,16 +142,13 @@ def test_inner_loop_leaves_everything_outside_the_scope_untouched(scope):
     assert all(p.grad is None for p in model.parameters())
 
 
-LEARNER_OPTIONS = sorted(p.stem for p in (CONFIGS / "learner").glob("*.yaml"))
+LEARNER_OPTIONS = learner_options()
 
 
-@pytest.mark.parametrize("option", LEARNER_OPTIONS)
+@pytest.mark.parametrize("option", sorted(LEARNER_OPTIONS))
 def test_every_learner_config_passes_fast_dev_run(option, tmp_path):
-    model = []
-    if yaml.safe_load((CONFIGS / "learner" / f"{option}.yaml").read_text()).get("scope") == "lora":
-        model = ["model=transformer", "model.d_model=16", "model.heads=2", "model.ffn=32", "model.lora_rank=2"]
     cfg = compose([
-        f"learner={option}", *model, "data.params.n_users=200", "trainer.fast_dev_run=true",
+        *LEARNER_OPTIONS[option], "data.params.n_users=200", "trainer.fast_dev_run=true",
         "trainer.enable_progress_bar=false", f"run.root={tmp_path}",
     ])
     run = fit(cfg)

@@ -212,7 +212,7 @@ class ColdStartDataModule(pl.LightningDataModule):
     @property
     def loss(self) -> str:
         """The training objective the data call for: ``bce`` with sampled negatives, else ``mse``."""
-        return "bce" if self.cfg.negatives.enabled else "mse"
+        return self.cfg.negatives.loss if self.cfg.negatives.enabled else "mse"
 
     @property
     def split_config(self) -> SplitConfig:

@@ -1,6 +1,7 @@
 """Implicit-feedback episodes: every interaction is a positive (label 1) and each task's support and
 query get ``per_positive`` sampled non-interacted items per positive (label 0); learners then train with
-binary cross-entropy on logits (``LearnerContext.loss = "bce"``).
+binary cross-entropy on logits (``LearnerContext.loss = "bce"``), or with ``data.negatives.loss=softmax``
+a sampled softmax of every positive against the task's negatives (``masked_softmax_per_task``).
 
 Sampling rules:
 
@@ -32,6 +33,7 @@ from metarec.data.splits import ColdStartSplit, Task
 from metarec.errors import ConfigError
 
 SAMPLERS = ("uniform", "popularity")
+LOSSES = ("bce", "softmax")  # training objectives on 0/1 labels
 NEW_ITEM_SCENARIOS = ("item_cold", "user_item_cold")
 
 
@@ -40,12 +42,15 @@ class NegativeConfig:
     per_positive: int = 0  # sampled negatives per positive in support and query; 0: off (explicit ratings)
     sampler: str = "uniform"  # uniform | popularity
     power: float = 1.0  # popularity sampler: P(item) ~ (training interactions + 1) ** power
+    loss: str = "bce"  # bce: each item alone; softmax: each positive against the task's negatives (listwise)
 
     def check(self) -> None:
         if isinstance(self.per_positive, bool) or self.per_positive < 0:
             raise ConfigError(f"data.negatives.per_positive must be an integer >= 0, got {self.per_positive!r}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"data.negatives.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"data.negatives.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if not np.isfinite(self.power) or self.power < 0:
             raise ConfigError(f"data.negatives.power must be a finite number >= 0, got {self.power!r}")
 

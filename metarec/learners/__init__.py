@@ -13,6 +13,9 @@ from metarec.learners.base import LearnerContext, MetaLearner
 from metarec.learners.baselines import (
     FineTune, FineTuneConfig, GlobalConfig, GlobalModel, ItemMean, ItemMeanConfig, UserMean, UserMeanConfig,
 )
+from metarec.learners.ease import EASE, EASEConfig
+from metarec.learners.itemknn import ItemKNN, ItemKNNConfig
+from metarec.learners.fism import FISM, FISMConfig
 from metarec.learners.maml import MAML, MAMLConfig
 from metarec.learners.metasgd import MetaSGD, MetaSGDConfig
 from metarec.learners.popularity import Popularity, PopularityConfig
@@ -31,6 +34,10 @@ LEARNERS.register("finetune", FineTuneConfig, help="global model + SGD on the us
 LEARNERS.register("item_mean", ItemMeanConfig, help="each item's mean training rating")(ItemMean)
 LEARNERS.register("popularity", PopularityConfig, help="items ranked by training interactions")(Popularity)
 LEARNERS.register("user_mean", UserMeanConfig, help="the user's support mean")(UserMean)
+LEARNERS.register("fism", FISMConfig,
+                  help="two-tower user vector folded in from the support's item vectors, meta-trained")(FISM)
+LEARNERS.register("itemknn", ItemKNNConfig, help="item-item cosine CF, new user folded in from the support")(ItemKNN)
+LEARNERS.register("ease", EASEConfig, help="EASE closed-form item-item model, new user folded in")(EASE)
 
 
 def build_learner(name: str, model: BaseRecommender, ctx: LearnerContext, cfg: Any) -> MetaLearner:

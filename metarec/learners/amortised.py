@@ -116,7 +116,7 @@ class Amortised(MetaLearner):
         prediction (how this user departs from what their features predict)."""
         r = ((ratings - self.centre) / self.scale).to(body.dtype).unsqueeze(-1)
         base = self.model.head(body).detach()  # what the unconditioned model predicts (an input, not a path)
-        if self.ctx.loss == "bce":
+        if self.ctx.binary_labels:
             base = torch.sigmoid(base)
         resid = (ratings.to(body.dtype).unsqueeze(-1) - base) / self.scale
         return self.entry(torch.cat([body, r, resid], dim=-1))

@@ -58,7 +58,12 @@ class LearnerContext:
     new_item_mask: Any = None  # bool tensor [I]
     relevance_threshold: float = 4.0  # a query rating >= this is a relevant item (explicit feedback)
     implicit: bool = False  # implicit feedback: every query item is relevant
-    loss: str = "mse"  # mse: ratings; bce: binary labels with sampled negatives, the model outputs logits
+    loss: str = "mse"  # mse: ratings; bce | softmax: binary labels with sampled negatives, the model outputs logits
+
+    @property
+    def binary_labels(self) -> bool:
+        """Whether ratings are 0/1 labels (sampled negatives) and the model outputs logits."""
+        return self.loss != "mse"
 
 
 def squared_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -89,7 +94,20 @@ def masked_bce_per_task(logits: torch.Tensor, target: torch.Tensor, mask: torch.
     return _masked_mean(logistic_loss(logits, target), mask)
 
 
-LOSSES = {"mse": masked_mse_per_task, "bce": masked_bce_per_task}
+def masked_softmax_per_task(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sampled softmax over each row's masked entries: every positive (label 1) against the row's
+    negatives (label 0), ``log(exp(s_p) + sum_n exp(s_n)) - s_p`` averaged over the positives: ``[T]``.
+    A listwise ranking loss (a positive must outscore all the task's negatives at once), unlike ``bce``,
+    which scores each item alone. With uniform negatives this is the unbiased sampled softmax; with the
+    popularity sampler no log-Q correction is applied (the loss then favours less popular items)."""
+    pos = mask & (target > 0.5)
+    neg = mask & ~(target > 0.5)
+    # a large finite floor instead of -inf keeps the gradient finite for rows without negatives
+    lse = torch.logsumexp(logits.masked_fill(~neg, -1e9), dim=-1, keepdim=True)
+    return _masked_mean(torch.logaddexp(logits, lse) - logits, pos)
+
+
+LOSSES = {"mse": masked_mse_per_task, "bce": masked_bce_per_task, "softmax": masked_softmax_per_task}
 
 
 def task_loss(name: str):
@@ -233,7 +251,7 @@ class MetaLearner(pl.LightningModule):
     def to_prediction(self, out: torch.Tensor) -> torch.Tensor:
         """Model outputs -> predictions for the rating metrics: ratings clipped to the rating range, or
         probabilities (sigmoid of the logits) under ``bce``."""
-        if self.ctx.loss == "bce":
+        if self.ctx.binary_labels:
             return torch.sigmoid(out)
         return out.clamp(*self.ctx.rating_range)
 
@@ -253,7 +271,7 @@ class MetaLearner(pl.LightningModule):
             return out[:, :n_items]
 
         s_mask, q_mask = batch.support_mask[:, :s], batch.query_mask[:, s:]
-        if self.ctx.loss == "bce":
+        if self.ctx.binary_labels:
             s_mask, q_mask = s_mask & (batch.ratings[:, :s] > 0.5), q_mask & (batch.ratings[:, s:] > 0.5)
         elif not self.ctx.implicit:
             q_mask = q_mask & (batch.ratings[:, s:] >= self.ctx.relevance_threshold)

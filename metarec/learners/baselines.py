@@ -36,7 +36,10 @@ class GlobalModel(MetaLearner):
     def training_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         pred = self.model(batch.user, batch.item)  # [T, L]
         # every training rating is a training example (support and query alike)
-        mask = (batch.support_mask | batch.query_mask).to(pred.dtype)
+        every = batch.support_mask | batch.query_mask
+        if self.ctx.loss not in ELEMENTWISE:  # a listwise loss: over each task's whole episode
+            return self.loss_fn(pred, batch.ratings, every).mean(), pred[:, batch.n_support :]
+        mask = every.to(pred.dtype)
         loss = (ELEMENTWISE[self.ctx.loss](pred, batch.ratings) * mask).sum() / mask.sum()
         return loss, pred[:, batch.n_support :]
 
@@ -52,7 +55,7 @@ class ItemMean(MetaLearner):
 
     def __init__(self, model: BaseRecommender, ctx: LearnerContext, cfg: ItemMeanConfig) -> None:
         super().__init__(model, ctx)
-        if ctx.loss == "bce" and not self.serves_implicit:
+        if ctx.binary_labels and not self.serves_implicit:
             raise ConfigError(
                 "learner item_mean predicts ratings, but data.negatives makes the data implicit (every training "
                 "item is a positive); use learner=popularity, or set data.negatives.per_positive=0"
@@ -114,7 +117,7 @@ class UserMean(MetaLearner):
     def output(self, mean: torch.Tensor) -> torch.Tensor:
         """The support mean as the learner's output: as is, or under ``bce`` (the share of positives)
         as a logit."""
-        return torch.logit(mean.clamp(1e-4, 1 - 1e-4)) if self.ctx.loss == "bce" else mean
+        return torch.logit(mean.clamp(1e-4, 1 - 1e-4)) if self.ctx.binary_labels else mean
 
     def adapt(self, user: Features, support: Support) -> torch.Tensor:
         """Each task's support mean ``[T, 1]`` (the training mean for an empty support)."""

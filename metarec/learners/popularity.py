@@ -35,7 +35,7 @@ class Popularity(ItemMean):
         self.register_buffer("item_logits", torch.logit(share.clamp(1e-4, 1 - 1e-4)))
 
     def item_outputs(self) -> torch.Tensor:
-        return self.item_logits if self.ctx.loss == "bce" else self.item_means
+        return self.item_logits if self.ctx.binary_labels else self.item_means
 
     def rank_score(self, state: None, item_ids: torch.Tensor, items: Features) -> torch.Tensor:
         """Items are ranked by their training interactions (the rating outputs are item means)."""
