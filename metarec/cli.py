@@ -193,7 +193,10 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     user = rec.adapt(pairs, features or None, entry_names=names)
     top = user.recommend(args.k, exclude_seen=not args.include_seen)
     rows = [(str(r), str(item), title, f"{score:.2f}") for r, (item, title, score) in enumerate(top, start=1)]
-    head = ("rank", "item", "title", "probability" if rec.implicit else "predicted rating")
+    value = "probability" if rec.implicit else "predicted rating"
+    if not rec.learner.predicts_ratings:  # rankers (itemknn, ease) show their ranking score
+        value = "score"
+    head = ("rank", "item", "title", value)
     widths = [max(len(h), *(len(row[j]) for row in rows)) if rows else len(h) for j, h in enumerate(head)]
 
     def line(cells) -> str:

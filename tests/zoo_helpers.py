@@ -11,7 +11,7 @@ LORA_MODEL = ["model=transformer", "model.d_model=16", "model.heads=2", "model.f
 
 
 def learner_options() -> dict[str, list[str]]:
-    """``{option: overrides}`` for every YAML in ``configs/learner``: LoRA-scoped options on a LoRA
+    """``{option: overrides}`` for every YAML in ``metarec/configs/learner``: LoRA-scoped options on a LoRA
     Transformer, learners written for one base model (``needs_model``) on that model."""
     out = {}
     for path in sorted((config_dir() / "learner").glob("*.yaml")):

@@ -1,7 +1,9 @@
 """Meta-learners and baselines, registered by name; each pairs a LightningModule with its config.
 
-Adding a learner: a module with a config dataclass and a ``MetaLearner`` subclass, one ``register``
-line below, one YAML file in ``configs/learner/``. Presets of a registered learner are YAML only.
+Adding a learner: a module with a config dataclass and a ``MetaLearner`` subclass (the contract is in
+``base.py``), one ``register`` line below (or, from another package, an entry point in the group
+``metarec.learners``: ``docs/EXTENDING.md``), one YAML file in ``metarec/configs/learner/``. Presets of a
+registered learner are YAML only.
 """
 
 from __future__ import annotations
