@@ -365,7 +365,7 @@ def test_fetch_archive_uses_a_timeout(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_existing_files_are_not_reverified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _write_fake(tmp_path)  # checksums differ from the official ones, download stays on
-    monkeypatch.setattr(movielens, "fetch_archive", lambda *a, **k: pytest.fail("must not download"))
+    monkeypatch.setattr(download, "fetch_archive", lambda *a, **k: pytest.fail("must not download"))
     ds = load_dataset("movielens100k", {}, str(tmp_path))
     assert ds.n_users == 3
 

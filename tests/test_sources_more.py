@@ -26,8 +26,8 @@ from metarec.data.sources import (
     source_config,
     tabular,
 )
-from metarec.data.sources._fetch import git_blob_sha1
-from metarec.data.sources._tables import quantile_buckets, vocab_codes
+from metarec.data.download import git_blob_sha1
+from metarec.data.sources._encode import quantile_buckets, vocab_codes
 from metarec.data.splits import SplitConfig, make_split
 from metarec.errors import ConfigError, DataError
 
@@ -238,9 +238,9 @@ def test_ml20m_malformed_names_file_and_line(tmp_path: Path, file: str, lineno: 
 
 def test_ml20m_large_file_path_reports_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Files above the field-check size are parsed by pandas directly; errors still name the line."""
-    from metarec.data.sources import _tables
+    from metarec.data.sources import _read
 
-    monkeypatch.setattr(_tables, "CHECK_FIELDS_MAX_BYTES", 10)
+    monkeypatch.setattr(_read, "CHECK_FIELDS_MAX_BYTES", 10)
     _write(tmp_path / "ml-20m", ML20M)
     assert len(load_dataset("movielens20m", {"download": False}, str(tmp_path)).ratings) == 5
     for lineno, line, what in [(5, "7,4,x,1094785741", "rating 'x' is not a number"),

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from metarec.data import scenarios
 from metarec.data.schema import RecDataset
 from metarec.data.sources import load_dataset
 from metarec.data.splits import (
@@ -22,6 +23,7 @@ from metarec.data.splits import (
     ColdStartSplit,
     SplitConfig,
     content_hash,
+    cut_task,
     load_split,
     make_split,
     save_manifest,
@@ -572,3 +574,20 @@ def test_fingerprint_accepts_text_ids_and_tells_data_apart():
     a = dataset_fingerprint(ds)
     ds.user_ids = np.array([f"user-{i}" for i in range(ds.n_users)], dtype=object)
     assert a != dataset_fingerprint(ds)
+
+
+def test_the_scenario_table_matches_what_the_split_draws() -> None:
+    assert SCENARIOS == scenarios.SCENARIOS == ("warm", "user_cold", "item_cold", "user_item_cold")
+    for name in ("val", *SCENARIOS):
+        assert scenarios.new_items(name) == SCENARIO_NEW_ITEMS[name]
+        assert scenarios.new_users(name) == (SCENARIO_USERS[name] == "new")
+    assert not scenarios.new_items("train") and scenarios.VAL_SCENARIO == "warm"
+
+
+def test_cut_task_takes_the_query_first_then_at_most_support_size() -> None:
+    items, ratings = np.arange(10, 20), np.arange(10, dtype=np.float32)
+    t = cut_task(7, items, ratings, np.array([3, 1, 4, 0, 5, 9, 2]), 2, 3)
+    assert (t.user, t.query_items.tolist(), t.support_items.tolist()) == (7, [13, 11], [14, 10, 15])
+    assert t.query_ratings.tolist() == [3.0, 1.0] and t.support_ratings.tolist() == [4.0, 0.0, 5.0]
+    t = cut_task(7, items, ratings, None, 4)
+    assert t.query_items.tolist() == [10, 11, 12, 13] and t.support_items.tolist() == list(range(14, 20))

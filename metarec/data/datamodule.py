@@ -16,14 +16,13 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from metarec.data.episodes import EpisodeCollator, FeatureTables
-from metarec.data.negatives import NEW_ITEM_SCENARIOS, NegativeConfig, NegativeSampler
+from metarec.data.negatives import NegativeConfig, NegativeSampler
+from metarec.data.scenarios import VAL, VAL_SCENARIO, new_items  # noqa: F401 (VAL_SCENARIO: re-exported)
 from metarec.data.text import TextConfig, item_text_embeddings, with_text_field
 from metarec.data.schema import RecDataset
-from metarec.data.splits import ColdStartSplit, SplitConfig, Task, load_split, make_split, save_manifest
+from metarec.data.splits import ColdStartSplit, SplitConfig, Task, cut_task, load_split, make_split, save_manifest
 from metarec.data.sources import load_dataset
 from metarec.errors import ConfigError
-
-VAL_SCENARIO = "warm"  # validation users are held-out existing users on existing items
 
 
 @dataclass
@@ -103,10 +102,8 @@ class TrainEpisodes(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Task:
         epoch, i = key
         idx = self.order(epoch)[self.offsets[i] : self.offsets[i + 1]]
-        q, s = idx[: self.cfg.query_size], idx[self.cfg.query_size :]
-        if self.cfg.support_size is not None:
-            s = s[: self.cfg.support_size]
-        task = Task(int(self.users[i]), self.items[s], self.ratings[s], self.items[q], self.ratings[q])
+        cfg = self.cfg
+        task = cut_task(int(self.users[i]), self.items, self.ratings, idx, cfg.query_size, cfg.support_size)
         if self.negatives is not None:
             task = self.negatives.add(task, self.cfg.seed, epoch, new_items=False)
         if self.id_dropout > 0:  # seeded by (seed, epoch, user) like everything else of the episode
@@ -168,7 +165,7 @@ class ListDataset(Dataset):
     """Fixed tasks; with ``negatives``, each gets its seeded negatives for ``scenario`` when drawn."""
 
     def __init__(self, tasks: list[Task], negatives: NegativeSampler | None = None, seed: int = 0,
-                 scenario: str = "val") -> None:
+                 scenario: str = VAL) -> None:
         self.tasks = tasks
         self.negatives, self.seed, self.scenario = negatives, seed, scenario
 
@@ -179,7 +176,7 @@ class ListDataset(Dataset):
         task = self.tasks[i]
         if self.negatives is None:
             return task
-        return self.negatives.add(task, self.seed, self.scenario, new_items=self.scenario in NEW_ITEM_SCENARIOS)
+        return self.negatives.add(task, self.seed, self.scenario, new_items=new_items(self.scenario))
 
 
 class ColdStartDataModule(pl.LightningDataModule):
@@ -221,7 +218,7 @@ class ColdStartDataModule(pl.LightningDataModule):
     @property
     def scenarios(self) -> list[str]:
         """Evaluation scenarios, in test-dataloader order."""
-        return [s for s in self.split.episodes if s != "val"]
+        return [s for s in self.split.episodes if s != VAL]
 
     def save_manifest(self, path: str | Path) -> Path:
         return save_manifest(self.split, path)
@@ -273,7 +270,7 @@ class ColdStartDataModule(pl.LightningDataModule):
         return self.loader(dataset, self.cfg.eval_batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.eval_dataset("val", self.split.episodes["val"]))
+        return self._eval_loader(self.eval_dataset(VAL, self.split.episodes[VAL]))
 
     def eval_dataset(self, scenario: str, tasks: list[Task]) -> ListDataset:
         return ListDataset(tasks, self.negatives, self.split_config.seed, scenario)
@@ -285,8 +282,10 @@ class ColdStartDataModule(pl.LightningDataModule):
         k = self.test_support_size
         if k is None:
             return tasks
+        # The manifest's order is query then support: cutting it with support_size=K keeps the query.
         return [
-            Task(t.user, t.support_items[:k], t.support_ratings[:k], t.query_items, t.query_ratings)
+            cut_task(t.user, np.concatenate([t.query_items, t.support_items]),
+                     np.concatenate([t.query_ratings, t.support_ratings]), None, len(t.query_items), k)
             for t in tasks
             if len(t.support_items) >= k
         ]

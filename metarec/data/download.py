@@ -1,9 +1,16 @@
 """Download a zip archive and extract chosen, checksum-verified members, safely and atomically.
 
 Every file is first written to a hidden temporary file in the destination folder and only renamed
-into place once it is complete (and, for extracted members, its sha256 matches), so a failure at any
+into place once it is complete (and, for extracted members, its checksum matches), so a failure at any
 point leaves no partial file behind. Archives with absolute paths, ``..`` components, symlinks or
 other special members are refused before anything is extracted.
+
+:func:`ensure_files` is what the sources call: it downloads only when files are missing and the
+source's ``download`` option allows it. :func:`fetch_archive` checks every file against a pinned
+sha256; :func:`fetch_unpinned` is for archives whose files have no pinned sha256: each file is checked
+against a known *git blob id* where one is known (``sha1(b"blob <size>\\0" + content)``, the id public
+git repositories show for a file), and the archive against an MD5 if the caller passes one. Files with
+neither are accepted as downloaded; the loaders then validate their contents line by line.
 """
 
 from __future__ import annotations
@@ -28,6 +35,40 @@ from metarec.errors import DataError
 
 DEFAULT_TIMEOUT_S = 60.0
 _CHUNK = 1 << 20
+
+
+def ensure_files(
+    folder: Path,
+    names: Sequence[str],
+    label: str,
+    *,
+    download: bool,
+    url: str,
+    member_prefix: str,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    sha256: Mapping[str, str] | None = None,
+    blob_ids: Mapping[str, str] | None = None,
+    archive_md5: str = "",
+) -> None:
+    """Make sure the files ``names`` exist in ``folder``, downloading the archive at ``url`` if allowed.
+
+    Nothing happens when every file is there (existing files are not re-verified). Otherwise, without
+    ``download``, a ``DataError`` names the missing files; with it, the archive is fetched: by
+    :func:`fetch_archive` when ``sha256`` pins every wanted file (its keys are extracted), else by
+    :func:`fetch_unpinned` (``names`` extracted, checked against ``blob_ids`` and ``archive_md5``).
+    """
+    missing = [name for name in names if not (folder / name).is_file()]
+    if not missing:
+        return
+    if not download:
+        raise DataError(
+            f"{label} files missing in {folder}: {', '.join(missing)}; place them there, set "
+            f"{DATA_DIR_ENV} to a folder that holds {folder.name}/, or allow download=true"
+        )
+    if sha256 is not None:
+        fetch_archive(url, folder, sha256, member_prefix, timeout=timeout)
+    else:
+        fetch_unpinned(url, folder, names, member_prefix, blob_ids=blob_ids, archive_md5=archive_md5, timeout=timeout)
 
 
 def fetch_archive(
@@ -57,6 +98,70 @@ def fetch_archive(
             return _extract_verified(zf, infos, url, dest, expected, member_prefix)
     finally:
         archive.unlink(missing_ok=True)
+
+
+def fetch_unpinned(
+    url: str,
+    dest_dir: str | os.PathLike[str],
+    names: Sequence[str],
+    member_prefix: str,
+    *,
+    blob_ids: Mapping[str, str] | None = None,
+    archive_md5: str = "",
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> list[Path]:
+    """Download the zip at ``url`` and extract ``member_prefix + name`` to ``dest_dir/name`` for each name.
+
+    ``blob_ids`` maps some names to their expected git blob id; ``archive_md5`` (hex, optional) is
+    checked against the whole archive. Raises ``DataError`` on any failure, leaving nothing behind.
+    """
+    dest = Path(dest_dir)
+    names = list(names)
+    blob_ids = dict(blob_ids or {})
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the data folder {dest}: {e.strerror or e}") from None
+    archive = _download(url, dest, names, timeout)
+    try:
+        if archive_md5:
+            got = _md5(archive)
+            if got != archive_md5.strip().lower():
+                raise DataError(
+                    f"checksum mismatch for the archive from {url}: md5 is {got}, expected {archive_md5}; "
+                    "the download was deleted"
+                )
+        with _open_zip(archive, url) as zf:
+            infos = _checked_members(zf, url)
+
+            def check(name: str, tmp: Path, sha256: str) -> str | None:
+                want = blob_ids.get(name)
+                if not want:
+                    return None
+                got = git_blob_sha1(tmp)
+                return None if got == want.lower() else f"git blob id is {got}, expected {want}"
+
+            return extract_members(zf, infos, url, dest, names, member_prefix, check)
+    finally:
+        archive.unlink(missing_ok=True)
+
+
+def git_blob_sha1(path: str | os.PathLike[str]) -> str:
+    """The git blob id of a file: hex ``sha1(b"blob <size>\\0" + content)``."""
+    size = os.path.getsize(path)
+    h = hashlib.sha1(b"blob %d\0" % size)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _download(url: str, dest: Path, names: list[str], timeout: float) -> Path:

@@ -8,7 +8,8 @@ Sampling rules:
 - Negatives of a user are never items the user interacted with anywhere in the dataset, and the query's
   negatives never reappear among the support's negatives. Within one set they are distinct.
 - They come from the task's own item pool: existing items for training, validation, ``warm`` and
-  ``user_cold``; new items for ``item_cold`` and ``user_item_cold`` (the same pools full ranking uses).
+  ``user_cold``; new items in the item-cold scenarios, ``item_cold`` and ``user_item_cold`` (see
+  :func:`metarec.data.scenarios.new_items`; the same pools full ranking uses).
 - ``uniform``: every pool item alike. ``popularity``: probability proportional to
   ``(training interactions + 1) ** power``; new items have no training interactions, so inside the new
   pool popularity sampling is uniform (test-time popularity would leak the answer).
@@ -34,7 +35,6 @@ from metarec.errors import ConfigError
 
 SAMPLERS = ("uniform", "popularity")
 LOSSES = ("bce", "softmax")  # training objectives on 0/1 labels
-NEW_ITEM_SCENARIOS = ("item_cold", "user_item_cold")
 
 
 @dataclass

@@ -29,10 +29,11 @@ from typing import Optional
 
 import numpy as np
 
+from metarec.data import scenarios
+from metarec.data.scenarios import SCENARIOS, VAL
 from metarec.data.schema import RecDataset, dataset_fingerprint
 from metarec.errors import ConfigError, DataError
 
-SCENARIOS = ("warm", "user_cold", "item_cold", "user_item_cold")
 NEW_ITEM_METHODS = ("random", "year", "time")
 MANIFEST_FORMAT = 1
 
@@ -146,14 +147,22 @@ def _new_items(ds: RecDataset, cfg: SplitConfig, rng: np.random.Generator) -> np
     return mask
 
 
+def cut_task(user: int, items, ratings, order, query_size: int, support_size: int | None = None) -> Task:
+    """``user``'s ratings (``items``, ``ratings``) taken in ``order`` (positions; None: as they are), cut:
+    the first ``query_size`` are the query, the rest (its first ``support_size`` if given) the support.
+    The one rule of the split's episodes, the training episodes and the support-size-K test passes."""
+    if order is None:
+        order = np.arange(len(items))
+    q, s = order[:query_size], order[query_size:]
+    if support_size is not None:
+        s = s[:support_size]
+    return Task(user, items[s], ratings[s], items[q], ratings[q])
+
+
 def _episode(rng, user, items, ratings, cfg: SplitConfig) -> Task | None:
     if len(items) < cfg.query_size + cfg.needed_support:
         return None
-    perm = rng.permutation(len(items))
-    q, s = perm[: cfg.query_size], perm[cfg.query_size :]
-    if cfg.support_size is not None:
-        s = s[: cfg.support_size]
-    return Task(user, items[s], ratings[s], items[q], ratings[q])
+    return cut_task(user, items, ratings, rng.permutation(len(items)), cfg.query_size, cfg.support_size)
 
 
 def make_split(ds: RecDataset, cfg: SplitConfig) -> ColdStartSplit:
@@ -180,15 +189,12 @@ def make_split(ds: RecDataset, cfg: SplitConfig) -> ColdStartSplit:
             keep = new_item[items] == want_new_items
             yield int(u), items[keep], ratings[keep]
 
-    plan = {
-        "val": (val_users, False),
-        "warm": (train_users, False),
-        "user_cold": (new_users, False),
-        "item_cold": (train_users, True),
-        "user_item_cold": (new_users, True),
-    }
+    # val first, then the scenarios in table order: a set's position seeds its random stream (never reorder)
+    plan = {VAL: (val_users, False)}
+    for s in SCENARIOS:
+        plan[s] = (new_users if scenarios.new_users(s) else train_users, scenarios.new_items(s))
     episodes: dict[str, list[Task]] = {}
-    for name in ["val", *cfg.scenarios]:
+    for name in [VAL, *cfg.scenarios]:
         users, want_new = plan[name]
         ep_rng = np.random.default_rng([cfg.seed, 1 + list(plan).index(name)])
         tasks = [_episode(ep_rng, u, it, r, cfg) for u, it, r in part(users, want_new)]
@@ -302,7 +308,7 @@ def load_split(ds: RecDataset, path: str | Path) -> ColdStartSplit:
         return codes, ratings[pos]
 
     episodes = {}
-    for name, tasks in ((s, manifest["episodes"][s]) for s in ["val", *cfg.scenarios]):  # make_split order
+    for name, tasks in ((s, manifest["episodes"][s]) for s in [VAL, *cfg.scenarios]):  # make_split order
         out = []
         for t in tasks:
             if t["user"] not in user_code:
@@ -351,7 +357,7 @@ def _check_manifest(manifest: dict, path: Path) -> SplitConfig:
     for group in ("new", "val", "train"):
         id_list(manifest["users"].get(group), f"users.{group}")
     id_list(manifest["new_items"], "new_items")
-    for name in ["val", *cfg.scenarios]:
+    for name in [VAL, *cfg.scenarios]:
         tasks = manifest["episodes"].get(name)
         if not isinstance(tasks, list):
             raise bad(f"episodes.{name} is missing or not a list")

@@ -33,6 +33,7 @@ from metarec.errors import ConfigError, NonFiniteError
 from metarec.metrics import rating_metrics
 from metarec.metrics.full_ranking import full_ranking_metrics
 from metarec.data.features import Features
+from metarec.data.scenarios import new_items
 from metarec.models.base import BaseRecommender
 
 
@@ -262,7 +263,7 @@ class MetaLearner(pl.LightningModule):
         under ``bce``: sampled negatives stay candidates). Relevant: the query items rated at least
         ``relevance_threshold``; every query item for implicit ratings; the query positives under ``bce``."""
         new = self.ctx.new_item_mask.to(batch.item_ids.device)
-        pool = new if scenario in ("item_cold", "user_item_cold") else ~new
+        pool = new if new_items(scenario) else ~new
         t, n_items, s = batch.n_tasks, new.shape[0], batch.n_support
 
         def scatter(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from metarec.data.scenarios import VAL_SCENARIO
 from metarec.errors import ConfigError
 from metarec.learners.base import LearnerContext
 from metarec.learners.foldin import FoldIn
@@ -150,7 +151,7 @@ class EASE(FoldIn):
             tasks, items = self.positive_rows(support)
             u = self.profile(tasks, items, support.n_tasks).toarray()
             uv = u @ self.V
-            candidates, relevant = self.ranking_targets(batch, "warm")
+            candidates, relevant = self.ranking_targets(batch, VAL_SCENARIO)
             candidates, relevant = candidates.cpu(), (relevant & candidates).cpu()
             for g, l2 in enumerate(grid):
                 full = np.zeros((support.n_tasks, self.n_items_total))

@@ -2,68 +2,26 @@
 
 A source is a function ``factory(cfg, root) -> RecDataset`` registered in :data:`SOURCES` with the
 dataclass that types its options; :func:`load_dataset` validates user options against that dataclass.
+
+The registry lives in :mod:`._registry`, which imports no source; each built-in source module
+registers itself there when imported, and this package imports them all below, so that importing
+``metarec.data.sources`` (or anything from it) makes every built-in source known. Sources of other
+packages come in through the ``metarec.sources`` entry points (see :mod:`metarec.registry`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
-from typing import Any
+from metarec.data.sources._registry import SOURCES, load_dataset, source_config
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+# The built-in sources: importing each registers it in SOURCES.
+from metarec.data.sources import (  # noqa: F401
+    bookcrossing,
+    lastfm,
+    movielens,
+    movielens_more,
+    recbole,
+    synthetic,
+    tabular,
+)
 
-from metarec.data.schema import RecDataset
-from metarec.errors import ConfigError
-from metarec.registry import Registry
-
-SOURCES: Registry[RecDataset] = Registry("data source")
-
-
-def load_dataset(name: str, params: Mapping[str, Any] | DictConfig | None, root: str | None) -> RecDataset:
-    """Build and validate the dataset of source ``name`` with options ``params``.
-
-    Raises ``ConfigError`` for an unknown source, option or ill-typed value, ``DataError`` for data problems.
-    """
-    entry = SOURCES.get(name)
-    cfg = source_config(name, params)
-    ds = entry.factory(cfg, root)
-    ds.validate()
-    return ds
-
-
-def source_config(name: str, params: Mapping[str, Any] | DictConfig | None) -> Any:
-    """``params`` merged over the defaults of source ``name``'s config dataclass, as that dataclass."""
-    cfg_cls = SOURCES.get(name).config_cls
-    given = _as_plain_dict(name, params)
-    known = [f.name for f in dataclasses.fields(cfg_cls)]
-    for key in given:
-        if key not in known:
-            raise ConfigError(
-                f"data source {name!r}: unknown option {key!r} (known: {', '.join(known)})"
-            )
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(cfg_cls), given)
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"data source {name!r}: bad value for option {key!r}: {msg}") from None
-
-
-def _as_plain_dict(name: str, params: Mapping[str, Any] | DictConfig | None) -> dict[str, Any]:
-    if params is None:
-        return {}
-    if isinstance(params, DictConfig):
-        try:
-            params = OmegaConf.to_container(params, resolve=True)
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"data source {name!r}: cannot resolve options: {str(e).splitlines()[0]}") from None
-    if not isinstance(params, Mapping):
-        raise ConfigError(f"data source {name!r}: options must be a mapping, got {type(params).__name__}")
-    return {str(k): v for k, v in params.items()}
-
-
-# Import the source modules so that they register themselves.
-from metarec.data.sources import movielens, synthetic  # noqa: E402,F401
-from metarec.data.sources import bookcrossing, lastfm, movielens_more, recbole, tabular  # noqa: E402,F401
+__all__ = ["SOURCES", "load_dataset", "source_config"]

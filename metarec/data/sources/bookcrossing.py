@@ -41,23 +41,17 @@ import pandas as pd
 
 from metarec.data.paths import DATA_DIR_ENV, resolve_data_root
 from metarec.data.schema import RecDataset
-from metarec.data.sources import SOURCES
-from metarec.data.sources._tables import (
-    UNKNOWN_IDS,
+from metarec.data.sources._encode import feature_table, item_id_field, vocab_codes
+from metarec.data.sources._ids import UNKNOWN_IDS, check_pairs, codes_of, nonempty, unique_ids
+from metarec.data.sources._read import (
     check_option,
-    check_pairs,
-    codes_of,
     fail_at,
-    feature_table,
-    item_id_field,
-    nonempty,
     read_ragged,
     read_table,
     require_files,
     resolve_path,
-    unique_ids,
-    vocab_codes,
 )
+from metarec.data.sources._registry import SOURCES
 from metarec.data.sources.movielens import AGE_BUCKET_EDGES, year_buckets
 from metarec.errors import ConfigError
 

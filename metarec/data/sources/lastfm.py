@@ -38,22 +38,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metarec.data.download import DEFAULT_TIMEOUT_S, fetch_archive
-from metarec.data.paths import DATA_DIR_ENV, resolve_data_root
+from metarec.data.download import DEFAULT_TIMEOUT_S, ensure_files
+from metarec.data.paths import resolve_data_root
 from metarec.data.schema import RecDataset
-from metarec.data.sources import SOURCES
-from metarec.data.sources._tables import (
-    check_option,
-    check_pairs,
-    codes_of,
-    constant_users,
-    fail_at,
-    feature_table,
-    item_id_field,
-    read_table,
-    unique_ids,
-)
-from metarec.errors import ConfigError, DataError
+from metarec.data.sources._encode import constant_users, feature_table, item_id_field
+from metarec.data.sources._ids import check_pairs, codes_of, unique_ids
+from metarec.data.sources._read import check_option, fail_at, read_table
+from metarec.data.sources._registry import SOURCES
+from metarec.errors import ConfigError
 
 LASTFM_FOLDER = "lastfm-2k"
 LASTFM_URL = "https://files.grouplens.org/datasets/hetrec2011/hetrec2011-lastfm-2k.zip"
@@ -91,7 +83,8 @@ def lastfm2k(cfg: LastFm2kConfig, root: str | None) -> RecDataset:
     if cfg.top_tags < 0 or cfg.min_tag_count < 1:
         raise ConfigError("data source 'lastfm2k': top_tags must be >= 0 and min_tag_count >= 1")
     folder = resolve_data_root(root) / LASTFM_FOLDER
-    ensure_files(folder, cfg)
+    ensure_files(folder, REQUIRED_FILES, "Last.fm 2K", download=cfg.download, url=cfg.url,
+                 member_prefix=LASTFM_MEMBER_PREFIX, timeout=cfg.timeout_s, sha256=LASTFM_SHA256)
     artists = _read_artists(folder / "artists.dat")
     artist_ids = artists["id"].to_numpy()
     path = folder / "user_artists.dat"
@@ -138,18 +131,6 @@ def weigh(count: np.ndarray, weighting: str) -> tuple[np.ndarray, tuple[float, f
     if weighting == "binary":
         return np.ones_like(count), (0.0, 1.0)
     return count, (1.0, float(max(count.max(initial=1.0), 1.0)))
-
-
-def ensure_files(folder: Path, cfg: LastFm2kConfig) -> None:
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if not missing:
-        return
-    if not cfg.download:
-        raise DataError(
-            f"Last.fm 2K files missing in {folder}: {', '.join(missing)}; place them there, set "
-            f"{DATA_DIR_ENV} to a folder that holds {LASTFM_FOLDER}/, or allow download=true"
-        )
-    fetch_archive(cfg.url, folder, LASTFM_SHA256, LASTFM_MEMBER_PREFIX, timeout=cfg.timeout_s)
 
 
 def _read_artists(path: Path) -> pd.DataFrame:

@@ -14,21 +14,20 @@ Features (code 0 = unknown):
 
 from __future__ import annotations
 
-import csv
-import io
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from metarec.data.download import DEFAULT_TIMEOUT_S, fetch_archive
-from metarec.data.paths import DATA_DIR_ENV, resolve_data_root
+from metarec.data.download import DEFAULT_TIMEOUT_S, ensure_files
+from metarec.data.paths import resolve_data_root
 from metarec.data.schema import CategoricalField, FeatureTable, MultiHotField, RecDataset
-from metarec.data.sources import SOURCES
-from metarec.errors import DataError
+from metarec.data.sources._ids import check_pairs, unique_ids
+from metarec.data.sources._read import fail_at, read_table
+from metarec.data.sources._registry import SOURCES
 
 ML100K_FOLDER = "ml-100k"
 ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
@@ -60,7 +59,6 @@ YEAR_BUCKET_SIZE = 5
 _DATA_COLS = ("user", "item", "rating", "timestamp")
 _USER_COLS = ("user", "age", "gender", "occupation", "zip")
 _ITEM_COLS = ("item", "title", "release_date", "video_release_date", "url", *(f"g{i}" for i in range(19)))
-_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 _RELEASE_DATE = re.compile(r"^\d{1,2}-[A-Za-z]{3}-(\d{4})$")
 
 
@@ -77,7 +75,8 @@ class MovieLens100kConfig:
 def movielens100k(cfg: MovieLens100kConfig, root: str | None) -> RecDataset:
     """MovieLens 100K: 943 users, 1682 movies, 100,000 ratings 1-5 with user and movie features."""
     folder = resolve_data_root(root) / ML100K_FOLDER
-    ensure_files(folder, cfg)
+    ensure_files(folder, REQUIRED_FILES, "MovieLens 100K", download=cfg.download, url=cfg.url,
+                 member_prefix=ML100K_MEMBER_PREFIX, timeout=cfg.timeout_s, sha256=ML100K_SHA256)
     users = read_users(folder / "u.user")
     items = read_items(folder / "u.item")
     ratings = read_ratings(folder / "u.data", users["user"].to_numpy(), items["item"].to_numpy())
@@ -94,32 +93,18 @@ def movielens100k(cfg: MovieLens100kConfig, root: str | None) -> RecDataset:
     )
 
 
-def ensure_files(folder: Path, cfg: MovieLens100kConfig) -> None:
-    """Make sure the required files exist, downloading (and verifying) the archive if allowed."""
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if not missing:
-        return
-    if not cfg.download:
-        raise DataError(
-            f"MovieLens 100K files missing in {folder}: {', '.join(missing)}; place them there, set "
-            f"{DATA_DIR_ENV} to a folder that holds {ML100K_FOLDER}/, or allow download=true"
-        )
-    fetch_archive(cfg.url, folder, ML100K_SHA256, ML100K_MEMBER_PREFIX, timeout=cfg.timeout_s)
-
-
 # ---------------------------------------------------------------------------------------------
 # Parsing
 
 
 def read_ratings(path: Path, user_ids: np.ndarray, item_ids: np.ndarray) -> pd.DataFrame:
     """``u.data`` as codes: columns user, item (codes of the sorted id arrays), rating, timestamp."""
-    df = read_table(path, "\t", _DATA_COLS, int_cols=_DATA_COLS)
+    df = _read(path, "\t", _DATA_COLS, int_cols=_DATA_COLS)
     rating = df["rating"].to_numpy()
-    _fail_at(path, (rating < 1) | (rating > 5), lambda i: f"rating {rating[i]} is outside 1..5")
-    user = _codes(path, df["user"].to_numpy(), user_ids, "user", "u.user")
-    item = _codes(path, df["item"].to_numpy(), item_ids, "item", "u.item")
-    dup = pd.DataFrame({"u": user, "i": item}).duplicated().to_numpy()
-    _fail_at(path, dup, lambda i: f"duplicate rating of user {df['user'].iat[i]} for item {df['item'].iat[i]}")
+    fail_at(path, df.index, (rating < 1) | (rating > 5), lambda i: f"rating {rating[i]} is outside 1..5")
+    user = _codes(path, df, "user", user_ids, "u.user")
+    item = _codes(path, df, "item", item_ids, "u.item")
+    check_pairs(path, df.index, user, item, user_ids, item_ids)
     return pd.DataFrame(
         {
             "user": user,
@@ -132,106 +117,39 @@ def read_ratings(path: Path, user_ids: np.ndarray, item_ids: np.ndarray) -> pd.D
 
 def read_users(path: Path) -> pd.DataFrame:
     """``u.user`` sorted by id: columns user, age, gender, occupation, zip."""
-    df = read_table(path, "|", _USER_COLS, int_cols=("user", "age"))
-    _check_unique_ids(path, df["user"], "user")
-    return df.sort_values("user", kind="stable").reset_index(drop=True)
+    df = _read(path, "|", _USER_COLS, int_cols=("user", "age"))
+    order = unique_ids(path, df["user"].to_numpy(), df.index, "user")
+    return df.iloc[order].reset_index(drop=True)
 
 
 def read_items(path: Path) -> pd.DataFrame:
     """``u.item`` (Latin-1) sorted by id: item, title, year (float, NaN if unknown), g0..g18 flags."""
     int_cols = ("item", *_ITEM_COLS[5:])
-    df = read_table(path, "|", _ITEM_COLS, int_cols=int_cols)
-    _check_unique_ids(path, df["item"], "item")
+    df = _read(path, "|", _ITEM_COLS, int_cols=int_cols)
+    order = unique_ids(path, df["item"].to_numpy(), df.index, "item")
     flags = df[list(_ITEM_COLS[5:])].to_numpy()
     bad = ((flags != 0) & (flags != 1)).any(axis=1)
-    _fail_at(path, bad, lambda i: f"genre flags must be 0 or 1, got {flags[i].tolist()}")
+    fail_at(path, df.index, bad, lambda i: f"genre flags must be 0 or 1, got {flags[i].tolist()}")
     dates = df["release_date"].str.strip()
     years = dates.str.extract(_RELEASE_DATE, expand=False)
     bad = (dates != "").to_numpy() & years.isna().to_numpy()
-    _fail_at(path, bad, lambda i: f"release date {dates.iat[i]!r} is not like 01-Jan-1995")
+    fail_at(path, df.index, bad, lambda i: f"release date {dates.iat[i]!r} is not like 01-Jan-1995")
     df["year"] = pd.to_numeric(years, errors="coerce").astype(np.float64)
-    return df.sort_values("item", kind="stable").reset_index(drop=True)
+    return df.iloc[order].reset_index(drop=True)
 
 
-def read_table(path: Path, sep: str, columns: Sequence[str], int_cols: Sequence[str]) -> pd.DataFrame:
-    """A separated Latin-1 text file as a DataFrame; ``DataError`` naming the first malformed line."""
-    lines = _read_lines(path)
-    _check_field_counts(path, lines, sep, len(columns))
-    text = "\n".join(lines)
-    dtype = {c: (np.int64 if c in int_cols else str) for c in columns}
-    try:
-        return _parse(text, sep, columns, dtype)
-    except (ValueError, OverflowError, pd.errors.ParserError) as e:  # OverflowError: beyond 64 bits
-        df = _parse(text, sep, columns, {c: str for c in columns})
-        for col in int_cols:
-            ok = df[col].str.fullmatch(r"\s*[+-]?\d+\s*").to_numpy(dtype=bool)
-            _fail_at(path, ~ok, lambda i, col=col: f"{col} {df[col].iat[i]!r} is not an integer")
-            big = np.array([not _INT64_MIN <= int(v) <= _INT64_MAX for v in df[col]], dtype=bool)
-            _fail_at(path, big, lambda i, col=col: f"{col} {df[col].iat[i].strip()} is out of range")
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{path}: cannot parse ({first})") from None
+def _read(path: Path, sep: str, columns: Sequence[str], int_cols: Sequence[str]) -> pd.DataFrame:
+    """A headerless Latin-1 file (index: line numbers); ``DataError`` naming the first malformed line."""
+    return read_table(path, sep=sep, names=columns, header=False, encoding="latin-1",
+                      kinds=dict.fromkeys(int_cols, "int"))
 
 
-def _parse(text: str, sep: str, columns: Sequence[str], dtype: dict) -> pd.DataFrame:
-    return pd.read_csv(
-        io.StringIO(text),
-        sep=sep,
-        header=None,
-        names=list(columns),
-        dtype=dtype,
-        na_filter=False,
-        quoting=csv.QUOTE_NONE,
-        skip_blank_lines=False,
-        engine="c",
-    )
-
-
-def _read_lines(path: Path) -> list[str]:
-    """Lines of a Latin-1 file without line ends; trailing blank lines dropped."""
-    try:
-        text = path.read_bytes().decode("latin-1")
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
-    lines = text.split("\n")
-    if "\r" in text:
-        lines = [line.rstrip("\r") for line in lines]
-        # The CSV parser would end a line at a lone \r, shifting the line numbers of every message.
-        stray = np.array(["\r" in line for line in lines], dtype=bool)
-        _fail_at(path, stray, lambda i: "carriage return (\\r) inside the line")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
-        raise DataError(f"{path} is empty")
-    return lines
-
-
-def _check_field_counts(path: Path, lines: list[str], sep: str, n_fields: int) -> None:
-    counts = pd.Series(lines, dtype=object).str.count(re.escape(sep)).to_numpy() + 1
-    _fail_at(
-        path,
-        counts != n_fields,
-        lambda i: f"expected {n_fields} fields separated by {sep!r}, found {counts[i]}",
-    )
-
-
-def _fail_at(path: Path, bad: np.ndarray, what: Callable[[int], str]) -> None:
-    """Raise ``DataError`` for the first row where ``bad`` is true (row i is line i + 1)."""
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise DataError(f"{path}, line {i + 1}: {what(i)}")
-
-
-def _check_unique_ids(path: Path, ids: pd.Series, kind: str) -> None:
-    dup = ids.duplicated().to_numpy()
-    _fail_at(path, dup, lambda i: f"duplicate {kind} id {ids.iat[i]}")
-
-
-def _codes(path: Path, ids: np.ndarray, known: np.ndarray, kind: str, table: str) -> np.ndarray:
-    """Positions of ``ids`` in the sorted array ``known``; unknown ids are a ``DataError``."""
+def _codes(path: Path, df: pd.DataFrame, kind: str, known: np.ndarray, table: str) -> np.ndarray:
+    """Positions of the ``kind`` ids of ``df`` in the sorted array ``known``; unknown ids are a ``DataError``."""
+    ids = df[kind].to_numpy()
     pos = np.searchsorted(known, ids)
-    pos_c = np.minimum(pos, len(known) - 1)
-    unknown = known[pos_c] != ids
-    _fail_at(path, unknown, lambda i: f"rating of {kind} id {ids[i]} that is not in {table}")
+    unknown = known[np.minimum(pos, len(known) - 1)] != ids
+    fail_at(path, df.index, unknown, lambda i: f"rating of {kind} id {ids[i]} that is not in {table}")
     return pos.astype(np.int64)
 
 

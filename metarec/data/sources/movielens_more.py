@@ -34,24 +34,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metarec.data.download import DEFAULT_TIMEOUT_S
-from metarec.data.paths import DATA_DIR_ENV, resolve_data_root
+from metarec.data.download import DEFAULT_TIMEOUT_S, ensure_files
+from metarec.data.paths import resolve_data_root
 from metarec.data.schema import RecDataset
-from metarec.data.sources import SOURCES
-from metarec.data.sources._fetch import fetch_unpinned
-from metarec.data.sources._tables import (
-    check_pairs,
-    codes_of,
-    constant_users,
-    fail_at,
-    feature_table,
-    item_id_field,
-    read_table,
-    title_years,
-    unique_ids,
-)
+from metarec.data.sources._encode import constant_users, feature_table, item_id_field, title_years
+from metarec.data.sources._ids import check_pairs, codes_of, unique_ids
+from metarec.data.sources._read import fail_at, read_table
+from metarec.data.sources._registry import SOURCES
 from metarec.data.sources.movielens import year_buckets
-from metarec.errors import DataError
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
 ML1M_URL = GROUPLENS + "ml-1m.zip"
@@ -113,20 +103,6 @@ class MovieLens25mConfig:
     archive_md5: str = ""
 
 
-def ensure_files(folder: Path, files, cfg, label: str, blob_ids: dict[str, str] | None = None) -> None:
-    """Make sure ``files`` exist in ``folder``, downloading the archive if allowed."""
-    missing = [name for name in files if not (folder / name).is_file()]
-    if not missing:
-        return
-    if not cfg.download:
-        raise DataError(
-            f"{label} files missing in {folder}: {', '.join(missing)}; place them there, set "
-            f"{DATA_DIR_ENV} to a folder that holds {folder.name}/, or allow download=true"
-        )
-    fetch_unpinned(cfg.url, folder, files, f"{folder.name}/", blob_ids=blob_ids,
-                   archive_md5=cfg.archive_md5, timeout=cfg.timeout_s)
-
-
 # ---------------------------------------------------------------------------------------------
 # MovieLens 1M
 
@@ -135,7 +111,9 @@ def ensure_files(folder: Path, files, cfg, label: str, blob_ids: dict[str, str] 
 def movielens1m(cfg: MovieLens1mConfig, root: str | None) -> RecDataset:
     """MovieLens 1M: 6,040 users, 3,883 movies, 1,000,209 ratings 1-5 with user and movie features."""
     folder = resolve_data_root(root) / "ml-1m"
-    ensure_files(folder, ML1M_FILES, cfg, "MovieLens 1M", ML1M_BLOB_IDS)
+    ensure_files(folder, ML1M_FILES, "MovieLens 1M", download=cfg.download, url=cfg.url,
+                 member_prefix=f"{folder.name}/", timeout=cfg.timeout_s, blob_ids=ML1M_BLOB_IDS,
+                 archive_md5=cfg.archive_md5)
     users = _read_ml1m_users(folder / "users.dat")
     items = _read_movies(folder / "movies.dat", sep="::", encoding="latin-1", genres=ML1M_GENRES, header=False)
     path = folder / "ratings.dat"
@@ -201,7 +179,8 @@ def movielens25m(cfg: MovieLens25mConfig, root: str | None) -> RecDataset:
 
 def _movielens_csv(cfg, root: str | None, name: str, folder_name: str, label: str) -> RecDataset:
     folder = resolve_data_root(root) / folder_name
-    ensure_files(folder, ML_CSV_FILES, cfg, label)
+    ensure_files(folder, ML_CSV_FILES, label, download=cfg.download, url=cfg.url,
+                 member_prefix=f"{folder.name}/", timeout=cfg.timeout_s, archive_md5=cfg.archive_md5)
     items = _read_movies(folder / "movies.csv", sep=",", encoding="utf-8", genres=ML20M_GENRES, header=True)
     path = folder / "ratings.csv"
     cols = ("userId", "movieId", "rating", "timestamp")

@@ -41,24 +41,16 @@ import pandas as pd
 
 from metarec.data.paths import resolve_data_root
 from metarec.data.schema import RecDataset
-from metarec.data.sources import SOURCES
-from metarec.data.sources._tables import (
-    UNKNOWN_IDS,
-    check_option,
-    check_pairs,
-    codes_of,
+from metarec.data.sources._encode import (
     constant_users,
     encode_features,
     feature_table,
     float_seconds,
-    id_array,
     item_id_field,
-    nonempty,
-    read_header,
-    read_table,
-    resolve_path,
-    unique_ids,
 )
+from metarec.data.sources._ids import UNKNOWN_IDS, check_pairs, codes_of, id_array, nonempty, unique_ids
+from metarec.data.sources._read import check_option, read_header, read_table, resolve_path
+from metarec.data.sources._registry import SOURCES
 from metarec.errors import ConfigError, DataError
 
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from metarec.data.schema import CategoricalField, FeatureTable, MultiHotField, RecDataset
-from metarec.data.sources import SOURCES
+from metarec.data.sources._registry import SOURCES
 from metarec.errors import ConfigError
 
 USER_FIELDS = (("age_group", 6), ("gender", 2), ("occupation", 10))  # (name, number of values)

@@ -47,27 +47,18 @@ import pandas as pd
 
 from metarec.data.paths import resolve_data_root
 from metarec.data.schema import RecDataset
-from metarec.data.sources import SOURCES
-from metarec.data.sources._tables import (
+from metarec.data.sources._encode import (
     FEATURE_TYPES,
-    PARQUET_SUFFIXES,
-    UNKNOWN_IDS,
-    check_option,
-    check_pairs,
-    codes_of,
     constant_users,
     encode_features,
-    fail_at,
     feature_table,
-    id_array,
     item_id_field,
-    nonempty,
     numeric_column,
-    read_table,
-    resolve_path,
     timestamps,
-    unique_ids,
 )
+from metarec.data.sources._ids import UNKNOWN_IDS, check_pairs, codes_of, id_array, nonempty, unique_ids
+from metarec.data.sources._read import PARQUET_SUFFIXES, check_option, fail_at, read_table, resolve_path
+from metarec.data.sources._registry import SOURCES
 from metarec.errors import ConfigError, DataError
 
 FORMATS = ("auto", "csv", "parquet")

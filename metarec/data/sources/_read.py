@@ -1,4 +1,4 @@
-r"""Shared parsing, validation and feature-encoding helpers of the file-based sources.
+r"""Reading the delimited text tables of the file-based sources, with line-numbered errors.
 
 Every table read here comes back as a DataFrame whose index is the 1-based line number of each row
 in its file (the header is line 1 when there is one), so that later checks can name the line of
@@ -26,21 +26,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metarec.data.schema import CategoricalField, FeatureTable, MultiHotField
 from metarec.errors import ConfigError, DataError
 
 CHECK_FIELDS_MAX_BYTES = 64 << 20
 _CHUNK_ROWS = 1 << 19
 _INT = re.compile(r"\s*[+-]?\d+\s*")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_PLAIN_INT_ID = re.compile(r"0|-?[1-9]\d{0,17}")  # ids that round-trip through int64 unchanged
-_TITLE_YEAR = re.compile(r"\((\d{4})(?:[-\u2013]\d{0,4})?\)\s*$")
 _PANDAS_FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 _SEP_STAND_IN = "\x1f"  # multi-character separators are replaced by this before parsing
 _LINE_END = re.compile(r"\r\n|\r|\n")
 _STRAY_CR = re.compile(r"\r(?!\r*(?:\n|\Z))")  # a \r not (with more \r) ending a line or the text
 
-UNKNOWN_IDS = ("error", "drop")
 PARQUET_SUFFIXES = (".parquet", ".pq")  # rows of these files are numbered from 1, without a header
 
 
@@ -55,6 +51,14 @@ def fail_at(path: Path | str, lines: Sequence[int] | np.ndarray | pd.Index, bad,
         i = int(np.argmax(bad))
         unit = "row" if str(path).lower().endswith(PARQUET_SUFFIXES) else "line"
         raise DataError(f"{path}, {unit} {int(np.asarray(lines)[i])}: {what(i)}")
+
+
+def shown(value: object, limit: int = 100) -> str:
+    """``value`` as text for a one-line message: as is when printable, else its ``repr`` (which escapes
+    line breaks and control characters); cut to ``limit`` characters."""
+    s = str(value)
+    s = s if s.isprintable() else repr(s)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def check_option(source: str, option: str, value: str, allowed: Sequence[str]) -> None:
@@ -305,171 +309,7 @@ def _locate_bad_value(path, source, kw, kinds, first: int, lines) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Ids
-
-
-def shown(value: object, limit: int = 100) -> str:
-    """``value`` as text for a one-line message: as is when printable, else its ``repr`` (which escapes
-    line breaks and control characters); cut to ``limit`` characters."""
-    s = str(value)
-    s = s if s.isprintable() else repr(s)
-    return s if len(s) <= limit else s[: limit - 3] + "..."
-
-
-def id_array(values: pd.Series | np.ndarray) -> np.ndarray:
-    """Original ids as int64 if every one is a plain integer (no sign, no leading zero), else str."""
-    s = pd.Series(values)
-    if s.dtype.kind in "iu":
-        return s.to_numpy(dtype=np.int64)
-    s = s.astype(str)
-    if len(s) and s.str.fullmatch(_PLAIN_INT_ID.pattern).all():
-        return s.astype(np.int64).to_numpy()
-    return s.to_numpy(dtype=str)
-
-
-def unique_ids(path: Path, ids: np.ndarray, lines, kind: str) -> np.ndarray:
-    """Sort order of ``ids`` after checking they are unique and non-empty."""
-    if ids.dtype.kind == "U":
-        fail_at(path, lines, np.char.str_len(ids) == 0, lambda i: f"missing {kind} id")
-    dup = pd.Series(ids).duplicated().to_numpy()
-    fail_at(path, lines, dup, lambda i: f"duplicate {kind} id {shown(ids[i])}")
-    return np.argsort(ids, kind="stable")
-
-
-def codes_of(
-    path: Path, ids: np.ndarray, lines, known: np.ndarray, kind: str, table: str, drop: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of ``ids`` in the sorted array ``known`` and a keep mask.
-
-    Unknown ids are a ``DataError`` naming the line, or (``drop``) are left out by the mask.
-    """
-    known = _normalized(known)
-    ids = _same_kind(_normalized(ids), known)
-    if len(known) == 0:
-        pos = np.zeros(len(ids), dtype=np.int64)
-        unknown = np.ones(len(ids), dtype=bool)
-    else:
-        pos = np.searchsorted(known, ids)
-        unknown = known[np.minimum(pos, len(known) - 1)] != ids
-    if not drop:
-        fail_at(path, lines, unknown, lambda i: f"{kind} id {shown(ids[i])} is not in {table}")
-    return pos.astype(np.int64), ~unknown
-
-
-def _normalized(a: np.ndarray) -> np.ndarray:
-    """Integer ids as int64, any other ids as a numpy str array."""
-    a = np.asarray(a)
-    if a.dtype.kind in "iu":
-        return a.astype(np.int64, copy=False)
-    return a if a.dtype.kind == "U" else a.astype(str)
-
-
-def _same_kind(ids: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """``ids`` converted to the dtype kind of ``known`` (ints compare to ints, strings to strings)."""
-    if known.dtype.kind == ids.dtype.kind or (known.dtype.kind in "iu" and ids.dtype.kind in "iu"):
-        return ids
-    if known.dtype.kind == "U":
-        return ids.astype(str)
-    s = pd.Series(ids).astype(str)
-    ok = s.str.fullmatch(_PLAIN_INT_ID.pattern).to_numpy(dtype=bool)
-    out = np.full(len(ids), np.iinfo(np.int64).min, dtype=np.int64)  # never a real id
-    out[ok] = s[ok].astype(np.int64).to_numpy()
-    return out
-
-
-def check_pairs(path: Path, lines, user: np.ndarray, item: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
-    """``DataError`` naming the line of the first repeated (user, item) pair."""
-    key = user.astype(np.int64) * (int(item.max(initial=0)) + 1) + item.astype(np.int64)
-    dup = pd.Series(key).duplicated().to_numpy()
-    fail_at(path, lines, dup,
-            lambda i: f"duplicate rating of user {shown(user_ids[user[i]])} for item {shown(item_ids[item[i]])}")
-
-
-def nonempty(path: Path, n: int, why: str) -> None:
-    if n == 0:
-        raise DataError(f"{path}: no interactions left {why}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Features
-
-
-def vocab_codes(values: pd.Series, max_values: int | None = None) -> tuple[np.ndarray, int, list[str]]:
-    """Codes for string values: empty/NaN -> 0, the most frequent ``max_values`` values -> 1..k (by
-    descending count, ties by value), any other value -> k + 1 (``other``). Returns codes, cardinality
-    and the vocabulary."""
-    s = pd.Series(values, dtype=object).fillna("").astype(str).str.strip()
-    known = s[s != ""]
-    counts = known.value_counts()
-    order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    vocab = [v for v, _ in order]
-    truncated = max_values is not None and len(vocab) > max_values
-    if truncated:
-        vocab = vocab[:max_values]
-    mapping = {v: k + 1 for k, v in enumerate(vocab)}
-    other = len(vocab) + 1
-    codes = s.map(mapping).to_numpy(dtype=object)
-    codes = np.where(pd.isna(codes), np.where(s.to_numpy() == "", 0, other), codes).astype(np.int64)
-    return codes, len(vocab) + 1 + int(truncated), vocab
-
-
-def quantile_buckets(values: np.ndarray, n_buckets: int) -> tuple[np.ndarray, int]:
-    """Equal-frequency buckets of the known (finite) values -> codes 1..k (k <= n_buckets, fewer when
-    values repeat); NaN -> 0. Bucket edges are the ``j / n_buckets`` quantiles, j = 1..n_buckets-1,
-    and a value equal to an edge goes to the upper bucket."""
-    v = np.asarray(values, dtype=np.float64)
-    known = np.isfinite(v)
-    codes = np.zeros(len(v), dtype=np.int64)
-    if not known.any():
-        return codes, 1
-    edges = np.unique(np.quantile(v[known], np.arange(1, n_buckets) / n_buckets)) if n_buckets > 1 else np.array([])
-    codes[known] = np.searchsorted(edges, v[known], side="right") + 1
-    return codes, len(edges) + 2
-
-
-def multihot_from_lists(lists: pd.Series, max_values: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """A 0/1 float32 matrix over the ``max_values`` most frequent values (ties by value) of list cells."""
-    lists = lists.reset_index(drop=True)
-    exploded = lists.explode()
-    exploded = exploded[exploded.notna() & (exploded.astype(str) != "")].astype(str)
-    counts = exploded.value_counts()
-    vocab = [v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-    if max_values is not None:
-        vocab = vocab[:max_values]
-    mat = np.zeros((len(lists), len(vocab)), dtype=np.float32)
-    if vocab:
-        col = exploded.map({v: k for k, v in enumerate(vocab)})
-        keep = col.notna().to_numpy()
-        rows = exploded.index.to_numpy(dtype=np.int64)
-        mat[rows[keep], col[keep].to_numpy(dtype=np.int64)] = 1.0
-    return mat, vocab
-
-
-def title_years(titles: pd.Series) -> np.ndarray:
-    """Release year from a MovieLens title ending in ``(1995)`` (or ``(2007-)``); NaN when absent."""
-    years = titles.astype(str).str.extract(_TITLE_YEAR, expand=False)
-    return pd.to_numeric(years, errors="coerce").to_numpy(dtype=np.float64)
-
-
-def constant_users(n: int) -> FeatureTable:
-    """One categorical field ``constant`` (cardinality 2, every user code 1): a user input that carries
-    no information, for sources without user features."""
-    return FeatureTable([CategoricalField("constant", 2)], np.ones((n, 1), dtype=np.int64))
-
-
-def feature_table(cat: list[tuple[str, np.ndarray, int]], multi: list[tuple], n: int) -> FeatureTable:
-    """A :class:`FeatureTable` from ``(name, codes, cardinality)`` and ``(name, 0/1 matrix[, value names])``
-    lists."""
-    fields = [CategoricalField(name, int(card)) for name, _, card in cat]
-    arr = np.stack([c for _, c, _ in cat], axis=1).astype(np.int64) if cat else np.zeros((n, 0), dtype=np.int64)
-    mh_fields = [MultiHotField(m[0], int(m[1].shape[1]), values=tuple(m[2]) if len(m) > 2 else ()) for m in multi]
-    mh = np.concatenate([m[1] for m in multi], axis=1).astype(np.float32) if multi else None
-    return FeatureTable(fields, arr, mh_fields, mh)
-
-
-def item_id_field(n: int) -> tuple[str, np.ndarray, int]:
-    """The ``item_id`` categorical field (item code + 1; cardinality n + 1), as in the MovieLens sources."""
-    return ("item_id", np.arange(1, n + 1, dtype=np.int64), n + 1)
+# Paths and other tables
 
 
 def resolve_path(root: Path, name: str) -> Path:
@@ -524,78 +364,3 @@ def read_header(path: Path, sep: str, encoding: str, quoted: bool = False) -> li
     if not path.is_file():
         raise DataError(f"{path} does not exist")
     return _header(path, None, sep, encoding, quoted, None)
-
-
-FEATURE_TYPES = ("categorical", "multihot", "numeric")
-
-
-def encode_features(path: Path, df: pd.DataFrame, specs) -> tuple[list, list]:
-    """Categorical and multi-hot fields for ``feature_table`` from string columns of ``df``.
-
-    Each spec has ``name`` (field name; empty: the column), ``column``, ``type`` (see
-    :data:`FEATURE_TYPES`), ``sep`` (multihot separator), ``max_values`` and ``buckets``:
-    ``categorical`` -> :func:`vocab_codes` (the ``max_values`` most frequent values, one code for the
-    rest, 0 for empty); ``multihot`` -> :func:`multihot_from_lists` of the ``max_values`` most frequent
-    values; ``numeric`` -> :func:`quantile_buckets` into ``buckets`` equal-frequency buckets (empty -> 0;
-    anything else that is not a number is a ``DataError`` naming the line).
-    """
-    cat: list = []
-    multi: list = []
-    for spec in specs:
-        name = spec.name or spec.column
-        s = df[spec.column]
-        text = s.astype(object).where(s.notna(), "").astype(str)
-        if spec.type == "categorical":
-            codes, card, _ = vocab_codes(text, spec.max_values)
-            cat.append((name, codes, card))
-        elif spec.type == "multihot":
-            lists = text.str.split(spec.sep, regex=False).map(lambda xs: [x.strip() for x in xs if x.strip()])
-            mat, _ = multihot_from_lists(lists, spec.max_values)
-            multi.append((name, mat))
-        else:
-            values = numeric_column(path, s, df.index, spec.column)
-            codes, card = quantile_buckets(values, spec.buckets)
-            cat.append((name, codes, card))
-    return cat, multi
-
-
-def numeric_column(path: Path, s: pd.Series, lines, column: str) -> np.ndarray:
-    """Floats of a column; empty -> NaN; other non-numbers are a ``DataError`` naming the line."""
-    if s.dtype.kind in "iufb":
-        return s.to_numpy(dtype=np.float64)
-    text = s.astype(str).str.strip()
-    values = pd.to_numeric(text.mask(text == "", np.nan), errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.isnan(values) & (text != "").to_numpy() & ~text.str.lower().isin(("nan", "null", "na")).to_numpy()
-    fail_at(path, lines, bad, lambda i: f"{column} {text.iat[i]!r} is not a number")
-    return values
-
-
-def timestamps(path: Path, s: pd.Series, lines, column: str) -> np.ndarray:
-    """Integer seconds from integer (or float) seconds, or from date/time text (UTC unless it says)."""
-    if s.dtype.kind in "iu":
-        return s.to_numpy(dtype=np.int64)
-    if s.dtype.kind == "f":
-        return float_seconds(path, lines, s.to_numpy(dtype=np.float64), column)
-    if s.dtype.kind == "M" or isinstance(s.dtype, pd.DatetimeTZDtype):
-        dt = pd.to_datetime(s, utc=True)
-    else:
-        text = s.astype(str).str.strip()
-        fail_at(path, lines, (text == "").to_numpy(), lambda i: f"missing {column}")
-        num = pd.to_numeric(text, errors="coerce")
-        if num.notna().all():
-            return float_seconds(path, lines, num.to_numpy(dtype=np.float64), column)
-        dt = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
-        bad = dt.isna().to_numpy()
-        fail_at(path, lines, bad, lambda i: f"{column} {text.iat[i]!r} is neither seconds nor a date/time")
-    fail_at(path, lines, dt.isna().to_numpy(), lambda i: f"missing {column}")
-    # Whole seconds (floored) at the parsed resolution: dates before 1677 or after 2262 do not fit nanoseconds.
-    return dt.dt.tz_localize(None).to_numpy().astype("datetime64[s]").astype(np.int64)
-
-
-def float_seconds(path: Path, lines, v: np.ndarray, column: str) -> np.ndarray:
-    """Integer seconds (floored) from float seconds; ``DataError`` for NaN, infinities and values beyond 64 bits."""
-    fail_at(path, lines, ~np.isfinite(v),
-            lambda i: f"missing {column}" if np.isnan(v[i]) else f"{column} {v[i]} is not a finite number")
-    fail_at(path, lines, (v < -(2.0**63)) | (v >= 2.0**63),
-            lambda i: f"{column} {v[i]} is outside the 64-bit integer range of seconds")
-    return np.floor(v).astype(np.int64)

@@ -1,0 +1,167 @@
+"""Feature tables of the file-based sources: codes and multi-hot matrices from table columns, and the
+numeric and time columns they need (errors name the line, see :mod:`._read`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from metarec.data.schema import CategoricalField, FeatureTable, MultiHotField
+from metarec.data.sources._read import fail_at
+
+_TITLE_YEAR = re.compile(r"\((\d{4})(?:[-\u2013]\d{0,4})?\)\s*$")
+
+FEATURE_TYPES = ("categorical", "multihot", "numeric")
+
+
+def vocab_codes(values: pd.Series, max_values: int | None = None) -> tuple[np.ndarray, int, list[str]]:
+    """Codes for string values: empty/NaN -> 0, the most frequent ``max_values`` values -> 1..k (by
+    descending count, ties by value), any other value -> k + 1 (``other``). Returns codes, cardinality
+    and the vocabulary."""
+    s = pd.Series(values, dtype=object).fillna("").astype(str).str.strip()
+    known = s[s != ""]
+    counts = known.value_counts()
+    order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    vocab = [v for v, _ in order]
+    truncated = max_values is not None and len(vocab) > max_values
+    if truncated:
+        vocab = vocab[:max_values]
+    mapping = {v: k + 1 for k, v in enumerate(vocab)}
+    other = len(vocab) + 1
+    codes = s.map(mapping).to_numpy(dtype=object)
+    codes = np.where(pd.isna(codes), np.where(s.to_numpy() == "", 0, other), codes).astype(np.int64)
+    return codes, len(vocab) + 1 + int(truncated), vocab
+
+
+def quantile_buckets(values: np.ndarray, n_buckets: int) -> tuple[np.ndarray, int]:
+    """Equal-frequency buckets of the known (finite) values -> codes 1..k (k <= n_buckets, fewer when
+    values repeat); NaN -> 0. Bucket edges are the ``j / n_buckets`` quantiles, j = 1..n_buckets-1,
+    and a value equal to an edge goes to the upper bucket."""
+    v = np.asarray(values, dtype=np.float64)
+    known = np.isfinite(v)
+    codes = np.zeros(len(v), dtype=np.int64)
+    if not known.any():
+        return codes, 1
+    edges = np.unique(np.quantile(v[known], np.arange(1, n_buckets) / n_buckets)) if n_buckets > 1 else np.array([])
+    codes[known] = np.searchsorted(edges, v[known], side="right") + 1
+    return codes, len(edges) + 2
+
+
+def multihot_from_lists(lists: pd.Series, max_values: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """A 0/1 float32 matrix over the ``max_values`` most frequent values (ties by value) of list cells."""
+    lists = lists.reset_index(drop=True)
+    exploded = lists.explode()
+    exploded = exploded[exploded.notna() & (exploded.astype(str) != "")].astype(str)
+    counts = exploded.value_counts()
+    vocab = [v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    if max_values is not None:
+        vocab = vocab[:max_values]
+    mat = np.zeros((len(lists), len(vocab)), dtype=np.float32)
+    if vocab:
+        col = exploded.map({v: k for k, v in enumerate(vocab)})
+        keep = col.notna().to_numpy()
+        rows = exploded.index.to_numpy(dtype=np.int64)
+        mat[rows[keep], col[keep].to_numpy(dtype=np.int64)] = 1.0
+    return mat, vocab
+
+
+def title_years(titles: pd.Series) -> np.ndarray:
+    """Release year from a MovieLens title ending in ``(1995)`` (or ``(2007-)``); NaN when absent."""
+    years = titles.astype(str).str.extract(_TITLE_YEAR, expand=False)
+    return pd.to_numeric(years, errors="coerce").to_numpy(dtype=np.float64)
+
+
+def constant_users(n: int) -> FeatureTable:
+    """One categorical field ``constant`` (cardinality 2, every user code 1): a user input that carries
+    no information, for sources without user features."""
+    return FeatureTable([CategoricalField("constant", 2)], np.ones((n, 1), dtype=np.int64))
+
+
+def feature_table(cat: list[tuple[str, np.ndarray, int]], multi: list[tuple], n: int) -> FeatureTable:
+    """A :class:`FeatureTable` from ``(name, codes, cardinality)`` and ``(name, 0/1 matrix[, value names])``
+    lists."""
+    fields = [CategoricalField(name, int(card)) for name, _, card in cat]
+    arr = np.stack([c for _, c, _ in cat], axis=1).astype(np.int64) if cat else np.zeros((n, 0), dtype=np.int64)
+    mh_fields = [MultiHotField(m[0], int(m[1].shape[1]), values=tuple(m[2]) if len(m) > 2 else ()) for m in multi]
+    mh = np.concatenate([m[1] for m in multi], axis=1).astype(np.float32) if multi else None
+    return FeatureTable(fields, arr, mh_fields, mh)
+
+
+def item_id_field(n: int) -> tuple[str, np.ndarray, int]:
+    """The ``item_id`` categorical field (item code + 1; cardinality n + 1), as in the MovieLens sources."""
+    return ("item_id", np.arange(1, n + 1, dtype=np.int64), n + 1)
+
+
+def encode_features(path: Path, df: pd.DataFrame, specs) -> tuple[list, list]:
+    """Categorical and multi-hot fields for ``feature_table`` from string columns of ``df``.
+
+    Each spec has ``name`` (field name; empty: the column), ``column``, ``type`` (see
+    :data:`FEATURE_TYPES`), ``sep`` (multihot separator), ``max_values`` and ``buckets``:
+    ``categorical`` -> :func:`vocab_codes` (the ``max_values`` most frequent values, one code for the
+    rest, 0 for empty); ``multihot`` -> :func:`multihot_from_lists` of the ``max_values`` most frequent
+    values; ``numeric`` -> :func:`quantile_buckets` into ``buckets`` equal-frequency buckets (empty -> 0;
+    anything else that is not a number is a ``DataError`` naming the line).
+    """
+    cat: list = []
+    multi: list = []
+    for spec in specs:
+        name = spec.name or spec.column
+        s = df[spec.column]
+        text = s.astype(object).where(s.notna(), "").astype(str)
+        if spec.type == "categorical":
+            codes, card, _ = vocab_codes(text, spec.max_values)
+            cat.append((name, codes, card))
+        elif spec.type == "multihot":
+            lists = text.str.split(spec.sep, regex=False).map(lambda xs: [x.strip() for x in xs if x.strip()])
+            mat, _ = multihot_from_lists(lists, spec.max_values)
+            multi.append((name, mat))
+        else:
+            values = numeric_column(path, s, df.index, spec.column)
+            codes, card = quantile_buckets(values, spec.buckets)
+            cat.append((name, codes, card))
+    return cat, multi
+
+
+def numeric_column(path: Path, s: pd.Series, lines, column: str) -> np.ndarray:
+    """Floats of a column; empty -> NaN; other non-numbers are a ``DataError`` naming the line."""
+    if s.dtype.kind in "iufb":
+        return s.to_numpy(dtype=np.float64)
+    text = s.astype(str).str.strip()
+    values = pd.to_numeric(text.mask(text == "", np.nan), errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.isnan(values) & (text != "").to_numpy() & ~text.str.lower().isin(("nan", "null", "na")).to_numpy()
+    fail_at(path, lines, bad, lambda i: f"{column} {text.iat[i]!r} is not a number")
+    return values
+
+
+def timestamps(path: Path, s: pd.Series, lines, column: str) -> np.ndarray:
+    """Integer seconds from integer (or float) seconds, or from date/time text (UTC unless it says)."""
+    if s.dtype.kind in "iu":
+        return s.to_numpy(dtype=np.int64)
+    if s.dtype.kind == "f":
+        return float_seconds(path, lines, s.to_numpy(dtype=np.float64), column)
+    if s.dtype.kind == "M" or isinstance(s.dtype, pd.DatetimeTZDtype):
+        dt = pd.to_datetime(s, utc=True)
+    else:
+        text = s.astype(str).str.strip()
+        fail_at(path, lines, (text == "").to_numpy(), lambda i: f"missing {column}")
+        num = pd.to_numeric(text, errors="coerce")
+        if num.notna().all():
+            return float_seconds(path, lines, num.to_numpy(dtype=np.float64), column)
+        dt = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
+        bad = dt.isna().to_numpy()
+        fail_at(path, lines, bad, lambda i: f"{column} {text.iat[i]!r} is neither seconds nor a date/time")
+    fail_at(path, lines, dt.isna().to_numpy(), lambda i: f"missing {column}")
+    # Whole seconds (floored) at the parsed resolution: dates before 1677 or after 2262 do not fit nanoseconds.
+    return dt.dt.tz_localize(None).to_numpy().astype("datetime64[s]").astype(np.int64)
+
+
+def float_seconds(path: Path, lines, v: np.ndarray, column: str) -> np.ndarray:
+    """Integer seconds (floored) from float seconds; ``DataError`` for NaN, infinities and values beyond 64 bits."""
+    fail_at(path, lines, ~np.isfinite(v),
+            lambda i: f"missing {column}" if np.isnan(v[i]) else f"{column} {v[i]} is not a finite number")
+    fail_at(path, lines, (v < -(2.0**63)) | (v >= 2.0**63),
+            lambda i: f"{column} {v[i]} is outside the 64-bit integer range of seconds")
+    return np.floor(v).astype(np.int64)
