@@ -88,14 +88,10 @@ def _trainer(cfg: DictConfig, run_dir: Path, trainable: bool, monitor: str = MON
 
 def _test(trainer: pl.Trainer, learner: MetaLearner, dm: ColdStartDataModule, ckpt, support_size) -> dict:
     """One test pass over every scenario; with ``support_size`` K, metrics are named ``test_kK/...``."""
-    dm.test_support_size = support_size
-    learner.test_stage = "test" if support_size is None else f"test_k{support_size}"
     if ckpt is not None:
         check_checkpoint(ckpt)
-    try:
-        results = trainer.test(learner, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
-    finally:
-        dm.test_support_size, learner.test_stage = None, "test"
+    results = trainer.test(learner, datamodule=dm.for_support_size(support_size), ckpt_path=ckpt, verbose=False,
+                           weights_only=True)
     return {
         k: float(v)
         for block in results

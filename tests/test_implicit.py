@@ -113,11 +113,8 @@ def test_negatives_change_with_the_epoch_but_not_with_the_support_cut(dm) -> Non
     assert not np.array_equal(np.sort(t0.query_items), np.sort(t1.query_items))
     assert np.array_equal(eps[(0, 0)].query_items, t0.query_items)  # same key, same task
     full = dm.test_dataloader()
-    dm.test_support_size = 2
-    try:
-        cut = dm.test_dataloader()
-    finally:
-        dm.test_support_size = None
+    cut = dm.for_support_size(2).test_dataloader()
+    assert dm.test_support_size is None  # the module itself is left as it is
     full_tasks = {t.user: t for t in _tasks(full[0])}
     for t in _tasks(cut[0]):
         ref = full_tasks[t.user]

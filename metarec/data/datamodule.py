@@ -7,6 +7,8 @@ Validation and test episodes are the fixed ones of the split manifest.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -188,7 +190,7 @@ class ColdStartDataModule(pl.LightningDataModule):
         self.split: ColdStartSplit | None = None
         self.collate: EpisodeCollator | None = None
         self.negatives: NegativeSampler | None = None  # implicit feedback (data.negatives.per_positive > 0)
-        self.test_support_size: int | None = None  # set to K to test on supports cut to K ratings
+        self.test_support_size: int | None = None  # K: test on supports cut to K ratings (see for_support_size)
 
     # ------------------------------------------------------------------ set-up
     def setup(self, stage: str | None = None) -> None:
@@ -274,6 +276,18 @@ class ColdStartDataModule(pl.LightningDataModule):
 
     def eval_dataset(self, scenario: str, tasks: list[Task]) -> ListDataset:
         return ListDataset(tasks, self.negatives, self.split_config.seed, scenario)
+
+    def for_support_size(self, k: int | None) -> "ColdStartDataModule":
+        """This data module (same dataset, split and negatives: nothing is copied) whose test passes cut
+        every support to ``k`` ratings (``None``: the full support); this module is left as it is."""
+        view = copy.copy(self)
+        view.test_support_size = k
+        return view
+
+    @property
+    def test_stage(self) -> str:
+        """The metric prefix of this module's test passes: ``test``, or ``test_kK`` for support size K."""
+        return "test" if self.test_support_size is None else f"test_k{self.test_support_size}"
 
     def test_tasks(self, scenario: str) -> list[Task]:
         """The scenario's fixed episodes; with ``test_support_size = K``, the users with at least K

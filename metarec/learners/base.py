@@ -123,7 +123,6 @@ class MetaLearner(pl.LightningModule):
     needs_training = True
     ranks_items = True  # False for learners whose scores cannot order items (no full-ranking metrics)
     predicts_ratings = True  # False for rankers (e.g. item-item fold-in): no rating metrics, '-' in tables
-    test_stage = "test"  # metric prefix of test passes; e.g. "test_k5" for a support-size-5 pass
 
     def __init__(self, model: BaseRecommender, ctx: LearnerContext, lr: float = 1e-3, weight_decay: float = 0.0):
         super().__init__()
@@ -230,7 +229,7 @@ class MetaLearner(pl.LightningModule):
         names = self.ctx.val_scenarios if stage == "val" else self.ctx.test_scenarios
         scenario = names[dataloader_idx]
         state, loss, out = self.evaluate(batch)
-        prefix = self.test_stage if stage == "test" else stage
+        prefix = self.test_stage() if stage == "test" else stage
         if self.predicts_ratings:
             _, target, mask = batch.part("query")
             metrics = (self.val_metrics if stage == "val" else self.test_metrics)[scenario]
@@ -295,9 +294,15 @@ class MetaLearner(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)
 
+    def test_stage(self) -> str:
+        """The metric prefix of the running test pass: the data module's (``test_kK`` for a pass at
+        support size K, ``ColdStartDataModule.for_support_size``), else ``test``."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        return getattr(dm, "test_stage", "test")
+
     def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_stage, self.test_metrics)
-        self._log_metrics(self.test_stage, self.rank_metrics)
+        self._log_metrics(self.test_stage(), self.test_metrics)
+        self._log_metrics(self.test_stage(), self.rank_metrics)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
