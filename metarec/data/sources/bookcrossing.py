@@ -51,7 +51,6 @@ from metarec.data.sources._read import (
     require_files,
     resolve_path,
 )
-from metarec.data.sources._registry import SOURCES
 from metarec.data.sources.movielens import AGE_BUCKET_EDGES, year_buckets
 from metarec.errors import ConfigError
 
@@ -79,7 +78,6 @@ class BookCrossingConfig:
     max_publishers: int = 500
 
 
-@SOURCES.register("bookcrossing", BookCrossingConfig)
 def bookcrossing(cfg: BookCrossingConfig, root: str | None) -> RecDataset:
     """Book-Crossing: explicit 1-10 book ratings (and optional implicit 0s) with user and book features."""
     check_option("bookcrossing", "implicit", cfg.implicit, IMPLICIT)

@@ -44,7 +44,6 @@ from metarec.data.schema import RecDataset
 from metarec.data.sources._encode import constant_users, feature_table, item_id_field
 from metarec.data.sources._ids import check_pairs, codes_of, unique_ids
 from metarec.data.sources._read import check_option, fail_at, read_table
-from metarec.data.sources._registry import SOURCES
 from metarec.errors import ConfigError
 
 LASTFM_FOLDER = "lastfm-2k"
@@ -76,7 +75,6 @@ class LastFm2kConfig:
     timeout_s: float = DEFAULT_TIMEOUT_S
 
 
-@SOURCES.register("lastfm2k", LastFm2kConfig)
 def lastfm2k(cfg: LastFm2kConfig, root: str | None) -> RecDataset:
     """HetRec 2011 Last.fm: 1,892 users, 17,632 artists, 92,834 play counts as implicit ratings, with tags."""
     check_option("lastfm2k", "weighting", cfg.weighting, WEIGHTINGS)

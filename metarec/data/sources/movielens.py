@@ -27,7 +27,6 @@ from metarec.data.paths import resolve_data_root
 from metarec.data.schema import CategoricalField, FeatureTable, MultiHotField, RecDataset
 from metarec.data.sources._ids import check_pairs, unique_ids
 from metarec.data.sources._read import fail_at, read_table
-from metarec.data.sources._registry import SOURCES
 
 ML100K_FOLDER = "ml-100k"
 ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
@@ -71,7 +70,6 @@ class MovieLens100kConfig:
     timeout_s: float = DEFAULT_TIMEOUT_S
 
 
-@SOURCES.register("movielens100k", MovieLens100kConfig)
 def movielens100k(cfg: MovieLens100kConfig, root: str | None) -> RecDataset:
     """MovieLens 100K: 943 users, 1682 movies, 100,000 ratings 1-5 with user and movie features."""
     folder = resolve_data_root(root) / ML100K_FOLDER

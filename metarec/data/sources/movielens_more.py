@@ -40,7 +40,6 @@ from metarec.data.schema import RecDataset
 from metarec.data.sources._encode import constant_users, feature_table, item_id_field, title_years
 from metarec.data.sources._ids import check_pairs, codes_of, unique_ids
 from metarec.data.sources._read import fail_at, read_table
-from metarec.data.sources._registry import SOURCES
 from metarec.data.sources.movielens import year_buckets
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
@@ -107,7 +106,6 @@ class MovieLens25mConfig:
 # MovieLens 1M
 
 
-@SOURCES.register("movielens1m", MovieLens1mConfig)
 def movielens1m(cfg: MovieLens1mConfig, root: str | None) -> RecDataset:
     """MovieLens 1M: 6,040 users, 3,883 movies, 1,000,209 ratings 1-5 with user and movie features."""
     folder = resolve_data_root(root) / "ml-1m"
@@ -165,13 +163,11 @@ def zip_prefix_codes(zips: pd.Series) -> np.ndarray:
 # MovieLens 20M / 25M
 
 
-@SOURCES.register("movielens20m", MovieLens20mConfig)
 def movielens20m(cfg: MovieLens20mConfig, root: str | None) -> RecDataset:
     """MovieLens 20M: 138,493 users, 27,278 movies, 20,000,263 half-star ratings; no user features."""
     return _movielens_csv(cfg, root, "movielens20m", "ml-20m", "MovieLens 20M")
 
 
-@SOURCES.register("movielens25m", MovieLens25mConfig)
 def movielens25m(cfg: MovieLens25mConfig, root: str | None) -> RecDataset:
     """MovieLens 25M: 162,541 users, 62,423 movies, 25,000,095 half-star ratings; no user features."""
     return _movielens_csv(cfg, root, "movielens25m", "ml-25m", "MovieLens 25M")

@@ -50,7 +50,6 @@ from metarec.data.sources._encode import (
 )
 from metarec.data.sources._ids import UNKNOWN_IDS, check_pairs, codes_of, id_array, nonempty, unique_ids
 from metarec.data.sources._read import check_option, read_header, read_table, resolve_path
-from metarec.data.sources._registry import SOURCES
 from metarec.errors import ConfigError, DataError
 
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
@@ -87,7 +86,6 @@ class _Spec:
     buckets: int = 10
 
 
-@SOURCES.register("recbole", RecBoleConfig)
 def recbole(cfg: RecBoleConfig, root: str | None) -> RecDataset:
     """A dataset in RecBole's atomic-file format (.inter, optional .user and .item)."""
     if not cfg.name:

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from metarec.data.schema import CategoricalField, FeatureTable, MultiHotField, RecDataset
-from metarec.data.sources._registry import SOURCES
 from metarec.errors import ConfigError
 
 USER_FIELDS = (("age_group", 6), ("gender", 2), ("occupation", 10))  # (name, number of values)
@@ -48,7 +47,6 @@ class SyntheticConfig:
     seed: int = 0
 
 
-@SOURCES.register("synthetic", SyntheticConfig)
 def synthetic(cfg: SyntheticConfig, root: str | None = None) -> RecDataset:
     """Synthetic users and items with latent preferences, feature-driven priors and personal deviations."""
     _check(cfg)

@@ -58,7 +58,6 @@ from metarec.data.sources._encode import (
 )
 from metarec.data.sources._ids import UNKNOWN_IDS, check_pairs, codes_of, id_array, nonempty, unique_ids
 from metarec.data.sources._read import PARQUET_SUFFIXES, check_option, fail_at, read_table, resolve_path
-from metarec.data.sources._registry import SOURCES
 from metarec.errors import ConfigError, DataError
 
 FORMATS = ("auto", "csv", "parquet")
@@ -109,7 +108,6 @@ class CsvConfig:
     name: str = "csv"
 
 
-@SOURCES.register("csv", CsvConfig)
 def csv_source(cfg: CsvConfig, root: str | None) -> RecDataset:
     """Interactions (CSV, or Parquet with pyarrow) with optional user/item feature tables, mapped by config."""
     _check_config(cfg)
