@@ -60,7 +60,7 @@ def build(cfg: DictConfig) -> tuple[ColdStartDataModule, MetaLearner]:
         all_items=dm.collate.tables.items(torch.arange(ds.n_items)),
         new_item_mask=torch.as_tensor(dm.split.new_item_mask),
         relevance_threshold=float(cfg.data.relevance_threshold),
-        implicit=bool(getattr(ds, "implicit", False)),
+        interactions_only=bool(getattr(ds, "implicit", False)),
         loss=dm.loss,
     )
     entry = LEARNERS.get(cfg.learner.name)

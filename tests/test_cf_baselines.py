@@ -154,7 +154,7 @@ def test_bce_support_positives_are_label_one_and_implicit_supports_count_every_i
     assert learner.covered.tolist() == [0, 1, 2, 3, 4]
     sup = support([[(1, 1.0), (3, 0.0)]])
     assert learner.support_positives(sup).tolist() == [[True, False]]
-    implicit = build_learner("itemknn", nn.Identity(), toy_ctx(TOY_POOL, 5, implicit=True), ItemKNNConfig())
+    implicit = build_learner("itemknn", nn.Identity(), toy_ctx(TOY_POOL, 5, interactions_only=True), ItemKNNConfig())
     assert implicit.support_positives(support([[(1, 1.0), (3, 2.0)]])).tolist() == [[True, True]]
     explicit = build_learner("itemknn", nn.Identity(), toy_ctx(TOY_POOL, 5), ItemKNNConfig())
     assert explicit.support_positives(support([[(1, 4.0), (3, 3.5)]])).tolist() == [[True, False]]

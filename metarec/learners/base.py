@@ -58,7 +58,7 @@ class LearnerContext:
     all_items: Any = None  # Features of every item [I, ...]
     new_item_mask: Any = None  # bool tensor [I]
     relevance_threshold: float = 4.0  # a query rating >= this is a relevant item (explicit feedback)
-    implicit: bool = False  # implicit feedback: every query item is relevant
+    interactions_only: bool = False  # the data are interactions, not ratings: every query item is relevant
     loss: str = "mse"  # mse: ratings; bce | softmax: binary labels with sampled negatives, the model outputs logits
 
     @property
@@ -260,7 +260,8 @@ class MetaLearner(pl.LightningModule):
         """``(candidates, relevant)``, bool ``[T, I]``. Candidates: the scenario's items (new items in the
         item-cold scenarios, existing items otherwise) except the user's support items (its positives
         under ``bce``: sampled negatives stay candidates). Relevant: the query items rated at least
-        ``relevance_threshold``; every query item for implicit ratings; the query positives under ``bce``."""
+        ``relevance_threshold``; every query item when the data are interactions only (``interactions_only``);
+        the query positives under binary labels (sampled negatives)."""
         new = self.ctx.new_item_mask.to(batch.item_ids.device)
         pool = new if new_items(scenario) else ~new
         t, n_items, s = batch.n_tasks, new.shape[0], batch.n_support
@@ -273,7 +274,7 @@ class MetaLearner(pl.LightningModule):
         s_mask, q_mask = batch.support_mask[:, :s], batch.query_mask[:, s:]
         if self.ctx.binary_labels:
             s_mask, q_mask = s_mask & (batch.ratings[:, :s] > 0.5), q_mask & (batch.ratings[:, s:] > 0.5)
-        elif not self.ctx.implicit:
+        elif not self.ctx.interactions_only:
             q_mask = q_mask & (batch.ratings[:, s:] >= self.ctx.relevance_threshold)
         candidates = pool.unsqueeze(0).expand(t, -1) & ~scatter(batch.item_ids[:, :s], s_mask)
         return candidates, scatter(batch.item_ids[:, s:], q_mask)

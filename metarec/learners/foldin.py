@@ -138,7 +138,7 @@ class FoldIn(MetaLearner):
     def _interactions(ctx: LearnerContext, which: str, new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(user row, item code) of the training interactions ``X`` is made of, and every item's number of
         training interactions."""
-        keep_all = which == "all" or ctx.binary_labels or ctx.implicit
+        keep_all = which == "all" or ctx.binary_labels or ctx.interactions_only
         users, items, pop_items = [], [], []
         for row, (_, (its, rs)) in enumerate(sorted(ctx.train_pool.items())):
             its = np.asarray(its, dtype=np.int64)
@@ -157,7 +157,7 @@ class FoldIn(MetaLearner):
         implicit data without negatives; ratings >= ``relevance_threshold`` on explicit data."""
         if self.ctx.binary_labels:
             return support.positives(True, self.ctx.relevance_threshold)
-        if self.ctx.implicit:
+        if self.ctx.interactions_only:
             return support.mask.clone()
         return support.positives(False, self.ctx.relevance_threshold)
 
