@@ -33,6 +33,14 @@ class MultiHotField:
     dense: bool = False
 
 
+@dataclass(frozen=True)
+class DenseField(MultiHotField):
+    """A real-valued vector field (e.g. an item's text embedding), stored beside the multi-hot blocks;
+    models project it (``nn.Linear``) instead of averaging value embeddings."""
+
+    dense: bool = True
+
+
 @dataclass
 class FeatureTable:
     """Features of one entity kind (users or items), one row per id code.

@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from metarec.data.schema import FeatureTable, MultiHotField, RecDataset, dataset_fingerprint
+from metarec.data.schema import DenseField, FeatureTable, RecDataset, dataset_fingerprint
 from metarec.errors import ConfigError, DataError
 
 BUNDLED = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -148,7 +148,7 @@ def with_text_field(ds: RecDataset, emb: np.ndarray) -> RecDataset:
     items = ds.items
     table = FeatureTable(
         items.categorical_fields, items.categorical,
-        [*items.multihot_fields, MultiHotField("text", int(emb.shape[1]), dense=True)],
+        [*items.multihot_fields, DenseField("text", int(emb.shape[1]))],
         np.concatenate([items.multihot, emb.astype(np.float32)], axis=1),
     )
     from dataclasses import replace
