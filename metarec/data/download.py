@@ -71,6 +71,16 @@ def ensure_files(
         fetch_unpinned(url, folder, names, member_prefix, blob_ids=blob_ids, archive_md5=archive_md5, timeout=timeout)
 
 
+def _download_into(url: str, dest_dir: str | os.PathLike[str], names: list[str], timeout: float) -> tuple[Path, Path]:
+    """``(dest folder, downloaded archive)``: the folder created if needed, the archive fetched into it."""
+    dest = Path(dest_dir)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the data folder {dest}: {e.strerror or e}") from None
+    return dest, _download(url, dest, names, timeout)
+
+
 def fetch_archive(
     url: str,
     dest_dir: str | os.PathLike[str],
@@ -85,13 +95,7 @@ def fetch_archive(
     Raises ``DataError`` on network failure, an unsafe or corrupt archive, a missing member or a
     checksum mismatch; nothing partial is left in ``dest_dir``.
     """
-    dest = Path(dest_dir)
-    names = list(expected)
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"cannot create the data folder {dest}: {e.strerror or e}") from None
-    archive = _download(url, dest, names, timeout)
+    dest, archive = _download_into(url, dest_dir, list(expected), timeout)
     try:
         with _open_zip(archive, url) as zf:
             infos = _checked_members(zf, url)
@@ -115,14 +119,9 @@ def fetch_unpinned(
     ``blob_ids`` maps some names to their expected git blob id; ``archive_md5`` (hex, optional) is
     checked against the whole archive. Raises ``DataError`` on any failure, leaving nothing behind.
     """
-    dest = Path(dest_dir)
     names = list(names)
     blob_ids = dict(blob_ids or {})
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"cannot create the data folder {dest}: {e.strerror or e}") from None
-    archive = _download(url, dest, names, timeout)
+    dest, archive = _download_into(url, dest_dir, names, timeout)
     try:
         if archive_md5:
             got = _md5(archive)
