@@ -167,7 +167,8 @@ def config_difference(run_dir: Path, cfg, ignored: tuple[str, ...] = RESULT_NEUT
 
     old_flat = comparable(old)
     new_flat = comparable(OmegaConf.to_container(cfg, resolve=True))
-    for key in sorted(set(old_flat) | set(new_flat), key=lambda k: (k != "data.source", k)):  # the source first
+    # the source first, then the feature switches (a switched feature's own options follow from them)
+    for key in sorted(set(old_flat) | set(new_flat), key=lambda k: (k != "data.source", k not in SWITCHES, k)):
         a, b = old_flat.get(key, "<unset>"), new_flat.get(key, "<unset>")
         if a != b:
             return key, a, b
