@@ -22,6 +22,7 @@ from metarec.learners.maml import MAML, MAMLConfig
 from metarec.learners.metasgd import MetaSGD, MetaSGDConfig
 from metarec.learners.popularity import Popularity, PopularityConfig
 from metarec.learners.reptile import Reptile, ReptileConfig
+from metarec.learners.ridge import Ridge, RidgeConfig
 from metarec.models.base import BaseRecommender
 from metarec.registry import Registry
 
@@ -38,6 +39,8 @@ LEARNERS.register("popularity", PopularityConfig, help="items ranked by training
 LEARNERS.register("user_mean", UserMeanConfig, help="the user's support mean")(UserMean)
 LEARNERS.register("fism", FISMConfig,
                   help="two-tower user vector folded in from the support's item vectors, meta-trained")(FISM)
+LEARNERS.register("ridge", RidgeConfig,
+                  help="two-tower user vector solved in closed form from the support (Bayesian prior), meta-trained")(Ridge)
 LEARNERS.register("itemknn", ItemKNNConfig, help="item-item cosine CF, new user folded in from the support")(ItemKNN)
 LEARNERS.register("ease", EASEConfig, help="EASE closed-form item-item model, new user folded in")(EASE)
 

@@ -4,7 +4,12 @@ Each user has a preference vector ``p_u = prior(features_u) + user_spread * N(0,
 sum of per-value embeddings of the user's categorical features, the rest is personal. Each item has a
 vector ``q_i`` built from its genres plus noise, with ``q_i[0] = 1`` so that ``p_u[0]`` acts as the
 user's bias. ``rating = clip(global_mean + b_i + <p_u, q_i> - c + noise * N(0, 1), 1, 5)``, where the
-constant ``c`` centres ``b_i + <p_u, q_i>`` over the sampled ratings.
+constant ``c`` centres ``b_i + <p_u, q_i>`` over the sampled ratings. With ``round_ratings: true``
+the ratings are whole stars 1-5 (MovieLens format).
+
+The generating truth (feature priors, item vectors and biases, ``c``) is known:
+:func:`synthetic_truth` returns it, and :mod:`metarec.data.oracle` computes from it the Bayes-optimal
+prediction for a user from any support set -- the calibration point of ``benchmarks/oracle_gap.py``.
 
 Features (code 0 = unknown): users ``age_group`` (cardinality 7), ``gender`` (3), ``occupation`` (11);
 items ``item_id`` (n_items + 1), ``release_year`` (5-year buckets of 1950-2000; 12) and the multi-hot
@@ -45,18 +50,47 @@ class SyntheticConfig:
     global_mean: float = 3.5
     popularity: float = 0.8  # Zipf exponent of how often items are rated
     seed: int = 0
+    round_ratings: bool = False  # whole stars 1-5 (MovieLens format) instead of real-valued ratings
+
+
+@dataclass(frozen=True)
+class SyntheticTruth:
+    """What generated a synthetic dataset, indexed like ``RecDataset.user_ids`` / ``item_ids`` (code order)."""
+
+    prior_mean: np.ndarray  # [n_users, latent_dim]: the part of each preference set by the user's features
+    preferences: np.ndarray  # [n_users, latent_dim]: the drawn p_u (the oracle never reads it; tests do)
+    item_vectors: np.ndarray  # [n_items, latent_dim] (first coordinate 1)
+    item_bias: np.ndarray  # [n_items]
+    offset: float  # global_mean - c: rating = offset + b_i + <p_u, q_i> + noise, then clipped (and rounded)
+    user_spread: float  # std of the personal deviation p_u - prior_mean (per coordinate)
+    noise: float
+    rating_range: tuple[float, float]
+    rounded: bool
 
 
 def synthetic(cfg: SyntheticConfig, root: str | None = None) -> RecDataset:
     """Synthetic users and items with latent preferences, feature-driven priors and personal deviations."""
+    return _generate(cfg)[0]
+
+
+def synthetic_truth(cfg: SyntheticConfig) -> SyntheticTruth:
+    """The generating parameters of ``synthetic(cfg)`` (the same draws: the same seed, the same order)."""
+    return _generate(cfg)[1]
+
+
+def _generate(cfg: SyntheticConfig) -> tuple[RecDataset, SyntheticTruth]:
     _check(cfg)
     rng = np.random.default_rng(cfg.seed)
     user_cat = _user_categorical(rng, cfg.n_users)
-    pref = _user_preferences(rng, cfg, user_cat)
+    prior, pref = _user_preferences(rng, cfg, user_cat)
     years = rng.integers(FIRST_YEAR, LAST_YEAR + 1, size=cfg.n_items)
     genres = _item_genres(rng, cfg.n_items, cfg.n_genres)
     item_vec, bias = _item_vectors(rng, cfg, genres, years)
-    ratings = _ratings(rng, cfg, pref, item_vec, bias)
+    ratings, centre = _ratings(rng, cfg, pref, item_vec, bias)
+    truth = SyntheticTruth(
+        prior_mean=prior, preferences=pref, item_vectors=item_vec, item_bias=bias, offset=cfg.global_mean - centre,
+        user_spread=cfg.user_spread, noise=cfg.noise, rating_range=(1.0, 5.0), rounded=cfg.round_ratings,
+    )
     return RecDataset(
         name="synthetic",
         ratings=ratings,
@@ -70,7 +104,7 @@ def synthetic(cfg: SyntheticConfig, root: str | None = None) -> RecDataset:
         item_year=years.astype(np.float64),
         rating_range=(1.0, 5.0),
         item_titles=[f"Synthetic item {i}" for i in range(1, cfg.n_items + 1)],
-    )
+    ), truth
 
 
 def _check(cfg: SyntheticConfig) -> None:
@@ -100,15 +134,17 @@ def _user_categorical(rng: np.random.Generator, n_users: int) -> np.ndarray:
     return np.stack(cols, axis=1).astype(np.int64)
 
 
-def _user_preferences(rng: np.random.Generator, cfg: SyntheticConfig, user_cat: np.ndarray) -> np.ndarray:
-    """Feature prior (sum of per-value embeddings; unknown adds nothing) plus a personal deviation."""
+def _user_preferences(
+    rng: np.random.Generator, cfg: SyntheticConfig, user_cat: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feature prior (sum of per-value embeddings; unknown adds nothing), and it plus a personal deviation."""
     scale = cfg.prior_strength / np.sqrt(len(USER_FIELDS))
     prior = np.zeros((cfg.n_users, cfg.latent_dim))
     for j, (_, k) in enumerate(USER_FIELDS):
         emb = rng.normal(0.0, scale, size=(k + 1, cfg.latent_dim))
         emb[0] = 0.0
         prior += emb[user_cat[:, j]]
-    return prior + rng.normal(0.0, cfg.user_spread, size=(cfg.n_users, cfg.latent_dim))
+    return prior, prior + rng.normal(0.0, cfg.user_spread, size=(cfg.n_users, cfg.latent_dim))
 
 
 def _item_genres(rng: np.random.Generator, n_items: int, n_genres: int) -> np.ndarray:
@@ -136,8 +172,9 @@ def _item_vectors(
 
 def _ratings(
     rng: np.random.Generator, cfg: SyntheticConfig, pref: np.ndarray, item_vec: np.ndarray, bias: np.ndarray
-) -> pd.DataFrame:
-    """Sample who rates what (popularity-skewed), when (increasing times) and the rating values."""
+) -> tuple[pd.DataFrame, float]:
+    """Sample who rates what (popularity-skewed), when (increasing times) and the rating values; and the
+    centring constant ``c``."""
     rank = rng.permutation(cfg.n_items)
     pop = (rank + 1.0) ** -cfg.popularity
     pop /= pop.sum()
@@ -147,13 +184,16 @@ def _ratings(
     start = rng.uniform(0, 0.75 * TIME_SPAN_S, size=cfg.n_users)
     times = start[users] + rng.uniform(0, 0.25 * TIME_SPAN_S, size=len(users))
     raw = bias[items] + np.einsum("nd,nd->n", pref[users], item_vec[items])
-    score = cfg.global_mean + raw - raw.mean()  # centred so that the mean rating is near global_mean
+    centre = float(raw.mean())
+    score = cfg.global_mean + raw - centre  # centred so that the mean rating is near global_mean
     rating = np.clip(score + rng.normal(0.0, cfg.noise, size=len(users)), 1.0, 5.0)
+    if cfg.round_ratings:
+        rating = np.round(rating)
     order = np.argsort(times, kind="stable")
     ts = START_TIME + np.floor(times[order]).astype(np.int64) + np.arange(len(order), dtype=np.int64)
     return pd.DataFrame(
         {"user": users[order], "item": items[order], "rating": rating[order], "timestamp": ts}
-    ).astype({"user": np.int64, "item": np.int64, "rating": np.float64})
+    ).astype({"user": np.int64, "item": np.int64, "rating": np.float64}), centre
 
 
 def _item_table(n_items: int, years: np.ndarray, genres: np.ndarray) -> FeatureTable:
