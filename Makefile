@@ -22,10 +22,12 @@ bench-smoke: setup
 	$(VENV)/bin/python benchmarks/quality_ml100k.py --smoke
 	$(VENV)/bin/python benchmarks/full_ranking_lastfm.py --smoke
 	$(VENV)/bin/python benchmarks/ranking_vs_cf.py --smoke
+	$(VENV)/bin/python benchmarks/oracle_gap.py --smoke
 	$(VENV)/bin/python benchmarks/large_models_ml100k.py --smoke
 	$(VENV)/bin/python benchmarks/transformer_cost.py --smoke
 	$(VENV)/bin/python benchmarks/speed.py --smoke
 	$(VENV)/bin/python benchmarks/memory_stability.py --smoke
+	$(VENV)/bin/python benchmarks/chaos.py --smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -27,6 +27,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*TreeSpec.*")
     warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")  # a skipped non-finite step
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # small data: epoch logs still come
+    # a resumed run saves into its own checkpoints/ folder, which is meant to hold the earlier checkpoints
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
 
 
 def build(cfg: DictConfig) -> tuple[ColdStartDataModule, MetaLearner]:

@@ -1,7 +1,9 @@
 """``metarec`` command line: ``fit`` (train + test one run), ``report`` (table of finished runs) and
-``compare`` (a grid of learners x seeds on one split, with tables and plots).
+``compare`` (a grid of learners x seeds on one split, with tables and plots), ``tune`` (an Optuna study
+per learner on the validation users; ``compare --tuned`` uses its best settings).
 
-User errors print one line ``metarec: error: ...`` and exit with code 2, without a traceback.
+User errors print one line ``metarec: error: ...`` and exit with code 2, without a traceback; SIGTERM and
+SIGINT print one line saying how to continue and exit with 143 / 130 (``metarec.exits``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import sys
 from pathlib import Path
 
 from metarec.errors import MetarecError
+from metarec.exits import Interrupted, fit_resume_hint, rerun_hint, signals_raise, warnings_at_end
 
 CONFIG_PATH_ENV = "METAREC_CONFIG_PATH"  # = metarec.config.CONFIG_PATH_ENV (not imported: --help stays light)
 
@@ -62,10 +65,23 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("overrides", nargs="*", metavar="group=option|key=value")
     fit.add_argument("--print-config", action="store_true", help="print the composed config and exit")
     _add_config_path(fit)
-    rep = sub.add_parser("report", help="print a table of the finished runs under a folder")
+    rep = sub.add_parser(
+        "report", help="print tables of the finished runs under folders",
+        description="Tables of finished runs: one table per data set and loss, one row per configuration "
+                    "(runs whose settings differ in the seed only), cells mean ± h, h = half-width of the 95% "
+                    "Student-t confidence interval over the row's runs; rating and ranking metrics per scenario. "
+                    "A metrics.json that is not a run record is skipped with a warning naming it.",
+    )
     rep.add_argument("root", nargs="+", help="run folders or folders holding runs")
-    rep.add_argument("--stage", default="test")
+    rep.add_argument("--stage", default="test",
+                     help="metrics of which pass: test (default: full support), test_k<K> (support cut to K, "
+                          "runs of data.eval_support_sizes or compare), val")
+    rep.add_argument("--data", nargs="+", action="extend", metavar="DATA",
+                     help="only runs on these data sources (data.source, e.g. synthetic movielens100k)")
+    rep.add_argument("--learner", nargs="+", action="extend", metavar="LEARNER",
+                     help="only runs of these learners (option or algorithm name, e.g. maml melu5)")
     _add_compare(sub)
+    _add_tune(sub)
     _add_recommend(sub)
     return p
 
@@ -93,7 +109,8 @@ def _add_compare(sub) -> None:
     )
     cmp.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reused to resume)")
     cmp.add_argument("--learners", nargs="+", metavar="LEARNER",
-                     help="learner options (default: every option of the learner group)")
+                     help="learner options (default: every option of the learner group), or variants "
+                          "LEARNER@key=value[,key=value] of them, e.g. maml@inner_steps=5 (a row of its own)")
     cmp.add_argument("--seeds", nargs="+", metavar="SEED",
                      help="seeds of model initialisation and training order (default: "
                           f"{' '.join(map(str, DEFAULT_SEEDS))})")
@@ -101,7 +118,30 @@ def _add_compare(sub) -> None:
                      help="support sizes K of the extra test passes (default: "
                           f"{' '.join(map(str, DEFAULT_SUPPORT_SIZES))})")
     _add_config_path(cmp)
+    cmp.add_argument("--tuned", metavar="DIR",
+                     help="a `metarec tune --out DIR` folder: each learner's runs add its best settings "
+                          "(DIR/best/<learner>.yaml); default learners: the tuned ones")
     cmp.add_argument("overrides", nargs="*", metavar="group=option|key=value", help="applied to every run")
+
+
+def _add_tune(sub) -> None:
+    from metarec.tune import DEFAULT_TRIALS, HELP
+
+    tune = sub.add_parser(
+        "tune",
+        help="tune each learner's settings on the validation users (Optuna, resumable)",
+        description="Per learner, an Optuna study (TPE, median pruning) over its search space "
+                    "(search/<learner>.yaml), scored on the validation users only; resumable.",
+        epilog=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tune.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reused to resume)")
+    tune.add_argument("--learners", nargs="+", required=True, metavar="LEARNER", help="learner options to tune")
+    tune.add_argument("--trials", type=int, default=DEFAULT_TRIALS, metavar="N",
+                      help=f"trials per learner, the same budget for every learner (default: {DEFAULT_TRIALS}); "
+                           "trials of earlier calls count")
+    _add_config_path(tune)
+    tune.add_argument("overrides", nargs="*", metavar="group=option|key=value", help="applied to every trial")
 
 
 def _add_recommend(sub) -> None:
@@ -122,58 +162,6 @@ def _add_recommend(sub) -> None:
                      help="a user feature value code (repeatable; unknown when not given)")
 
 
-def _read_ratings_csv(path: Path) -> tuple[list[tuple[str, float | None]], list[str]]:
-    """``(item, rating)`` pairs of a CSV with header ``item,rating`` (or ``item`` alone: ratings ``None``,
-    interactions of implicit feedback); each named by its row ("row N")."""
-    import csv
-
-    if not path.is_file():
-        raise MetarecError(f"ratings file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise MetarecError(f"cannot read ratings file {path}: {e}") from None
-    try:
-        rows = list(csv.reader(text.splitlines()))
-    except csv.Error as e:
-        raise MetarecError(f"ratings file {path} is not valid CSV: {e}") from None
-    numbered = [(n, row) for n, row in enumerate(rows, start=1) if any(c.strip() for c in row)]
-    if not numbered:
-        raise MetarecError(f"ratings file {path} is empty; expected the header item,rating")
-    header = [c.strip().lower() for c in numbered[0][1]]
-    if "item" not in header or ("rating" not in header and header != ["item"]):
-        raise MetarecError(
-            f"ratings file {path}: the header must name the columns item and rating (or item alone, for a run "
-            f"trained on implicit feedback), got {','.join(header)}"
-        )
-    i_item = header.index("item")
-    i_rating = header.index("rating") if "rating" in header else None
-    pairs, names = [], []
-    for n, row in numbered[1:]:
-        where = f"{path} row {n}"
-        if len(row) != len(header):
-            raise MetarecError(f"{where}: expected {len(header)} columns ({','.join(header)}), got {len(row)}")
-        item = row[i_item].strip()
-        if not item:
-            raise MetarecError(f"{where}: missing item")
-        if i_rating is None:
-            pairs.append((item, None))
-            names.append(where)
-            continue
-        rating = row[i_rating].strip()
-        if not rating:
-            raise MetarecError(f"{where}: missing rating")
-        try:
-            value = float(rating)
-        except ValueError:
-            raise MetarecError(f"{where}: rating {rating!r} is not a number") from None
-        pairs.append((item, value))
-        names.append(where)
-    if not pairs:
-        raise MetarecError(f"ratings file {path} has no ratings below its header")
-    return pairs, names
-
-
 def _cmd_recommend(args: argparse.Namespace) -> int:
     features: dict[str, int] = {}
     for arg in args.user_feature:
@@ -186,7 +174,13 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
             raise MetarecError(f"--user-feature {arg!r}: {value!r} is not an integer code") from None
     if args.k < 1:
         raise MetarecError(f"-k must be at least 1, got {args.k}")
-    pairs, names = _read_ratings_csv(Path(args.ratings))  # before torch is imported: bad rows fail fast
+    if Path(args.run).is_file():
+        folder = Path(args.run).parent
+        raise MetarecError(f"--run {args.run} is a file, not a run folder; give the folder holding metrics.json"
+                           + (f" ({folder})" if (folder / "config.yaml").is_file() else ""))
+    from metarec.ratings_file import read_ratings_csv
+
+    pairs, names = read_ratings_csv(Path(args.ratings))  # before torch is imported: bad rows fail fast
     from metarec.recommend import Recommender
 
     rec = Recommender.load(args.run)
@@ -210,11 +204,14 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _split_off_overrides(values: list[str] | None, overrides: list[str]) -> list[str] | None:
-    """``--learners a b data=x``: argparse gives ``data=x`` to ``--learners``; move it to the overrides."""
+    """``--learners a b data=x``: argparse gives ``data=x`` to ``--learners``; move it to the overrides
+    (a variant ``maml@inner_steps=5`` stays a learner, in its place)."""
     if values is None:
         return None
-    overrides.extend(v for v in values if "=" in v)
-    return [v for v in values if "=" not in v]
+    from metarec.compare_variants import is_variant
+
+    overrides.extend(v for v in values if "=" in v and not is_variant(v))
+    return [v for v in values if "=" not in v or is_variant(v)]
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -228,31 +225,34 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         return 0
     from metarec.train import fit
 
-    run_dir = fit(cfg)
-    from metarec.runs import is_rank_zero
+    run_dir = None
+    try:
+        run_dir = fit(cfg)
+        from metarec.runs import is_rank_zero
 
-    if not is_rank_zero():  # DDP: the other processes of the run stay quiet
-        return 0
-    print(f"run finished: {run_dir}")
-    from metarec.report import markdown_table
-    from metarec.runs import finished_runs
+        if not is_rank_zero():  # DDP: the other processes of the run stay quiet
+            return 0
+        print(f"run finished: {run_dir}")
+        from metarec.report import markdown_table
+        from metarec.runs import finished_runs
 
-    print(markdown_table(finished_runs(run_dir)))
+        print(markdown_table(finished_runs(run_dir)))
+    except Interrupted as e:
+        fit_args = [*(a for d in args.config_path for a in ("--config-path", d)), *args.overrides]
+        e.hint = fit_resume_hint(fit_args, bool(cfg.run.name), e.run_dir or run_dir, e.resumable)
+        raise
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from metarec.report import markdown_table
-    from metarec.runs import finished_runs
+    from metarec.report import load_runs, render_report
 
-    records = []
-    for root in args.root:
-        if not Path(root).exists():
-            raise MetarecError(f"{root} does not exist")
-        records += finished_runs(root)
-    if not records:
+    runs, warnings = load_runs(args.root)
+    for line in warnings:
+        print(f"metarec: warning: {line}", file=sys.stderr)
+    if not runs:
         raise MetarecError(f"no finished run (no metrics.json) under {', '.join(args.root)}")
-    print(markdown_table(records, stage=args.stage))
+    print(render_report(runs, stage=args.stage, data=args.data, learners=args.learner))
     return 0
 
 
@@ -263,7 +263,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     learners = _split_off_overrides(args.learners, overrides)
     seeds = _split_off_overrides(args.seeds, overrides)
     sizes = _split_off_overrides(args.support_sizes, overrides)
+    if args.tuned and learners is None:
+        from metarec.tune_outputs import tuned_learners
+
+        learners = tuned_learners(args.tuned)
     spec = make_spec(args.out, learners, seeds, sizes, overrides, config_path=args.config_path)
+    if args.tuned:  # a variant (maml@inner_steps=5) starts from its learner's tuned settings
+        from metarec.compare_variants import parse_variant
+        from metarec.tune_outputs import load_tuned
+
+        spec.tuned = load_tuned(args.tuned, list(dict.fromkeys(parse_variant(l)[0] for l in spec.learners)))
     result = compare(spec, echo=lambda line: print(line, flush=True))
     print()
     print(result["markdown"])
@@ -273,24 +282,55 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from metarec.tune import make_tune_spec, tune
+
+    overrides = list(args.overrides)
+    learners = _split_off_overrides(args.learners, overrides)
+    spec = make_tune_spec(args.out, learners, args.trials, overrides, config_path=args.config_path)
+    result = tune(spec, echo=lambda line: print(line, flush=True), show_progress=True)
+    print("wrote " + ", ".join(str(p) for p in result["outputs"]))
+    return 0
+
+
+def _run(argv: list[str]) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # `fit a=1 --config-path DIR b=2`: argparse leaves b=2 over; it is an override like a=1
-        if args.command not in ("fit", "compare") or any(a.startswith("-") or "=" not in a for a in extra):
+        if args.command not in ("fit", "compare", "tune") or any(a.startswith("-") or "=" not in a for a in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
-    try:
-        if args.command == "fit":
-            return _cmd_fit(args)
-        if args.command == "compare":
-            return _cmd_compare(args)
-        if args.command == "recommend":
-            return _cmd_recommend(args)
-        return _cmd_report(args)
-    except MetarecError as e:
-        print(f"metarec: error: {e}", file=sys.stderr)
-        return 2
+    if args.command == "fit":
+        return _cmd_fit(args)
+    if args.command == "compare":
+        return _cmd_compare(args)
+    if args.command == "tune":
+        return _cmd_tune(args)
+    if args.command == "recommend":
+        return _cmd_recommend(args)
+    return _cmd_report(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # SIGTERM / SIGINT: one line saying how to continue, exit 143 / 130; warnings wait for the end and
+    # are dropped when the one line of a user error or an interrupt ends the command (metarec.exits)
+    command = next((a for a in argv if not a.startswith("-")), "")
+
+    def interrupted(e: Interrupted) -> str:
+        return f"metarec: interrupted by {e.signal_name}; {e.hint or rerun_hint(command, argv)}"
+
+    with signals_raise(lambda signum: interrupted(Interrupted(signum))), warnings_at_end() as caught:
+        try:
+            return _run(argv)
+        except MetarecError as e:
+            caught.clear()
+            print(f"metarec: error: {e}", file=sys.stderr)
+            return 2
+        except Interrupted as e:
+            caught.clear()
+            print(interrupted(e), file=sys.stderr, flush=True)
+            return e.exit_code
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 The grid lives in one output folder ``DIR``:
 
 - ``DIR/split_manifest.json``: the one split every run uses (made by the first call, reused after);
-- ``DIR/runs/<learner>-s<seed>/``: one ordinary run folder per learner and seed (see ``metarec.runs``);
+- ``DIR/runs/<learner>-s<seed>/``: one ordinary run folder per learner (or variant, ``maml@inner_steps=5``:
+  see ``metarec.compare_variants``) and seed (see ``metarec.runs``);
   a run whose ``metrics.json`` exists is finished and never recomputed, so a call can be repeated or
   resumed after an interruption;
 - ``DIR/results.csv``, ``DIR/results.md``, ``DIR/curve_<scenario>.png``, ``DIR/bars_mae.png``: the
@@ -24,8 +25,10 @@ from typing import Any, Callable, Iterable, Optional
 
 from metarec.compare_outputs import (  # noqa: F401  (re-exported: the public names of compare)
     ALL, CSV_COLUMNS, CURVE_METRIC, MANIFEST, TABLE_METRICS, Stat, _finish_wandb_run, atomic_write_bytes, csv_text, log_to_wandb,
-    parse_metric, plot_bars, plot_curves, render_markdown, result_rows, summarize,
+    parse_metric, render_markdown, result_rows, summarize, users_per_size,
 )
+from metarec.compare_plots import plot_bars, plot_curves  # noqa: F401  (re-exported)
+from metarec.compare_variants import SYNTAX as VARIANT_SYNTAX, is_variant, parse_variant
 from metarec.errors import ConfigError, DataError, MetarecError
 from metarec.runs import config_difference
 
@@ -63,7 +66,15 @@ Overrides (group=option or dotted.key=value, as for `metarec fit`) apply to ever
       data=movielens100k trainer.max_epochs=20 logger=wandb
 compare sets learner (and learner.*), seed, run.*, data.manifest and data.eval_support_sizes itself;
 overriding them is an error (use --learners, --seeds, --out, --support-sizes; for other learner
-settings add an option file learner/<option>.yaml to a folder given with --config-path).
+settings use a variant, below, or add an option file learner/<option>.yaml to a folder given with
+--config-path).
+
+Variants: LEARNER@key=value[,key=value] in --learners is that learner with other settings, a row of
+its own in every table and plot, run in its own folders DIR/{RUNS}/<variant>-s<seed> (resumable like
+the others), e.g.
+  metarec compare --out runs/steps --learners maml maml@inner_steps=5 maml@inner_lr=0.1,inner_steps=3
+A key without a dot is a learner setting; model.* and trainer.* keys may differ too
+(maml@model.embed_dim=16); data settings and seeds are shared by the grid.
 """
 
 
@@ -75,12 +86,13 @@ class CompareSpec:
     support_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_SUPPORT_SIZES))
     overrides: list[str] = field(default_factory=list)
     config_path: list[Path] = field(default_factory=list)  # searched before METAREC_CONFIG_PATH and the built-ins
+    tuned: dict[str, list[str]] = field(default_factory=dict)  # learner -> its best `metarec tune` overrides
 
 
 # ----------------------------------------------------------------------------------------- arguments
 _FORBIDDEN = {
-    "learner": "use --learners; for other learner settings add an option file learner/<option>.yaml to a folder "
-               "given with --config-path",
+    "learner": "use --learners; for other learner settings add a variant to --learners, e.g. maml@inner_steps=5 "
+               "(one row per variant), or an option file learner/<option>.yaml to a folder given with --config-path",
     "seed": "use --seeds",
     "run": "--out DIR places the runs",
     "data.manifest": f"the split is DIR/{MANIFEST}",
@@ -94,6 +106,8 @@ def check_overrides(overrides: Iterable[str]) -> None:
         key = arg.split("=", 1)[0].strip()
         for owned, hint in _FORBIDDEN.items():
             if key == owned or key.startswith(owned + "."):
+                if owned == "learner" and key != owned:  # learner.inner_steps=5 -> --learners maml@inner_steps=5
+                    hint = hint.replace("maml@inner_steps=5", f"LEARNER@{arg.strip()[len('learner.'):]}")
                 raise ConfigError(f"compare sets {owned} itself; drop the override {arg!r} ({hint})")
 
 
@@ -124,16 +138,22 @@ def make_spec(
 
     known = group_options("learner", search_path(config_path or []))  # also checks that the folders exist
     extra = [Path(p).expanduser().resolve() for p in config_path or []]
+    # variants (maml@inner_steps=5) hold '=': taken for overrides when they followed other words
+    variants = [o for o in overrides or [] if is_variant(o)]
+    overrides = [o for o in overrides or [] if not is_variant(o)]
     if learners is None:
-        learners = list(known)
+        learners = [] if variants else list(known)
+    learners = [*learners, *(v for v in variants if v not in learners)]
     if not learners:
         raise ConfigError("--learners needs at least one learner")
     chosen: list[str] = []
-    for name in learners:
+    for label in learners:
+        name, _ = parse_variant(label)
         if name not in known:
-            raise ConfigError(f"unknown learner {name!r} in --learners (available: {', '.join(known)})")
-        if name not in chosen:
-            chosen.append(name)
+            raise ConfigError(f"unknown learner {name!r} in --learners (available: {', '.join(known)}; "
+                              f"a variant is {VARIANT_SYNTAX})")
+        if label not in chosen:
+            chosen.append(label)
     seed_list = _ints("--seeds", seeds, 0) if seeds is not None else list(DEFAULT_SEEDS)
     if not seed_list:
         raise ConfigError("--seeds needs at least one seed")
@@ -142,7 +162,6 @@ def make_spec(
         sizes = sorted(_ints("--support-sizes", support_sizes, 1))
     if not sizes:
         raise ConfigError("--support-sizes needs at least one size")
-    overrides = list(overrides or [])
     check_overrides(overrides)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -156,11 +175,15 @@ def run_name(learner: str, seed: int) -> str:
 
 
 def run_config(spec: CompareSpec, learner: str, seed: int):
-    """The validated config of one run of the grid."""
+    """The validated config of one run of the grid; ``learner`` a learner option or a variant of one
+    (``maml@inner_steps=5``: its settings come after the learner option's)."""
     from metarec.config import compose, search_path
 
+    name, variant = parse_variant(learner)
     try:
-        cfg = compose([*spec.overrides, f"learner={learner}", f"seed={seed}"], search_path(spec.config_path))
+        tuned = spec.tuned.get(name, [])  # the learner's tuned settings; overrides and variants win over them
+        cfg = compose([*tuned, *spec.overrides, f"learner={name}", *variant, f"seed={seed}"],
+                      search_path(spec.config_path))
     except ConfigError as e:
         raise ConfigError(f"{e} (in the config of learner {learner!r})") from None
     # Set directly rather than as `key=value` strings: a path is then never parsed as YAML.
@@ -186,6 +209,17 @@ def check_finished_run(run_dir: Path, cfg) -> None:
             f"finished run {run_dir} was made with {key}={a!r}, this call asks for {b!r}; {hint}, "
             f"delete that run, or choose another --out"
         )
+
+
+def finished_record(run_dir: Path) -> dict:
+    """The record of a finished run's ``metrics.json``; one ``DataError`` line if it is not a run record."""
+    from metarec.report import read_record
+
+    try:
+        return read_record(run_dir / "metrics.json")
+    except DataError as e:
+        raise DataError(f"finished run {run_dir}: its metrics.json {e}; delete that file to recompute the run, "
+                        "or choose another --out") from None
 
 
 # -------------------------------------------------------------------------------------------- the split
@@ -257,6 +291,7 @@ def run_grid(spec: CompareSpec, echo: Callable[[str], None] = print) -> list[dic
     for (learner, seed), cfg in configs.items():
         d = spec.out / RUNS / run_name(learner, seed)
         if is_finished(d):
+            finished_record(d)  # an unreadable metrics.json stops the call before anything runs
             check_finished_run(d, cfg)
     manifest = prepare_split(spec, first)
     total = len(configs)
@@ -282,7 +317,8 @@ def run_grid(spec: CompareSpec, echo: Callable[[str], None] = print) -> list[dic
                 if cfg.logger.name == "wandb":
                     _finish_wandb_run()
             echo(f"{head} {time.perf_counter() - t0:.1f} s")
-        record = json.loads((d / "metrics.json").read_text())
+        record = finished_record(d)
+        record["learner"] = learner  # a variant's label (maml@inner_steps=5), not its learner option
         if record.get("split_hash") != manifest["content_hash"]:
             raise DataError(
                 f"run {d} used split {record.get('split_hash')!r}, not {MANIFEST}'s {manifest['content_hash']!r}; "
@@ -306,10 +342,11 @@ def compare(spec: CompareSpec, echo: Callable[[str], None] = print) -> dict[str,
     from metarec.runs import atomic_write_text
 
     atomic_write_text(outputs[0], csv_text(rows))
+    users = users_per_size(_read_manifest(out / MANIFEST), spec.support_sizes)  # test users per scenario and K
     md = render_markdown(stats, spec.learners, spec.seeds, spec.support_sizes, split_hash, len(records),
-                         title=f"metarec compare: {out.name}", overrides=spec.overrides)
+                         title=f"metarec compare: {out.name}", overrides=spec.overrides, users=users)
     atomic_write_text(outputs[1], md)
-    images = plot_curves(stats, spec.learners, spec.support_sizes, len(spec.seeds), out)
+    images = plot_curves(stats, spec.learners, spec.support_sizes, len(spec.seeds), out, users)
     images.append(plot_bars(stats, spec.learners, len(spec.seeds), out))
     outputs += images
     config = {

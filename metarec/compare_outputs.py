@@ -1,5 +1,5 @@
 """The outputs of ``metarec compare``: per-run metric rows, summaries over seeds (mean, 95% CI),
-the markdown tables, the CSV, the plots and the optional W&B run.
+the markdown tables, the CSV and the optional W&B run (the plots: ``metarec.compare_plots``).
 
 matplotlib, scipy and wandb are imported where they are needed.
 """
@@ -89,6 +89,25 @@ def summarize(rows: Iterable[dict], confidence: float = 0.95) -> dict[tuple, Sta
     return out
 
 
+def users_per_size(manifest: dict, support_sizes: Iterable[int]) -> dict[tuple[str, str | int], int]:
+    """``{(scenario, K): n}``: the test users of each scenario with at least K support ratings in the split
+    manifest (those the test pass with support size K scores), and ``(scenario, "all")``: every test user."""
+    out: dict[tuple[str, str | int], int] = {}
+    for scenario, episodes in manifest.get("episodes", {}).items():
+        sizes = [len(e.get("support", [])) for e in episodes]
+        out[(scenario, ALL)] = len(sizes)
+        for k in support_sizes:
+            out[(scenario, k)] = sum(n >= k for n in sizes)
+    return out
+
+
+def _users_row(users: Optional[dict], scenario: str, sizes: list[str | int]) -> list[str]:
+    """The table row of the number of test users per column (nothing without ``users``)."""
+    if users is None:
+        return []
+    return ["| test users | " + " | ".join(str(users.get((scenario, k), "–")) for k in sizes) + " |"]
+
+
 def _support_key(s: str | int) -> tuple[int, int]:
     return (1, 0) if s == ALL else (0, int(s))
 
@@ -147,7 +166,8 @@ def _plural(n: int, word: str) -> str:
 
 def render_markdown(stats: dict[tuple, Stat], learners: list[str], seeds: list[int], support_sizes: list[int],
                     split_hash: str, n_runs: int, title: str = "metarec compare",
-                    overrides: Iterable[str] = ()) -> str:
+                    overrides: Iterable[str] = (), users: Optional[dict] = None) -> str:
+    """The results.md text; ``users`` (``users_per_size``) adds a row of test users per K to the curve tables."""
     n_seeds = len(seeds)
     if n_seeds > 1:
         ci = (f"Cells: mean ± h over {n_seeds} seeds, h = half-width of the 95% confidence interval of the mean "
@@ -177,7 +197,8 @@ def render_markdown(stats: dict[tuple, Stat], learners: list[str], seeds: list[i
         "",
         "Column K: every test user's support cut to its first K ratings; users with fewer than K support ratings "
         "are left out of that column (– where no user has K). Column all: the full support (as above). "
-        "Best per column in **bold** (lowest).",
+        + ("Row *test users*: how many test users each column scores. " if users is not None else "")
+        + "Best per column in **bold** (lowest).",
     ]
     sizes: list[str | int] = [*support_sizes, ALL]
     curve_scenarios = _scenarios(stats)
@@ -187,12 +208,14 @@ def render_markdown(stats: dict[tuple, Stat], learners: list[str], seeds: list[i
         columns = [[stats.get((l, k, s, CURVE_METRIC)) for l in learners] for k in sizes]
         lines += ["", f"### {s}", ""]
         lines += _table(header, learners, columns, [_lower_is_better(CURVE_METRIC)] * len(sizes), n_seeds)
-    lines += _ranking_sections(stats, learners, sizes, n_seeds)
+        lines += _users_row(users, s, sizes)
+    lines += _ranking_sections(stats, learners, sizes, n_seeds, users)
     lines.append("")
     return "\n".join(lines)
 
 
-def _ranking_sections(stats: dict[tuple, Stat], learners: list[str], sizes: list[str | int], n_seeds: int) -> list[str]:
+def _ranking_sections(stats: dict[tuple, Stat], learners: list[str], sizes: list[str | int], n_seeds: int,
+                      users: Optional[dict] = None) -> list[str]:
     """The full-ranking tables (``RANKING_METRICS`` at full support, ``RANKING_CURVE_METRIC`` by support
     size), when the runs have these metrics; nothing otherwise."""
     metrics = [m for m in RANKING_METRICS if any(k[3] == m for k in stats)]
@@ -216,12 +239,14 @@ def _ranking_sections(stats: dict[tuple, Stat], learners: list[str], sizes: list
         return lines
     label = _metric_label(RANKING_CURVE_METRIC)
     lines += ["", f"## {label} by support size (full ranking)", "",
-              "Columns as in the MAE curve tables. Best per column in **bold** (highest)."]
+              "Columns as in the MAE curve tables (test users: those scored; a user without a relevant query item "
+              "is not counted in Recall). Best per column in **bold** (highest)."]
     for s in sorted(_scenarios(stats), key=lambda s: s != "user_cold"):
         head = ["learner"] + [f"K={k}" if k != ALL else "all" for k in sizes]
         cols = [[stats.get((l, k, s, RANKING_CURVE_METRIC)) for l in learners] for k in sizes]
         lines += ["", f"### {label}, {s}", ""]
         lines += _table(head, learners, cols, [False] * len(sizes), n_seeds)
+        lines += _users_row(users, s, sizes)
     return lines
 
 
@@ -242,101 +267,6 @@ def csv_text(rows: list[dict]) -> str:
     for row in rows:
         w.writerow({**row, "value": repr(row["value"])})
     return buf.getvalue()
-
-
-def _colors(n: int) -> list:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
-def _save(fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
-def _err(stat: Optional[Stat]) -> float:
-    return stat.half_width if stat is not None and stat.n > 1 and math.isfinite(stat.half_width) else 0.0
-
-
-def _mean(stat: Optional[Stat]) -> float:
-    return stat.mean if stat is not None and stat.n > 0 else math.nan
-
-
-def plot_curves(stats: dict[tuple, Stat], learners: list[str], support_sizes: list[int], n_seeds: int,
-                out: Path) -> list[Path]:
-    """``curve_<scenario>.png``: MAE vs support size K per learner (and the full-support value at 'all')."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullLocator
-
-    paths = []
-    colors = _colors(len(learners))
-    markers = "osD^vP*Xh<>p"
-    x_all = max(support_sizes) * 2.0
-    for scenario in _scenarios(stats):
-        fig = Figure(figsize=(7.5, 4.6))
-        ax = fig.add_subplot()
-        for i, learner in enumerate(learners):
-            shift = 1.025 ** (i - (len(learners) - 1) / 2)  # spread overlapping error bars a little
-            ks = [k * shift for k in support_sizes]
-            st = [stats.get((learner, k, scenario, CURVE_METRIC)) for k in support_sizes]
-            full = stats.get((learner, ALL, scenario, CURVE_METRIC))
-            style = dict(color=colors[i], marker=markers[i % len(markers)], markersize=5, capsize=3)
-            ax.errorbar(ks, [_mean(s) for s in st], yerr=[_err(s) for s in st], label=learner, linewidth=1.6, **style)
-            ax.errorbar([x_all * shift], [_mean(full)], yerr=[_err(full)], linestyle="none", **style)
-        ax.set_xscale("log")
-        ax.axvline((max(support_sizes) * x_all) ** 0.5, color="0.8", linestyle=":", linewidth=1)
-        ax.set_xticks([*support_sizes, x_all])
-        ax.set_xticklabels([str(k) for k in support_sizes] + ["all"])
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlabel("support size K (ratings of each test user used for adaptation; all = full support)")
-        ax.set_ylabel(f"test {_metric_label(CURVE_METRIC)} (lower is better)")
-        ci = "error bars: 95% CI over seeds" if n_seeds > 1 else "one seed: no error bars"
-        ax.set_title(f"{scenario}: {_metric_label(CURVE_METRIC)} vs support size ({ci})")
-        ax.grid(True, alpha=0.3)
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, title="learner")
-        paths.append(_save(fig, out / f"curve_{scenario}.png"))
-    return paths
-
-
-def plot_bars(stats: dict[tuple, Stat], learners: list[str], n_seeds: int, out: Path) -> Path:
-    """``bars_mae.png``: full-support MAE, grouped by scenario, one bar per learner, CI error bars."""
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    scenarios = _scenarios(stats, ALL)
-    colors = _colors(len(learners))
-    width = 0.8 / max(len(learners), 1)
-    fig = Figure(figsize=(max(7.5, 1.2 + 0.25 * len(learners) * len(scenarios)), 4.6))
-    ax = fig.add_subplot()
-    x = np.arange(len(scenarios))
-    lo, hi = math.inf, -math.inf
-    for i, learner in enumerate(learners):
-        st = [stats.get((learner, ALL, s, "mae")) for s in scenarios]
-        means, errs = [_mean(s) for s in st], [_err(s) for s in st]
-        ax.bar(x + (i - (len(learners) - 1) / 2) * width, means, width, yerr=errs, capsize=2,
-               color=colors[i], label=learner)
-        for m, e in zip(means, errs):
-            if math.isfinite(m):
-                lo, hi = min(lo, m - e), max(hi, m + e)
-    cut = ""
-    if math.isfinite(lo):
-        pad = max(hi - lo, 1e-3)
-        bottom = max(0.0, lo - pad)
-        ax.set_ylim(bottom, hi + 0.15 * pad)
-        cut = ", axis cut" if bottom > 0 else ""
-    ax.set_xticks(x)
-    ax.set_xticklabels(scenarios)
-    ax.set_xlabel("test scenario")
-    ax.set_ylabel(f"test MAE at full support (lower is better{cut})")
-    ci = "error bars: 95% CI over seeds" if n_seeds > 1 else "one seed: no error bars"
-    ax.set_title(f"MAE per scenario and learner ({ci})")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, title="learner")
-    return _save(fig, out / "bars_mae.png")
 
 
 def log_to_wandb(logger_cfg, out: Path, rows: list[dict], stats: dict[tuple, Stat], images: list[Path],

@@ -4,7 +4,8 @@
 ``logger``); an ``experiment`` file may change those picks (its ``defaults:``) and override any key.
 Command-line arguments are ``group=option`` or ``dotted.key=value``, applied last. Every section is
 checked against a dataclass: an unknown key, group or option, or a value of the wrong type is a
-``ConfigError`` naming it. Values are parsed as YAML scalars; nothing is ever evaluated.
+``ConfigError`` naming it. Values are parsed as YAML scalars; nothing is ever evaluated, and
+``${...}`` is kept as text (OmegaConf interpolation is off for config files and overrides).
 
 Files are looked up on a search path of folders (:func:`search_path`): the ``--config-path`` folders,
 then those of ``METAREC_CONFIG_PATH``, then the built-in ``metarec/configs`` shipped in the package
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from metarec.config_checks import check_config
 from metarec.errors import ConfigError
 
 GROUPS = ("data", "model", "learner", "trainer", "logger")
@@ -144,7 +147,32 @@ def _load_yaml(path: Path) -> DictConfig:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return cfg
+    return literal(cfg)
+
+
+_INTERPOLATION = re.compile(r"(\\*)\$\{")
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str):  # OmegaConf reads `\${` as a literal `${` (and `\\` before it as one `\`)
+        return _INTERPOLATION.sub(lambda m: m.group(1) * 2 + "\\${", value)
+    if isinstance(value, dict):
+        return {k: _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    return value
+
+
+def as_text(value: str) -> str:
+    """``value`` escaped for assignment into a config node (``cfg.x = as_text(path)``), so that a ``${``
+    in it stays text instead of becoming an OmegaConf interpolation."""
+    return _escaped(value)
+
+
+def literal(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with every ``${...}`` kept as text: OmegaConf interpolations (``${oc.env:HOME}``,
+    ``${learner.lr}``) in config files and overrides are never resolved, as no value is evaluated."""
+    return OmegaConf.create(_escaped(OmegaConf.to_container(cfg, resolve=False)))
 
 
 def _option_file(roots: list[Path], group: str, option: str) -> Path:
@@ -205,14 +233,9 @@ def compose(args: list[str], root: Roots = None) -> DictConfig:
         cfg.run.experiment = choices_cli["experiment"]
     for arg in overrides:
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([arg]))
+            cfg = OmegaConf.merge(cfg, literal(OmegaConf.from_dotlist([arg])))
         except (OmegaConfBaseException, yaml.YAMLError) as e:  # e.g. `k=[1,2` or a `!!python/...` tag
             raise ConfigError(f"bad override {arg!r}: {str(e).strip().splitlines()[0]}") from None
-    try:  # ${...} interpolations: resolve now so that a bad one is a ConfigError, not a crash later
-        OmegaConf.resolve(cfg)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", "") or "?"
-        raise ConfigError(f"cannot resolve {key}: {str(e).strip().splitlines()[0]}") from None
     cfg.choices = choices
     return validate(cfg)
 
@@ -229,10 +252,14 @@ def _check_section(path: str, section: Any, cls: type) -> DictConfig:
         if key not in known:
             raise ConfigError(f"unknown config key {path}.{key} (known: {', '.join(known) or 'none'})")
     try:
-        return OmegaConf.merge(schema, section)
+        merged = OmegaConf.merge(schema, section)
+        OmegaConf.to_container(merged, resolve=True)  # a `${...}` kept as text is type-checked here
+        return merged
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "") or ""
         msg = str(e).splitlines()[0]
+        if msg.startswith("While dereferencing interpolation"):
+            msg = msg.split("': ", 1)[-1]
         if isinstance(e, ConfigKeyError) and key:
             raise ConfigError(f"unknown config key {path}.{key}") from None
         raise ConfigError(f"bad value for {path}.{key}: {msg}" if key else f"bad value in {path}: {msg}") from None
@@ -251,12 +278,13 @@ def validate(cfg: DictConfig) -> DictConfig:
             raise ConfigError(f"unknown config key {key!r} (known: {', '.join(sorted(allowed))})")
     if "resume" in cfg:  # `resume=last` is short for `run.resume=last`
         run = cfg.get("run") if isinstance(cfg.get("run"), DictConfig) else OmegaConf.create({})
-        run.resume = cfg.resume
+        run.resume = OmegaConf.to_container(cfg, resolve=False)["resume"]  # as written (no `${` resolved)
         cfg.run = run
         del cfg["resume"]
-    out = OmegaConf.create({"seed": cfg.get("seed", 0), "choices": cfg.get("choices", {})})
-    if isinstance(out.seed, bool) or not isinstance(out.seed, int):
-        raise ConfigError(f"seed must be an integer, got {out.seed!r}")
+    if isinstance(cfg.get("seed", 0), bool) or not isinstance(cfg.get("seed", 0), int):
+        raise ConfigError(f"seed must be an integer, got {cfg.get('seed')!r}")
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    out = OmegaConf.create({"seed": raw.get("seed", 0), "choices": raw.get("choices", {})})
     out.run = _check_section("run", cfg.get("run"), RunConfig)
     out.trainer = _check_section("trainer", cfg.get("trainer"), TrainerConfig)
     if out.trainer.max_epochs < 1 or out.trainer.patience < 0:
@@ -279,6 +307,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         body = OmegaConf.masked_copy(sec, [k for k in sec.keys() if k != "name"])
         checked = _check_section(section, body, entry.config_cls)
         out[section] = OmegaConf.merge({"name": entry.name}, checked)
+    check_config(out)  # ranges of numeric options, choices, no NaN/infinity anywhere
     return out
 
 

@@ -87,7 +87,7 @@ class Recommender:
         from omegaconf import DictConfig, OmegaConf
         from omegaconf.errors import OmegaConfBaseException
 
-        from metarec.config import validate
+        from metarec.config import as_text, literal, validate
         from metarec.runs import METRICS_FILE
         from metarec.assembly import build, check_checkpoint, quiet_lightning
 
@@ -113,13 +113,16 @@ class Recommender:
             raise ConfigError(f"{run / 'config.yaml'}: {_first_line(e)}") from None
         if not isinstance(raw, DictConfig):
             raise ConfigError(f"{run / 'config.yaml'}: expected a mapping at the top level")
-        cfg = validate(raw)
-        cfg.data.manifest = str(manifest.resolve())
+        cfg = validate(literal(raw))  # a `${...}` the run kept as text stays text
+        cfg.data.manifest = as_text(str(manifest.resolve()))
         quiet_lightning()
         dm, learner = build(cfg)
 
         ckpt = None
         best = record.get("best_checkpoint")
+        if best is not None and (not isinstance(best, str) or "\x00" in best):
+            raise MetarecError(f"{run / METRICS_FILE}: best_checkpoint must be a path in the run folder, "
+                               f"got {str(best)!r:.80}")
         if best:
             path = (run / best).resolve()
             if not path.is_relative_to(run.resolve()):
@@ -158,6 +161,10 @@ class Recommender:
         return code
 
     def item_codes(self, items: Iterable[Any]) -> np.ndarray:
+        """Codes of a list of original item ids; a ``MetarecError`` for anything else (a single id given
+        as text is refused, not read character by character)."""
+        if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+            raise MetarecError(f"items must be a list of item ids, got {type(items).__name__} {items!r:.60}")
         codes = []
         for i, item in enumerate(items):
             code = self.item_code(item)

@@ -8,20 +8,98 @@ last and atomically, ``metrics.json`` (+ ``metrics.csv``). A run is *finished* e
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 import secrets
 import shutil
+import socket
 import time
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
+from metarec.errors import ConfigError, MetarecError
+
 METRICS_FILE = "metrics.json"
+LOCK_FILE = ".lock"  # held (flock) by the one process writing the run; the OS drops it when that process dies
+CHECKPOINT = Path("checkpoints") / "last.ckpt"
+# a write that fails for one of these reasons is the user's to fix (free space, quota, permissions)
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
-def new_run_dir(root: str | Path, experiment: str, label: str) -> Path:
-    """Create a unique run folder ``root/experiment/<time>-<label>-<random>`` (never reuses one)."""
+def check_run_location(experiment: str, name: str | None) -> None:
+    """Refuse a ``run.experiment`` (a relative folder, e.g. ``ablation/lr``) or ``run.name`` (a plain folder
+    name) that would put the run folder outside ``run.root``."""
+    parts = PurePath(experiment).parts
+    if not parts or PurePath(experiment).is_absolute() or "\\" in experiment or {".", ".."} & set(parts):
+        raise ConfigError(f"run.experiment {experiment!r} must be a relative folder inside run.root "
+                          "(no absolute path, no '.' or '..')")
+    if name is not None and (not name or "/" in name or "\\" in name or name in (".", "..")):
+        raise ConfigError(f"run.name {name!r} must be a plain folder name")
+
+
+# ------------------------------------------------------------------ one writer per run folder
+class RunLock:
+    """An exclusive lock on a run folder (``fcntl.flock`` on its ``.lock`` file), held while one process
+    writes the run. The OS releases it when the process ends in any way (even SIGKILL), so a lock left
+    by a dead process never blocks; the file keeps the last holder's pid and host for the message."""
+
+    held = 0  # locks this process holds (metarec.exits: nothing to clean up while none is held)
+
+    def __init__(self, run_dir: Path, fd: int) -> None:
+        self.run_dir, self._fd = run_dir, fd
+        RunLock.held += 1
+
+    @classmethod
+    def acquire(cls, run_dir: str | Path, busy: str = "choose another run.name") -> RunLock:
+        """Lock ``run_dir`` (which must exist) or raise ``MetarecError`` naming the holder and ``busy``."""
+        import fcntl
+
+        run_dir = Path(run_dir)
+        path = run_dir / LOCK_FILE
+        for _ in range(10):  # the folder may be replaced between open and flock: lock the file now at path
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+                os.close(fd)
+                who = f" (pid {holder[0]} on {holder[1]})" if len(holder) == 2 else ""
+                raise MetarecError(f"run {run_dir} is in use by another metarec process{who}; {busy}") from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                try:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+                except OSError:  # the holder's name is only for messages (e.g. a full disk)
+                    pass
+                return cls(run_dir, fd)
+            os.close(fd)
+            run_dir.mkdir(parents=True, exist_ok=True)
+        raise MetarecError(f"run {run_dir} keeps being replaced by another process; {busy}")  # pragma: no cover
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+            RunLock.held -= 1
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def new_run_dir(root: str | Path, experiment: str, label: str) -> tuple[Path, RunLock]:
+    """Create and lock a unique run folder ``root/experiment/<time>-<label>-<random>`` (never reuses one)."""
     base = Path(root) / experiment
     base.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -29,40 +107,90 @@ def new_run_dir(root: str | Path, experiment: str, label: str) -> Path:
         path = base / f"{stamp}-{label}-{secrets.token_hex(3)}"
         try:
             path.mkdir()
-            return path
+            return path, RunLock.acquire(path)
         except FileExistsError:  # pragma: no cover - 24 random bits collided
             continue
 
 
-def named_run_dir(root: str | Path, experiment: str, name: str) -> Path:
-    """The folder ``root/experiment/name``: created, or cleared if it holds an unfinished run.
+def _check_named(path: Path) -> None:
+    if is_finished(path):
+        raise MetarecError(f"run {path} is already finished; choose another run.name or delete it")
+    if any(p.name != LOCK_FILE for p in path.iterdir()) and not (path / "config.yaml").is_file():
+        raise MetarecError(f"{path} exists and is not a metarec run folder; choose another run.name")
 
-    A finished run is never overwritten (``MetarecError``); a folder that is not a run folder is never
-    cleared.
-    """
-    from metarec.errors import MetarecError
 
-    if not name or "/" in name or name in (".", ".."):
-        raise MetarecError(f"run.name {name!r} must be a plain folder name")
+def claim_named_run(root: str | Path, experiment: str, name: str) -> tuple[Path, RunLock | None]:
+    """Check the folder ``root/experiment/name`` before anything is built: refuse a finished run, a folder
+    that is not a run, or a run another process is writing (its lock, taken here and kept). Changes nothing;
+    ``open_named_run`` then creates or clears it."""
+    check_run_location(experiment, name)
     path = Path(root) / experiment / name
-    if path.exists():
-        if is_finished(path):
-            raise MetarecError(f"run {path} is already finished; choose another run.name or delete it")
-        if any(path.iterdir()) and not (path / "config.yaml").is_file():
-            raise MetarecError(f"{path} exists and is not a metarec run folder; choose another run.name")
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    return path
+    if not path.is_dir():
+        return path, None
+    lock = RunLock.acquire(path)
+    try:
+        _check_named(path)
+    except BaseException:
+        lock.release()
+        raise
+    return path, lock
+
+
+def open_named_run(path: Path, lock: RunLock | None = None) -> RunLock:
+    """Create ``path``, or clear the unfinished run in it; returns its lock (``lock`` if already held).
+    A finished run is never overwritten and a folder that is not a run folder is never cleared."""
+    if lock is None:
+        path.mkdir(parents=True, exist_ok=True)
+        lock = RunLock.acquire(path)
+    try:
+        _check_named(path)
+        for entry in path.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def named_run_dir(root: str | Path, experiment: str, name: str) -> tuple[Path, RunLock]:
+    """The folder ``root/experiment/name``, locked: created, or cleared if it holds an unfinished run."""
+    path, lock = claim_named_run(root, experiment, name)
+    return path, open_named_run(path, lock)
+
+
+def write_error(e: OSError, what: str | Path) -> MetarecError | None:
+    """A one-line ``MetarecError`` naming ``what`` for a write that failed for the user's reasons (disk
+    full, quota, permissions); ``None`` for other errors."""
+    if e.errno not in WRITE_ERRNOS:
+        return None
+    return MetarecError(f"cannot write {what}: {e.strerror or os.strerror(e.errno)}")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path``, ``fsync`` it, then rename it into place: ``path``
+    holds the old or the new text, never a part. A full disk (or the like) is a one-line ``MetarecError``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        err = write_error(e, path)
+        if err is None:
+            raise
+        raise err from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_final_metrics(run_dir: Path, record: dict[str, Any]) -> None:
@@ -78,6 +206,12 @@ def write_final_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 
 def is_finished(run_dir: str | Path) -> bool:
     return (Path(run_dir) / METRICS_FILE).is_file()
+
+
+def is_resumable(run_dir: str | Path) -> bool:
+    """An unfinished run with a checkpoint to continue from (``run.resume``)."""
+    run_dir = Path(run_dir)
+    return (run_dir / "config.yaml").is_file() and (run_dir / CHECKPOINT).is_file() and not is_finished(run_dir)
 
 
 # ------------------------------------------------------------------ several processes, one run
@@ -144,7 +278,7 @@ def config_difference(run_dir: Path, cfg, ignored: tuple[str, ...] = RESULT_NEUT
     import yaml
     from omegaconf import OmegaConf
 
-    from metarec.config import validate
+    from metarec.config import literal, validate
     from metarec.errors import MetarecError
 
     try:
@@ -152,7 +286,7 @@ def config_difference(run_dir: Path, cfg, ignored: tuple[str, ...] = RESULT_NEUT
     except (OSError, yaml.YAMLError) as e:
         raise MetarecError(f"run {run_dir} has no readable config.yaml ({e})") from None
     try:
-        old = OmegaConf.to_container(validate(OmegaConf.create(old if isinstance(old, dict) else {})), resolve=True)
+        old = OmegaConf.to_container(validate(literal(OmegaConf.create(old if isinstance(old, dict) else {}))), resolve=True)
     except MetarecError as e:
         raise MetarecError(f"run {run_dir} has a config.yaml this version cannot read ({e})") from None
 
@@ -178,30 +312,30 @@ def config_difference(run_dir: Path, cfg, ignored: tuple[str, ...] = RESULT_NEUT
 # ------------------------------------------------------------------ resuming
 def resume_target(cfg, label: str) -> tuple[Path, Path]:
     """``(run folder, checkpoint)`` for ``run.resume``: a run folder, a checkpoint file inside one, or
-    ``last`` (the folder ``run.name`` if set, else the newest unfinished ``<label>-s<seed>`` run of
-    ``run.experiment``). The run must be unfinished and its saved config must match ``cfg`` except for
-    settings that do not change results and the training budget (``trainer.max_epochs`` / ``max_steps``
-    / ``patience``)."""
-    from metarec.errors import ConfigError, MetarecError
-
+    ``last`` (the folder ``run.name`` if set, else the newest resumable ``<label>-s<seed>`` run of
+    ``run.experiment``: unfinished, with a checkpoint). The run must be unfinished and its saved config
+    must match ``cfg`` except for settings that do not change results and the training budget
+    (``trainer.max_epochs`` / ``max_steps`` / ``patience``)."""
     want = str(cfg.run.resume)
+    check_run_location(cfg.run.experiment, cfg.run.name)
     base = Path(cfg.run.root) / cfg.run.experiment
     if want == "last":
         if cfg.run.name:
             run = base / cfg.run.name
         else:
             pattern = f"*-{label}-s{cfg.seed}-*"
-            candidates = [p for p in base.glob(pattern) if (p / "config.yaml").is_file() and not is_finished(p)]
+            candidates = [p for p in base.glob(pattern) if is_resumable(p)]
             if not candidates:
-                raise MetarecError(f"run.resume=last: no unfinished {label} run with seed {cfg.seed} in {base}")
+                raise MetarecError(f"run.resume=last: no unfinished {label} run with seed {cfg.seed} and a "
+                                   f"checkpoint in {base}")
             run = max(candidates, key=lambda p: p.stat().st_mtime)
-        ckpt = run / "checkpoints" / "last.ckpt"
+        ckpt = run / CHECKPOINT
     else:
         path = Path(want)
         if path.is_file():
             run, ckpt = path.parent.parent, path
         else:
-            run, ckpt = path, path / "checkpoints" / "last.ckpt"
+            run, ckpt = path, path / CHECKPOINT
     if not (run / "config.yaml").is_file():
         raise MetarecError(f"run.resume: {run} is not a metarec run folder (no config.yaml)")
     if is_finished(run):
@@ -231,6 +365,11 @@ def atomic_checkpoint_io():
             try:
                 super().save_checkpoint(checkpoint, tmp, storage_options)
                 os.replace(tmp, path)
+            except OSError as e:
+                err = write_error(e, path)
+                if err is None:
+                    raise
+                raise err from None
             finally:
                 tmp.unlink(missing_ok=True)
 
@@ -240,8 +379,15 @@ def atomic_checkpoint_io():
 def finished_runs(root: str | Path) -> list[dict[str, Any]]:
     """The metrics records of every finished run under ``root`` (recursively)."""
     out = []
+    from metarec.errors import MetarecError
+
     for path in sorted(Path(root).rglob(METRICS_FILE)):
-        record = json.loads(path.read_text())
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise MetarecError(f"{path}: not a readable metrics file ({str(e).splitlines()[0]})") from None
+        if not isinstance(record, dict):
+            raise MetarecError(f"{path}: not a metrics record (a JSON object)")
         record["run_dir"] = str(path.parent)
         out.append(record)
     return out

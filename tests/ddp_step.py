@@ -14,7 +14,7 @@ import torch
 
 from metarec.config import compose
 from metarec.assembly import build, quiet_lightning
-from metarec.train import _trainer
+from metarec.train import make_trainer
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     ])
     quiet_lightning()
     dm, learner = build(cfg)
-    trainer, _ = _trainer(cfg, out / f"run{devices}", False)
+    trainer, _ = make_trainer(cfg, out / f"run{devices}", False)
     init = {n: p.detach().double().clone() for n, p in learner.named_parameters()}
     trainer.fit(learner, datamodule=dm)
     trainer.limit_val_batches = 1.0  # off during the step, all of it now

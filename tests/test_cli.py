@@ -205,19 +205,110 @@ def test_empty_scenario(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     proc = metarec("fit", *TINY, "data.split.new_item_fraction=0.0", f"run.root={root}", cwd=tmp_path)
     assert_user_error(proc, "'item_cold'", "empty")
-    assert_no_finished_run(root)
+    assert not root.exists()  # data errors too are found before any run folder is made
 
 
 def test_trainer_settings_lightning_rejects(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     proc = metarec("fit", *TINY, "trainer.limit_val_batches=0.001", f"run.root={root}", cwd=tmp_path)
     assert_user_error(proc, "Lightning rejected the trainer settings", "limit_val_batches")
-    assert_no_finished_run(root)
+    assert run_dirs(root) == [] and not any(root.rglob(".lock"))  # the folder made for it is removed again
 
 
 def test_bad_negative_sampling_option(tmp_path: Path) -> None:
     proc = metarec("fit", *TINY, "data.negatives.sampler=zipf", cwd=tmp_path)
     assert_user_error(proc, "data.negatives.sampler must be one of uniform, popularity")
+
+
+# In-process (no interpreter start-up): the command line's own checks
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("metarec: error: "), err
+    return err.strip()
+
+
+def test_recommend_says_what_is_wrong_with_its_paths(tmp_path: Path, capsys) -> None:
+    from metarec.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "metrics.json").write_text("{}")
+    ratings = tmp_path / "r.csv"
+    ratings.write_text("item,rating\n1,5\n")
+    assert main(["recommend", "--run", str(run / "metrics.json"), "--ratings", str(ratings)]) == 2
+    assert _one_error_line(capsys) == (f"metarec: error: --run {run / 'metrics.json'} is a file, not a run folder; "
+                                       f"give the folder holding metrics.json ({run})")
+    assert main(["recommend", "--run", str(run), "--ratings", str(tmp_path)]) == 2
+    assert _one_error_line(capsys) == (f"metarec: error: ratings file {tmp_path} is a directory; give the CSV "
+                                       "file of the user's ratings")
+
+
+def test_warnings_never_come_before_the_one_error_line(monkeypatch, capsys) -> None:
+    """Library warnings (pandas, torch) raised on the way to a user error are dropped; on success they
+    are shown when the command ends."""
+    import warnings
+
+    import metarec.config
+    from metarec.cli import main
+    from metarec.errors import ConfigError
+
+    compose = metarec.config.compose
+
+    def noisy(overrides, *args, **kwargs):
+        warnings.warn("DtypeWarning: Columns (3) have mixed types", UserWarning)
+        if "seed=bad" in overrides:
+            raise ConfigError("bad value for seed")
+        return compose(overrides, *args, **kwargs)
+
+    monkeypatch.setattr(metarec.config, "compose", noisy)
+    with warnings.catch_warnings(record=True) as shown:  # what reaches the user (stderr outside pytest)
+        warnings.simplefilter("always")
+        assert main(["fit", "seed=bad"]) == 2
+    assert _one_error_line(capsys) == "metarec: error: bad value for seed"
+    assert shown == []
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        assert main(["fit", "--print-config", "seed=1"]) == 0
+    assert [str(w.message) for w in shown] == ["DtypeWarning: Columns (3) have mixed types"]
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_the_run_resumable(tmp_path: Path, monkeypatch,
+                                                                               capsys) -> None:
+    """``metrics.json`` cannot be written (ENOSPC): one line naming it, the run stays unfinished (no
+    half-written file, no temp file), its lock is released and ``resume=last`` finishes it."""
+    import builtins
+    import errno
+    import os
+
+    import metarec.runs
+    from metarec.cli import main
+
+    root = tmp_path / "runs"
+    args = ["fit", *TINY, f"run.root={root}", "run.name=full"]
+    run = root / "default" / "full"
+
+    def open_on_a_full_disk(file, mode="r", *a, **k):
+        f = builtins.open(file, mode, *a, **k)
+        if ".metrics.json." in str(file) and "w" in mode:
+            f.write('{"half": ')
+            f.flush()
+
+            def write(_text):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            f.write = write
+        return f
+
+    monkeypatch.setattr(metarec.runs, "open", open_on_a_full_disk, raising=False)
+    assert main(args) == 2
+    assert _one_error_line(capsys) == f"metarec: error: cannot write {run / 'metrics.json'}: No space left on device"
+    assert not (run / "metrics.json").exists() and not list(run.glob(".*.tmp"))
+    monkeypatch.undo()
+    assert main([*args, "resume=last"]) == 0
+    assert (run / "metrics.json").is_file()
 
 
 def test_report_without_finished_runs(tmp_path: Path) -> None:

@@ -18,8 +18,13 @@ import pytest
 from cli_helpers import cli_env, run_cli, wandb_offline_env
 import yaml
 
-from metarec.compare import ALL, Stat, make_spec, parse_metric, render_markdown, result_rows, summarize
-from metarec.errors import ConfigError
+from metarec.compare import (
+    ALL, Stat, finished_record, make_spec, parse_metric, render_markdown, result_rows, run_config, summarize,
+    users_per_size,
+)
+from metarec.compare_plots import bars_figure, curve_figure
+from metarec.compare_variants import parse_variant
+from metarec.errors import ConfigError, DataError
 from metarec.report import mean_ci
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,6 +143,18 @@ def test_outputs_are_complete_and_consistent(grid) -> None:
     gm = [float(r["value"]) for r in rows
           if (r["learner"], r["support_size"], r["scenario"], r["metric"]) == ("global", "all", "user_cold", "mae")]
     assert f"{sum(gm) / len(gm):.4f}" in md
+    # the ranking metrics are in results.md too, equal to the csv's means
+    assert "## Full ranking, full support" in md and "user_cold Recall@10" in md and "user_cold nDCG@10" in md
+    gr = [float(r["value"]) for r in rows if (r["learner"], r["support_size"], r["scenario"], r["metric"])
+          == ("item_mean", "all", "user_cold", "full_recall@10")]
+    ranking = md.split("## Full ranking, full support")[1].split("##")[0]
+    assert re.search(rf"^\| item_mean \| .*{sum(gr) / len(gr):.4f}", ranking, re.M), ranking
+    # every curve table counts its test users per K: those with at least K support ratings in the split
+    episodes = json.loads((out / "split_manifest.json").read_text())["episodes"]
+    for s in SCENARIOS:
+        counts = [sum(len(e["support"]) >= k for e in episodes[s]) for k in SIZES] + [len(episodes[s])]
+        curve = md.split(f"### {s}\n")[1].split("###")[0]
+        assert f"| test users | {' | '.join(map(str, counts))} |" in curve, curve
 
     # the plots: valid, non-empty PNG files
     for name in [*(f"curve_{s}.png" for s in SCENARIOS), "bars_mae.png"]:
@@ -200,7 +217,9 @@ def test_resume_recomputes_only_missing_runs(grid, tmp_path: Path) -> None:
         (["--learners", "global", "--support-sizes", "0"], ["--support-sizes"]),
         (["--learners", "global", "seed=3"], ["compare sets seed itself", "--seeds"]),
         (["--learners", "global", "learner=maml"], ["compare sets learner itself", "--learners"]),
-        (["--learners", "global", "learner.lr=0.1"], ["compare sets learner itself", "learner/<option>.yaml", "--config-path"]),
+        (["--learners", "global", "learner.lr=0.1"],
+         ["compare sets learner itself", "LEARNER@lr=0.1", "learner/<option>.yaml", "--config-path"]),
+        (["--learners", "global", "global@data.split.query_size=5"], ["global@data.split.query_size=5", "cannot differ"]),
         (["--learners", "global", "run.root=/tmp/x"], ["compare sets run itself"]),
         (["--learners", "global", "data.manifest=m.json"], ["compare sets data.manifest itself"]),
         (["--learners", "global", "data.eval_support_sizes=[1]"], ["compare sets data.eval_support_sizes itself"]),
@@ -263,7 +282,8 @@ def test_help_explains_the_command(tmp_path: Path) -> None:
     proc = metarec("compare", "--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     for fragment in ("--learners", "--seeds", "--support-sizes", "split_manifest.json", "results.csv", "results.md",
-                     "curve_<scenario>.png", "bars_mae.png", "logger=wandb", "resum"):
+                     "curve_<scenario>.png", "bars_mae.png", "logger=wandb", "resum", "LEARNER@key=value",
+                     "maml@inner_steps=5"):
         assert fragment in proc.stdout, fragment
 
 
@@ -349,3 +369,111 @@ def test_make_spec_checks_in_process(monkeypatch, tmp_path: Path) -> None:
         make_spec(tmp_path / "o", ["global"], None, None, ["run.name=x"])
     with pytest.raises(ConfigError, match="unknown learner"):
         make_spec(tmp_path / "o", ["maml", "MAML"], None, None, [])
+
+
+# ---------------------------------------------------------------------------------------- variants
+def test_variants_are_rows_of_their_own_and_resume(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", "--out", str(out), "--learners", "global", "global@lr=0.01", "--seeds", "0",
+            "--support-sizes", "1", *TINY]
+    proc = metarec(*args, cwd=tmp_path)
+    assert_ok(proc)
+    assert set(progress(proc.stdout)) == {("global", 0), ("global@lr=0.01", 0)}, proc.stdout
+    variant = out / "runs" / "global@lr=0.01-s0"
+    assert yaml.safe_load((variant / "config.yaml").read_text())["learner"]["lr"] == 0.01
+    assert yaml.safe_load((out / "runs" / "global-s0" / "config.yaml").read_text())["learner"]["lr"] == 0.001
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["learner"] for r in rows} == {"global", "global@lr=0.01"}
+    value = next(r["value"] for r in rows if (r["learner"], r["support_size"], r["scenario"], r["metric"])
+                 == ("global@lr=0.01", "all", "user_cold", "mae"))
+    assert float(value) == json.loads((variant / "metrics.json").read_text())["metrics"]["test/user_cold/mae"]
+    md = (out / "results.md").read_text()
+    assert re.search(r"^\| global@lr=0.01 \| ", md, re.M) and re.search(r"^\| global \| ", md, re.M)
+    # repeated: nothing is recomputed
+    before = metrics_mtimes(out)
+    proc = metarec(*args, cwd=tmp_path)
+    assert_ok(proc)
+    assert set(progress(proc.stdout).values()) == {"done before"}, proc.stdout
+    assert metrics_mtimes(out) == before
+
+
+def test_variant_syntax(monkeypatch, tmp_path: Path) -> None:
+    assert parse_variant("maml") == ("maml", [])
+    assert parse_variant("maml@inner_steps=5,model.embed_dim=16,trainer.max_epochs=2") == (
+        "maml", ["learner.inner_steps=5", "model.embed_dim=16", "trainer.max_epochs=2"])
+    assert parse_variant("maml@model.hidden=[64,32],inner_lr=0.1") == ("maml", ["model.hidden=[64,32]", "learner.inner_lr=0.1"])
+    for bad, message in [("maml@", "not key=value"), ("maml@steps", "not key=value"), ("@lr=1", "no learner"),
+                         ("maml@data.params.n_users=9", "cannot differ"),
+                         ("maml@run.name=x", "cannot differ"), ("maml@name=anil", "learner.name"),
+                         ("maml@lr=1,learner.lr=2", "set twice"), ("maml@lr=a/b", "run folders")]:
+        with pytest.raises(ConfigError, match=message):
+            parse_variant(bad)
+    monkeypatch.setenv("METAREC_CONFIG_DIR", str(CONFIGS))
+    spec = make_spec(tmp_path / "o", ["maml", "maml@inner_steps=2", "maml"], ["0"], ["1"], ["maml@inner_steps=3"])
+    assert spec.learners == ["maml", "maml@inner_steps=2", "maml@inner_steps=3"] and spec.overrides == []
+    assert run_config(spec, "maml@inner_steps=2", 0).learner.inner_steps == 2
+    assert run_config(spec, "maml@inner_steps=2", 0).run.name == "maml@inner_steps=2-s0"
+    with pytest.raises(ConfigError, match="unknown learner 'nosuch'"):
+        make_spec(tmp_path / "o", ["nosuch@lr=1"], None, None, [])
+    with pytest.raises(ConfigError, match="in the config of learner 'maml@nokey=1'"):
+        run_config(make_spec(tmp_path / "o", ["maml@nokey=1"], None, None, []), "maml@nokey=1", 0)
+
+
+# ------------------------------------------------------------------------------ corrupt run records
+def test_a_corrupt_metrics_file_is_refused_in_one_line(grid, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    shutil.copytree(grid[0], out)
+    bad = out / "runs" / "global-s1" / "metrics.json"
+    bad.write_text("{bad")
+    results = (out / "results.md").read_bytes()
+    before = metrics_mtimes(out)
+    proc = metarec(*grid_args(out), cwd=tmp_path)
+    assert_user_error(proc, str(bad.parent), "metrics.json is not valid JSON", "delete that file")
+    assert metrics_mtimes(out) == before and (out / "results.md").read_bytes() == results
+    assert "[" not in proc.stdout  # refused before any run
+    bad.write_text("[]")
+    with pytest.raises(DataError, match="JSON list"):
+        finished_record(bad.parent)
+
+
+# ----------------------------------------------------------------------------- test users, plots
+def test_users_per_size_and_their_table_row() -> None:
+    manifest = {"episodes": {"user_cold": [{"support": [1, 2, 3]}, {"support": [4]}, {"support": list(range(9))}],
+                             "warm": [{"support": [1, 2]}]}}
+    users = users_per_size(manifest, [1, 3, 5])
+    assert users == {("user_cold", ALL): 3, ("user_cold", 1): 3, ("user_cold", 3): 2, ("user_cold", 5): 1,
+                     ("warm", ALL): 1, ("warm", 1): 1, ("warm", 3): 0, ("warm", 5): 0}
+    stats = {("a", k, "user_cold", "mae"): Stat(1, 0.9, math.nan, math.nan) for k in (1, 3, 5, ALL)}
+    md = render_markdown(stats, ["a"], [0], [1, 3, 5], "h", 1, users=users)
+    assert "| test users | 3 | 2 | 1 | 3 |" in md.split("### user_cold")[1]
+    assert "test users" not in render_markdown(stats, ["a"], [0], [1, 3, 5], "h", 1)
+
+
+def _caps(ax) -> int:
+    """Error-bar caps drawn in ``ax`` (bar charts and line plots)."""
+    from matplotlib.container import BarContainer, ErrorbarContainer
+
+    n = 0
+    for c in ax.containers:
+        eb = c.errorbar if isinstance(c, BarContainer) else c if isinstance(c, ErrorbarContainer) else None
+        if eb is not None:
+            n += sum(len(cap.get_xdata()) for cap in eb.lines[1])
+    return n
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_error_bars_only_with_several_seeds(seeds: int) -> None:
+    stats = {(l, k, s, "mae"): Stat(seeds, 0.9 + 0.01 * i, 0.05 if seeds > 1 else math.nan,
+                                     0.1 if seeds > 1 else math.nan)
+             for i, l in enumerate(["a", "b"]) for k in (1, 3, ALL) for s in ("warm", "user_cold")}
+    users = users_per_size({"episodes": {"user_cold": [{"support": [1, 2, 3]}, {"support": [4]}]}}, [1, 3])
+    bars = bars_figure(stats, ["a", "b"], seeds).axes[0]
+    curve = curve_figure(stats, ["a", "b"], [1, 3], seeds, "user_cold", users).axes[0]
+    if seeds == 1:  # one seed: no error bars, so no zero-width caps
+        assert _caps(bars) == 0 and _caps(curve) == 0
+        assert "one seed: no error bars" in bars.get_title()
+    else:
+        assert _caps(bars) > 0 and _caps(curve) > 0
+    labels = [t.get_text() for t in curve.get_xticklabels()]
+    assert labels == ["1\nn=2", "3\nn=1", "all\nn=2"]

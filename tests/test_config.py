@@ -208,13 +208,103 @@ def test_override_value_may_contain_equals_sign() -> None:
     assert compose(["run.name=a=b"]).run.name == "a=b"
 
 
-def test_interpolation_is_resolved_or_rejected() -> None:
-    cfg = compose(["learner.inner_lr=${learner.lr}"])
-    assert cfg.learner.inner_lr == cfg.learner.lr == 0.001
-    msg = _error(["run.name=${nope}"])
-    assert "run.name" in msg
-    msg = _error(["seed=${oc.env:METAREC_TEST_SURELY_UNSET_VARIABLE}"])
-    assert "seed" in msg
+def test_interpolation_is_never_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``${...}`` is text, in overrides and in user config files: no environment variable is read."""
+    monkeypatch.setenv("METAREC_TEST_SECRET", "leaked")
+    cfg = compose(["run.name=${oc.env:METAREC_TEST_SECRET}", "run.root=a\\${x}"])
+    assert cfg.run.name == "${oc.env:METAREC_TEST_SECRET}" and cfg.run.root == "a\\${x}"
+    assert OmegaConf.to_container(cfg, resolve=True)["run"]["name"] == "${oc.env:METAREC_TEST_SECRET}"
+    assert "leaked" not in OmegaConf.to_yaml(cfg, resolve=True)
+    assert compose(["resume=${oc.env:METAREC_TEST_SECRET}"]).run.resume == "${oc.env:METAREC_TEST_SECRET}"
+    msg = _error(["learner.inner_lr=${learner.lr}"])  # text where a number is expected
+    assert "learner.inner_lr" in msg and "${learner.lr}" in msg
+    msg = _error(["seed=${oc.env:METAREC_TEST_SECRET}"])
+    assert "seed must be an integer" in msg and "leaked" not in msg
+    extra = tmp_path / "extra"
+    (extra / "experiment").mkdir(parents=True)
+    (extra / "experiment" / "env.yaml").write_text("run:\n  name: ${oc.env:METAREC_TEST_SECRET}\n")
+    cfg = compose(["experiment=env"], [extra, CONFIGS])
+    assert cfg.run.name == "${oc.env:METAREC_TEST_SECRET}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranges of numeric options and choices (metarec.config_checks): one line naming the option and what
+# it allows, before anything is created
+
+
+@pytest.mark.parametrize(
+    ("arg", "fragment"),
+    [
+        ("learner.inner_lr=.nan", "learner.inner_lr must be a finite number >= 0, got nan"),
+        ("learner.lr=.inf", "learner.lr must be a finite number > 0, got inf"),
+        ("learner.lr=-1", "learner.lr must be a finite number > 0, got -1.0"),
+        ("learner.lr=0", "learner.lr must be a finite number > 0"),
+        ("learner.weight_decay=-1", "learner.weight_decay must be a finite number >= 0"),
+        ("learner.inner_steps=-1", "learner.inner_steps must be an integer >= 0"),
+        ("learner.chunk_size=0", "learner.chunk_size must be null or an integer >= 1, got 0"),
+        ("learner.inner_grad_clip=0", "learner.inner_grad_clip must be null or a finite number > 0"),
+        ("data.relevance_threshold=.nan", "data.relevance_threshold must be a finite number, got nan"),
+        ("data.eval_support_sizes=[3,0]", "data.eval_support_sizes must be a list of integers >= 1, got [3, 0]"),
+        ("data.ranking_ks=[0]", "data.ranking_ks must be a list of integers >= 1"),
+        ("data.meta_batch_size=0", "data.meta_batch_size must be an integer >= 1, got 0"),
+        ("data.eval_batch_size=0", "data.eval_batch_size must be an integer >= 1, got 0"),
+        ("data.num_workers=-1", "data.num_workers must be an integer >= 0, got -1"),
+        ("data.item_id_dropout=.nan", "data.item_id_dropout must be a finite number in [0, 1)"),
+        ("data.split.new_user_fraction=.nan", "data.split.new_user_fraction must be a finite number in [0, 1)"),
+        ("data.params.noise=-.inf", "data.params.noise must be a finite number >= 0, got -inf"),
+        ("data.params.n_users=0", "data.params.n_users must be an integer >= 1"),
+        ("model.embed_dim=0", "model.embed_dim must be an integer >= 1, got 0"),
+        ("model.hidden=[0]", "model.hidden must be a list of integers >= 1, got [0]"),
+        ("trainer.precision=bogus", "trainer.precision must be one of"),
+        ("trainer.max_steps=0", "trainer.max_steps must be -1 or an integer >= 1"),
+        ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps must be an integer >= 1"),
+        ("trainer.gradient_clip_val=.nan", "trainer.gradient_clip_val must be null or a finite number > 0"),
+        ("trainer.limit_val_batches=-1", "trainer.limit_val_batches must be null or a finite number >= 0"),
+        ("seed=-1", "seed must be an integer in [0, 4294967295], got -1"),
+    ],
+)
+def test_out_of_range_options_name_the_option_and_what_is_allowed(arg: str, fragment: str) -> None:
+    assert fragment in _error(["experiment=quickstart", arg])
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["learner=reptile", "learner.inner_steps=0"], "learner.inner_steps must be an integer >= 1, got 0"),
+        (["learner=amortised", "learner.kl_weight=.nan"], "learner.kl_weight must be a finite number >= 0"),
+        (["learner=fism", "model=twotower", "learner.alpha=2"], "learner.alpha must be a finite number in [0, 1]"),
+        (["learner=itemknn", "learner.neighbours=0"], "learner.neighbours must be an integer >= 1"),
+        (["learner=ease", "learner.l2_grid=[1,-3]"], "learner.l2_grid must be a list of finite numbers > 0"),
+        (["learner=finetune", "learner.finetune_lr=.nan"], "learner.finetune_lr must be a finite number >= 0"),
+        (["model=transformer", "model.lora_alpha=.inf"], "model.lora_alpha must be a finite number > 0"),
+        (["model=twotower", "model.user_hidden=[8,0]"], "model.user_hidden must be a list of integers >= 1"),
+        (["data=movielens100k", "data.params.timeout_s=0"], "data.params.timeout_s must be a finite number > 0"),
+        (["data=csv", "data.params.rating_range=[1,.inf]"], "data.params.rating_range must be null or a list of finite numbers, got [1.0, inf]"),
+    ],
+)
+def test_component_options_are_checked_where_the_component_has_them(args: list[str], fragment: str) -> None:
+    assert fragment in _error(args)
+
+
+def test_zero_inner_steps_is_allowed_where_it_means_something() -> None:
+    assert compose(["learner.inner_steps=0", "learner.inner_lr=0"]).learner.inner_steps == 0  # MAML: no adaptation
+    assert compose(["learner=reptile", "learner.eval_inner_steps=0"]).learner.eval_inner_steps == 0
+
+
+def test_every_shipped_option_satisfies_the_rules() -> None:
+    for group in ("experiment", *GROUPS):
+        for option in group_options(group, CONFIGS):
+            compose([f"{group}={option}"])
+
+
+def test_out_of_range_option_on_the_command_line_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    from cli_helpers import run_cli, cli_env
+
+    proc = run_cli("fit", "experiment=quickstart", "data.meta_batch_size=0", f"run.root={tmp_path / 'runs'}",
+                   cwd=tmp_path, env=cli_env(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == ("metarec: error: data.meta_batch_size must be an integer >= 1, got 0")
+    assert not (tmp_path / "runs").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -92,6 +92,7 @@ FIELD_VALUES = [
     b"", b" ", b"0", b"-1", b"-0", b"+5", b" 3 ", b"3.0", b"1e3", b"nan", b"NaN", b"inf", b"abc",
     b"9223372036854775807", b"9223372036854775808", b"-9223372036854775809", b"1" * 40, b"-" + b"9" * 30,
     b"01-Jan-99999", b"31-Feb-2000", b"\x00", b"\xff\xfe", b"\r",
+    b"9" * 5000,  # beyond Python's 4,300-digit int() limit
 ]  # fmt: skip
 
 
@@ -244,6 +245,7 @@ def test_fake_ml100k_base_is_valid() -> None:
 @example(("u.data", b"-9223372036854775809\t1\t5\t881250949\n"))  # was OverflowError
 @example(("u.item", VALID["u.item"].replace(b"|0|", b"|99999999999999999999|", 1)))  # was OverflowError
 @example(("u.user", VALID["u.user"].replace(b"technician", b"tech\rnician")))  # lone \r: wrong line numbers
+@example(("u.data", VALID["u.data"].replace(b"881250950", b"9" * 5000)))  # was "cannot parse", naming no line
 def test_ml100k_loader_corrupted_file(corruption: tuple[str, bytes]) -> None:
     name, data = corruption
     try:

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
+from test_fuzz import VALID as ML100K
 from test_fuzz import (
     FILE_CORRUPTIONS,
     FUZZ,
@@ -50,7 +51,7 @@ from metarec.errors import ConfigError, DataError
 _ODD = [b"\x81", b"\x8d", b"\xa0", b"\xad", b"\xc3\xa9", b"\xc3", b"\xef\xbb\xbf", b"\xed\xa0\x80",
         b"\xe2\x80\xa8", b"\x1c", b"\x1e", b"\x1f"]  # fmt: skip
 _VALUES = [b"1e300", b"-inf", b"0x1A", b"1_000", b"\xd9\xa3", b"2020-13-45", b"9999-12-31T23:59:60", b"NULL",
-           b"1" * 19, b"18446744073709551616"]  # fmt: skip
+           b"1" * 19, b"18446744073709551616", b"9" * 5000]  # fmt: skip
 LINE_KINDS = (*LINE_MUTATIONS, "quote", "quote")
 FILE_KINDS = (*FILE_CORRUPTIONS, "recode")
 ENDINGS = (*LINE_ENDINGS, "cr")
@@ -292,3 +293,51 @@ def test_stray_carriage_return_names_its_line(
     with pytest.raises(DataError, match=rf"{name}, line {line}: carriage return \(\\r\) inside the line") as err:
         _load(source, folder, {**valid, name: data}, params)
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers of thousands of digits (beyond Python's 4,300-digit int() limit): file, line and column
+
+
+HUGE = b"9" * 5000
+HUGE_CASES = [
+    ("movielens100k", "ml-100k", OFFLINE, ML100K, "u.data", b"881250950", HUGE, 2, "timestamp"),
+    ("movielens100k", "ml-100k", OFFLINE, ML100K, "u.user", b"2|53", b"2|" + HUGE, 2, "age"),
+    ("movielens100k", "ml-100k", OFFLINE, ML100K, "u.item", b"2|Mis", HUGE + b"|Mis", 2, "item"),
+    ("movielens1m", "ml-1m", OFFLINE, ML1M, "ratings.dat", b"978302109", HUGE, 2, "timestamp"),
+    ("movielens20m", "ml-20m", OFFLINE, ML20M, "ratings.csv", b"1094785741", HUGE, 5, "timestamp"),
+    ("lastfm2k", "lastfm-2k", OFFLINE, LASTFM, "user_artists.dat", b"352698", HUGE, 5, "weight"),
+    ("recbole", "toy", {"name": "toy"}, RB, "toy.user", b"\t53\t", b"\t" + HUGE + b"\t", 3, "age"),
+    ("csv", ".", CSV_PARAMS, CSV, "users.csv", b"61", HUGE, 4, "age"),
+    ("csv", ".", CSV_PARAMS, CSV, "items.csv", b"2009", HUGE, 3, "year"),
+    ("csv", ".", CSV_PARAMS, CSV, "inter.csv", b"2020-01-03 12:00:00", HUGE, 4, "when"),
+]
+
+
+@pytest.mark.parametrize(("source", "folder", "params", "valid", "name", "old", "new", "line", "column"), HUGE_CASES)
+def test_a_number_of_thousands_of_digits_names_file_line_and_column(
+    source: str, folder: str, params: dict[str, Any], valid: Files, name: str, old: bytes, new: bytes, line: int,
+    column: str,
+) -> None:
+    assert old in valid[name]
+    with pytest.raises(DataError) as err:
+        _load(source, folder, {**valid, name: valid[name].replace(old, new, 1)}, params)
+    msg = _one_line(err.value)
+    assert f"{name}, line {line}: {column} " in msg, msg
+    assert len(msg) < 400, f"the value is not cut: {len(msg)} characters"
+
+
+@pytest.mark.parametrize(
+    ("source", "folder", "params", "valid", "message"),
+    [
+        ("csv", ".", {**CSV_PARAMS, "rating_range": [1, 4]}, CSV, "inter.csv, line 4: stars 5 is outside rating_range [1, 4]"),
+        ("recbole", "toy", {"name": "toy", "rating_range": [1, 4]}, RB,
+         "toy.inter, line 4: rating:float 5 is outside rating_range [1, 4]"),
+    ],
+)
+def test_a_rating_outside_the_configured_rating_range_names_file_line_and_column(
+    source: str, folder: str, params: dict[str, Any], valid: Files, message: str
+) -> None:
+    with pytest.raises(DataError) as err:
+        _load(source, folder, valid, params)
+    assert message in _one_line(err.value)

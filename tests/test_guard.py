@@ -43,7 +43,8 @@ def test_skipped_steps_leave_the_parameters_untouched(tmp_path):
 
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, inference_mode=False)
-    trainer.fit(learner, train_dataloaders=dm.train_dataloader())
+    with pytest.raises(NonFiniteError, match="nothing was trained"):  # every step skipped
+        trainer.fit(learner, train_dataloaders=dm.train_dataloader())
     assert learner.skipped_steps == 3
     after = learner.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -74,3 +75,14 @@ def test_clipped_inner_steps_agree_between_executors(setup, scope):  # noqa: F81
     # clipping is active: the unclipped loss differs
     plain = build_learner("maml", copy.deepcopy(model), ctx, MAMLConfig(inner_lr=0.5, inner_steps=3, scope=scope))
     assert not torch.allclose(plain.meta_step(batch, train=True)[0].detach(), l1)
+
+
+def test_a_run_whose_every_step_was_skipped_is_never_marked_finished(tmp_path):
+    """Fewer skips than trainer.max_nonfinite, but no step trained anything: an error, not a finished run."""
+    cfg = compose([*DIVERGING, "trainer.max_nonfinite=1000", "trainer.limit_train_batches=3", f"run.root={tmp_path}"])
+    with pytest.raises(NonFiniteError) as err:
+        fit(cfg)
+    msg = str(err.value)
+    assert "all 3 meta-steps" in msg and "nothing was trained" in msg and "learner.inner_lr" in msg
+    assert "\n" not in msg
+    assert finished_runs(tmp_path) == []

@@ -16,6 +16,7 @@ from cli_helpers import cli_env
 
 from metarec.config import compose
 from metarec.errors import ConfigError, MetarecError
+from metarec.runs import LOCK_FILE, RunLock
 from metarec.train import check_checkpoint, fit
 
 # big enough that an epoch lasts seconds (the kill must land inside one), small enough for CI
@@ -50,6 +51,9 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path: Path) -> None:
     assert not (victim / "metrics.json").exists()
     for saved in (victim / "checkpoints").glob("*.ckpt"):  # a kill during a save never leaves a torn checkpoint
         check_checkpoint(saved)
+    # the killed process's lock file stays, naming it, but the OS released its lock: no stale lock blocks
+    assert (victim / LOCK_FILE).read_text().split()[0] == str(proc.pid)
+    RunLock.acquire(victim).release()
 
     resumed = fit(compose([*RUN, f"run.root={root}", "run.name=victim", "resume=last"]))  # = run.resume=last
     assert resumed == victim

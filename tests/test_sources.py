@@ -211,6 +211,7 @@ def test_download_from_local_server(
     www, base = http_server
     (www / "ml-100k.zip").write_bytes(zip_bytes({**FAKE_FILES, "README": b"not wanted"}))
     monkeypatch.setattr(movielens, "ML100K_SHA256", FAKE_SHA)
+    monkeypatch.setattr(movielens, "ML100K_SIZES", {n: len(d) for n, d in FAKE_FILES.items()})
     root = tmp_path / "data"
     ds = load_dataset("movielens100k", {"url": f"{base}/ml-100k.zip"}, str(root))
     assert (ds.n_users, ds.n_items, len(ds.ratings)) == (3, 3, 4)
@@ -226,6 +227,7 @@ def test_download_checksum_mismatch_deletes_and_names_both_hashes(
     (www / "ml-100k.zip").write_bytes(zip_bytes(FAKE_FILES))
     wrong = "0" * 64
     monkeypatch.setattr(movielens, "ML100K_SHA256", {**FAKE_SHA, "u.item": wrong})
+    monkeypatch.setattr(movielens, "ML100K_SIZES", {n: len(d) for n, d in FAKE_FILES.items()})
     root = tmp_path / "data"
     with pytest.raises(DataError) as err:
         load_dataset("movielens100k", {"url": f"{base}/ml-100k.zip"}, str(root))

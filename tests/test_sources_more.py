@@ -511,6 +511,7 @@ def test_lastfm_download_from_local_server(tmp_path: Path, http_server: tuple[Pa
     assert "checksum mismatch" in _error("lastfm2k", {"url": url}, tmp_path / "a")
     assert _all_files(tmp_path / "a" / "lastfm-2k") == []
     monkeypatch.setattr(lastfm, "LASTFM_SHA256", {n: hashlib.sha256(d).hexdigest() for n, d in LASTFM.items()})
+    monkeypatch.setattr(lastfm, "LASTFM_SIZES", {n: len(d) for n, d in LASTFM.items()})
     ds = load_dataset("lastfm2k", {"url": url}, str(tmp_path / "b"))
     assert len(ds.ratings) == 4
     assert _all_files(tmp_path / "b" / "lastfm-2k") == sorted(LASTFM)

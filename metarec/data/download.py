@@ -11,6 +11,13 @@ sha256; :func:`fetch_unpinned` is for archives whose files have no pinned sha256
 against a known *git blob id* where one is known (``sha1(b"blob <size>\\0" + content)``, the id public
 git repositories show for a file), and the archive against an MD5 if the caller passes one. Files with
 neither are accepted as downloaded; the loaders then validate their contents line by line.
+
+Hostile or broken servers: ``timeout`` bounds the whole download (a server that trickles bytes is cut
+off at the deadline, not only one that stalls); a pinned file's known size (``sizes``) is checked
+against the size the archive declares before anything is extracted, and extraction stops at it, so a
+small archive cannot fill the disk before its checksum is checked (hashes are computed while
+streaming). Temporary files are removed on any exception, ``KeyboardInterrupt`` and ``SystemExit``
+included (a ``SIGTERM`` handler that raises is the caller's part).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -49,6 +57,7 @@ def ensure_files(
     sha256: Mapping[str, str] | None = None,
     blob_ids: Mapping[str, str] | None = None,
     archive_md5: str = "",
+    sizes: Mapping[str, int] | None = None,
 ) -> None:
     """Make sure the files ``names`` exist in ``folder``, downloading the archive at ``url`` if allowed.
 
@@ -56,6 +65,7 @@ def ensure_files(
     ``download``, a ``DataError`` names the missing files; with it, the archive is fetched: by
     :func:`fetch_archive` when ``sha256`` pins every wanted file (its keys are extracted), else by
     :func:`fetch_unpinned` (``names`` extracted, checked against ``blob_ids`` and ``archive_md5``).
+    ``sizes``: the known byte size of some files (extraction refuses or stops at any other size).
     """
     missing = [name for name in names if not (folder / name).is_file()]
     if not missing:
@@ -66,9 +76,10 @@ def ensure_files(
             f"{DATA_DIR_ENV} to a folder that holds {folder.name}/, or allow download=true"
         )
     if sha256 is not None:
-        fetch_archive(url, folder, sha256, member_prefix, timeout=timeout)
+        fetch_archive(url, folder, sha256, member_prefix, timeout=timeout, sizes=sizes)
     else:
-        fetch_unpinned(url, folder, names, member_prefix, blob_ids=blob_ids, archive_md5=archive_md5, timeout=timeout)
+        fetch_unpinned(url, folder, names, member_prefix, blob_ids=blob_ids, archive_md5=archive_md5, timeout=timeout,
+                       sizes=sizes)
 
 
 def _download_into(url: str, dest_dir: str | os.PathLike[str], names: list[str], timeout: float) -> tuple[Path, Path]:
@@ -88,10 +99,12 @@ def fetch_archive(
     member_prefix: str,
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
+    sizes: Mapping[str, int] | None = None,
 ) -> list[Path]:
     """Download the zip at ``url`` and extract ``member_prefix + name`` to ``dest_dir/name``.
 
-    ``expected`` maps each wanted file name to its sha256 (hex). Returns the written paths.
+    ``expected`` maps each wanted file name to its sha256 (hex), ``sizes`` (optional) to its size in
+    bytes. Returns the written paths.
     Raises ``DataError`` on network failure, an unsafe or corrupt archive, a missing member or a
     checksum mismatch; nothing partial is left in ``dest_dir``.
     """
@@ -99,7 +112,7 @@ def fetch_archive(
     try:
         with _open_zip(archive, url) as zf:
             infos = _checked_members(zf, url)
-            return _extract_verified(zf, infos, url, dest, expected, member_prefix)
+            return _extract_verified(zf, infos, url, dest, expected, member_prefix, sizes)
     finally:
         archive.unlink(missing_ok=True)
 
@@ -113,6 +126,7 @@ def fetch_unpinned(
     blob_ids: Mapping[str, str] | None = None,
     archive_md5: str = "",
     timeout: float = DEFAULT_TIMEOUT_S,
+    sizes: Mapping[str, int] | None = None,
 ) -> list[Path]:
     """Download the zip at ``url`` and extract ``member_prefix + name`` to ``dest_dir/name`` for each name.
 
@@ -140,7 +154,7 @@ def fetch_unpinned(
                 got = git_blob_sha1(tmp)
                 return None if got == want.lower() else f"git blob id is {got}, expected {want}"
 
-            return extract_members(zf, infos, url, dest, names, member_prefix, check)
+            return extract_members(zf, infos, url, dest, names, member_prefix, check, sizes)
     finally:
         archive.unlink(missing_ok=True)
 
@@ -164,12 +178,14 @@ def _md5(path: Path) -> str:
 
 
 def _download(url: str, dest: Path, names: list[str], timeout: float) -> Path:
-    """Fetch ``url`` into a temp file in ``dest`` and atomically rename it; return the final path."""
+    """Fetch ``url`` into a temp file in ``dest`` and atomically rename it; return the final path.
+    ``timeout`` (seconds) bounds the whole download, not only each read."""
     tmp = _temp_path(dest, "download")
+    deadline = time.monotonic() + timeout
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "metarec"})
         with open(tmp, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out, _CHUNK)
+            _stream(resp, out, deadline, timeout)
             size, declared = out.tell(), resp.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) != size:
             raise http.client.IncompleteRead(b"", int(declared) - size)
@@ -183,6 +199,29 @@ def _download(url: str, dest: Path, names: list[str], timeout: float) -> Path:
         ) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _stream(resp, out, deadline: float, timeout: float) -> None:
+    """Copy the response body to ``out`` until its end, or raise ``TimeoutError`` at ``deadline``
+    (``time.monotonic()``): each read waits at most until the deadline, and returns what has arrived."""
+    sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)  # to shorten its timeout
+    late = f"not complete within the timeout of {timeout:g} s"
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(late)
+        if sock is not None:
+            try:
+                sock.settimeout(left)
+            except OSError:  # closed: the read below says so
+                pass
+        try:
+            block = resp.read1(_CHUNK)
+        except TimeoutError:  # the socket's timeout: at most the time left
+            raise TimeoutError(late) from None
+        if not block:
+            return
+        out.write(block)
 
 
 def _reason(e: BaseException) -> str:
@@ -249,6 +288,7 @@ def _extract_verified(
     dest: Path,
     expected: Mapping[str, str],
     member_prefix: str,
+    sizes: Mapping[str, int] | None = None,
 ) -> list[Path]:
     """Extract every expected member, checking each one's sha256, then rename them into place."""
 
@@ -256,7 +296,7 @@ def _extract_verified(
         want = expected[name]
         return None if sha256 == want.lower() else f"sha256 is {sha256}, expected {want}"
 
-    return extract_members(zf, infos, url, dest, list(expected), member_prefix, check)
+    return extract_members(zf, infos, url, dest, list(expected), member_prefix, check, sizes)
 
 
 def extract_members(
@@ -267,10 +307,13 @@ def extract_members(
     names: Sequence[str],
     member_prefix: str,
     check: Callable[[str, Path, str], str | None],
+    sizes: Mapping[str, int] | None = None,
 ) -> list[Path]:
     """Extract ``member_prefix + name`` for every name to a temp file in ``dest``; ``check(name, temp,
     sha256)`` returns a mismatch description or ``None``. Only when every file passed are they renamed
-    into place; on any failure no file (temp or final) is left behind."""
+    into place; on any failure (or interruption) no file (temp or final) is left behind. A file of known
+    size (``sizes``) whose member declares another size is refused before it is extracted, and never
+    more than its size is written; any member larger than the free space of ``dest`` is refused."""
     temps: dict[str, Path] = {}
     try:
         for name in names:
@@ -278,8 +321,10 @@ def extract_members(
             info = infos.get(member)
             if info is None or info.is_dir():
                 raise DataError(f"the archive from {url} has no file {member!r}")
+            size = (sizes or {}).get(name)
+            _check_declared_size(info, size, url, dest / name)
             temps[name] = tmp = _temp_path(dest, name)
-            problem = check(name, tmp, _copy_member(zf, info, tmp, url))
+            problem = check(name, tmp, _copy_member(zf, info, tmp, url, size))
             if problem:
                 raise DataError(
                     f"checksum mismatch for {dest / name} from {url}: {problem}; the downloaded file was deleted"
@@ -294,12 +339,33 @@ def extract_members(
             tmp.unlink(missing_ok=True)
 
 
-def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, url: str) -> str:
-    """Stream one member into ``target``; return its sha256."""
+def _check_declared_size(info: zipfile.ZipInfo, size: int | None, url: str, target: Path) -> None:
+    """Refuse a member whose declared size is not the known one, or does not fit on the disk."""
+    if size is not None and info.file_size != size:
+        raise DataError(f"checksum mismatch for {target} from {url}: the archive's {info.filename!r} is "
+                        f"{info.file_size} bytes, expected {size}; nothing was extracted")
+    try:
+        free = shutil.disk_usage(target.parent).free
+    except OSError:
+        return
+    if info.file_size > free:
+        raise DataError(f"refusing the archive from {url}: member {info.filename!r} is {info.file_size} bytes, "
+                        f"more than the {free} bytes free in {target.parent}")
+
+
+def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, url: str, size: int | None = None) -> str:
+    """Stream one member into ``target``, hashing as it goes; return its sha256. With a known ``size``,
+    stop (``DataError``) as soon as more than ``size`` bytes come out."""
     h = hashlib.sha256()
+    limit = info.file_size if size is None else size
+    written = 0
     try:
         with zf.open(info) as src, open(target, "wb") as out:
             for block in iter(lambda: src.read(_CHUNK), b""):
+                written += len(block)
+                if written > limit:
+                    raise DataError(f"checksum mismatch for {target.parent / Path(info.filename).name} from {url}: "
+                                    f"{info.filename!r} holds more than {limit} bytes; the downloaded file was deleted")
                 h.update(block)
                 out.write(block)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:

@@ -200,6 +200,19 @@ class MetaLearner(pl.LightningModule):
 
     # -------------------------------------------------------------- non-finite guard
     skipped_steps = 0
+    attempted_steps = 0  # training batches run, skipped or not (over the whole run, resumed parts too)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.attempted_steps += 1
+
+    def on_train_end(self) -> None:
+        """A run whose every meta-step was skipped trained nothing: stop it before it is tested and
+        marked finished (under DDP every process counts the same steps and skips)."""
+        if self.attempted_steps and self.skipped_steps >= self.attempted_steps:
+            raise NonFiniteError(
+                f"{self.ctx.label}: all {self.attempted_steps} meta-steps had a non-finite loss or meta-gradient "
+                f"and were skipped, so nothing was trained; {self.ctx.hint}"
+            )
 
     def nonfinite_step(self, what: str) -> None:
         """Count a meta-step dropped for a non-finite ``what``; raise per the policy."""
@@ -316,6 +329,7 @@ class MetaLearner(pl.LightningModule):
 
         import numpy as np
 
+        checkpoint["metarec_steps"] = {"attempted": int(self.attempted_steps), "skipped": int(self.skipped_steps)}
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         checkpoint["metarec_rng"] = {
             "torch": torch.get_rng_state(),
@@ -328,6 +342,9 @@ class MetaLearner(pl.LightningModule):
 
         import numpy as np
 
+        steps = checkpoint.get("metarec_steps")
+        if isinstance(steps, dict):  # the non-finite guard counts over the whole run
+            self.attempted_steps, self.skipped_steps = int(steps.get("attempted", 0)), int(steps.get("skipped", 0))
         state = checkpoint.get("metarec_rng")
         if not state:
             return

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from metarec.data.schema import CategoricalField, FeatureTable, MultiHotField
-from metarec.data.sources._read import fail_at
+from metarec.data.sources._read import fail_at, quoted, to_floats
 
 _TITLE_YEAR = re.compile(r"\((\d{4})(?:[-\u2013]\d{0,4})?\)\s*$")
 
@@ -130,9 +130,11 @@ def numeric_column(path: Path, s: pd.Series, lines, column: str) -> np.ndarray:
     if s.dtype.kind in "iufb":
         return s.to_numpy(dtype=np.float64)
     text = s.astype(str).str.strip()
-    values = pd.to_numeric(text.mask(text == "", np.nan), errors="coerce").to_numpy(dtype=np.float64)
+    values = to_floats(text.mask(text == "", np.nan))
     bad = np.isnan(values) & (text != "").to_numpy() & ~text.str.lower().isin(("nan", "null", "na")).to_numpy()
-    fail_at(path, lines, bad, lambda i: f"{column} {text.iat[i]!r} is not a number")
+    fail_at(path, lines, bad, lambda i: f"{column} {quoted(text.iat[i])} is not a number")
+    huge = np.isinf(values) & ~text.str.lower().str.lstrip("+-").isin(("inf", "infinity")).to_numpy()
+    fail_at(path, lines, huge, lambda i: f"{column} {quoted(text.iat[i])} is beyond the range of 64-bit floats")
     return values
 
 
@@ -147,12 +149,12 @@ def timestamps(path: Path, s: pd.Series, lines, column: str) -> np.ndarray:
     else:
         text = s.astype(str).str.strip()
         fail_at(path, lines, (text == "").to_numpy(), lambda i: f"missing {column}")
-        num = pd.to_numeric(text, errors="coerce")
-        if num.notna().all():
-            return float_seconds(path, lines, num.to_numpy(dtype=np.float64), column)
+        num = to_floats(text)
+        if not np.isnan(num).any():
+            return float_seconds(path, lines, num, column)
         dt = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
         bad = dt.isna().to_numpy()
-        fail_at(path, lines, bad, lambda i: f"{column} {text.iat[i]!r} is neither seconds nor a date/time")
+        fail_at(path, lines, bad, lambda i: f"{column} {quoted(text.iat[i])} is neither seconds nor a date/time")
     fail_at(path, lines, dt.isna().to_numpy(), lambda i: f"missing {column}")
     # Whole seconds (floored) at the parsed resolution: dates before 1677 or after 2262 do not fit nanoseconds.
     return dt.dt.tz_localize(None).to_numpy().astype("datetime64[s]").astype(np.int64)

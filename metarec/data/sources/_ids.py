@@ -91,3 +91,10 @@ def check_pairs(path: Path, lines, user: np.ndarray, item: np.ndarray, user_ids:
 def nonempty(path: Path, n: int, why: str) -> None:
     if n == 0:
         raise DataError(f"{path}: no interactions left {why}")
+
+
+def check_rating_range(path: Path, lines, rating: np.ndarray, column: str, lo: float, hi: float) -> None:
+    """``DataError`` naming the file, line and column of the first rating outside the configured
+    ``rating_range`` [lo, hi]."""
+    fail_at(path, lines, (rating < lo) | (rating > hi),
+            lambda i: f"{column} {rating[i]:g} is outside rating_range [{lo:g}, {hi:g}] (option data.params.rating_range)")

@@ -61,6 +61,27 @@ def shown(value: object, limit: int = 100) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
+def quoted(value: object, limit: int = 100) -> str:
+    """``repr`` of ``value``'s text for a one-line message, cut to ``limit`` characters (a field may hold
+    thousands of characters)."""
+    return shown(repr(str(value)), limit)
+
+
+_DECIMAL = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*")
+
+
+def to_floats(text: pd.Series) -> np.ndarray:
+    """float64 of each text (``NaN`` where it is not a number). Decimal numbers that pandas gives up on
+    (e.g. thousands of digits) are read by ``float`` (which gives ``inf`` beyond the float range), so a
+    caller's "not a number" check names the right line and a range check sees their size."""
+    values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, copy=True)
+    for j in np.flatnonzero(np.isnan(values)):
+        t = text.iat[j]
+        if isinstance(t, str) and _DECIMAL.fullmatch(t):
+            values[j] = float(t)
+    return values
+
+
 def check_option(source: str, option: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise ConfigError(f"data source {source!r}: option {option} must be one of {', '.join(allowed)}, got {value!r}")
@@ -295,14 +316,14 @@ def _locate_bad_value(path, source, kw, kinds, first: int, lines) -> None:
                     bad = pd.to_numeric(s, errors="coerce").isna().to_numpy()
                 what = "an integer" if kind == "int" else "a number"
                 fail_at(path, numbers, bad,
-                        lambda i, c=c, s=s, what=what: f"missing {c}" if not s.iat[i].strip() else f"{c} {s.iat[i]!r} is not {what}")
+                        lambda i, c=c, s=s, what=what: f"missing {c}" if not s.iat[i].strip() else f"{c} {quoted(s.iat[i])} is not {what}")
                 if kind == "int":  # well-formed, but maybe beyond 64 bits (pandas raises OverflowError)
                     digits = s.str.strip().str.lstrip("+-").str.lstrip("0").str.len().to_numpy()
-                    big = np.zeros(len(s), dtype=bool)
-                    for j in np.flatnonzero(digits >= 19):
+                    big = digits > 19  # 2**63 has 19 digits; int() of a longer text may exceed Python's limit
+                    for j in np.flatnonzero(digits == 19):
                         big[j] = not _INT64_MIN <= int(s.iat[j]) <= _INT64_MAX
                     fail_at(path, numbers, big,
-                            lambda i, c=c, s=s: f"{c} {s.iat[i].strip()} is outside the 64-bit integer range")
+                            lambda i, c=c, s=s: f"{c} {shown(s.iat[i].strip())} is outside the 64-bit integer range")
             offset += n
     except (ValueError, pd.errors.ParserError):
         return

@@ -46,10 +46,12 @@ from metarec.data.sources._ids import UNKNOWN_IDS, check_pairs, codes_of, nonemp
 from metarec.data.sources._read import (
     check_option,
     fail_at,
+    quoted,
     read_ragged,
     read_table,
     require_files,
     resolve_path,
+    to_floats,
 )
 from metarec.data.sources.movielens import AGE_BUCKET_EDGES, year_buckets
 from metarec.errors import ConfigError
@@ -142,10 +144,10 @@ def _read_users(path: Path, lenient: bool) -> pd.DataFrame:
     df = read_table(path, sep=";", header=True, encoding="latin-1", quoted=True, escapechar="\\",
                     required=_USER_COLS, usecols=_USER_COLS, kinds={"User-ID": "int"})
     age_text = df["Age"].str.strip()
-    age = pd.to_numeric(age_text, errors="coerce").to_numpy(dtype=np.float64, copy=True)
+    age = to_floats(age_text)
     if not lenient:
         bad = np.isnan(age) & ~age_text.isin(_NULLS).to_numpy()
-        fail_at(path, df.index, bad, lambda i: f"age {age_text.iat[i]!r} is not a number or NULL")
+        fail_at(path, df.index, bad, lambda i: f"age {quoted(age_text.iat[i])} is not a number or NULL")
     age[(age < AGE_RANGE[0]) | (age > AGE_RANGE[1])] = np.nan
     out = pd.DataFrame({"id": df["User-ID"].to_numpy(), "location": _unescape(df["Location"]).to_numpy(), "age": age},
                        index=df.index)
@@ -160,10 +162,10 @@ def _read_books(path: Path, lenient: bool) -> pd.DataFrame:
     if not lenient:
         fail_at(path, df.index, ragged, lambda i: f"expected {n_fields} fields separated by ';'")
     year_text = df["Year-Of-Publication"].astype(str).str.strip()
-    year = pd.to_numeric(year_text, errors="coerce").to_numpy(dtype=np.float64, copy=True)
+    year = to_floats(year_text)
     if not lenient:
         bad = np.isnan(year) & ~year_text.isin(_NULLS).to_numpy()
-        fail_at(path, df.index, bad, lambda i: f"year {year_text.iat[i]!r} is not a number")
+        fail_at(path, df.index, bad, lambda i: f"year {quoted(year_text.iat[i])} is not a number")
     year[(year < YEAR_RANGE[0]) | (year > YEAR_RANGE[1]) | (np.floor(year) != year)] = np.nan
     year[ragged] = np.nan
     author = _unescape(df["Book-Author"]).mask(ragged, "")

@@ -57,6 +57,13 @@ LASTFM_SHA256 = {
     "user_taggedartists.dat": "d31fe938fcfeed6f0059f37a36b156f63674d073fc2553e5cc9dc1595e365bc7",
     "user_friends.dat": "9a3a8f7fa5f5ec832335e5b58ed69a4cf27c6f6f6afcde62134810eea46445a7",
 }
+LASTFM_SIZES = {  # bytes: extraction refuses another size and never writes more
+    "user_artists.dat": 1296455,
+    "artists.dat": 1925879,
+    "tags.dat": 234468,
+    "user_taggedartists.dat": 4366696,
+    "user_friends.dat": 251565,
+}
 WEIGHTINGS = ("log", "binary", "raw")
 LOG_RANGE = (1.0, 5.0)
 FRIEND_BUCKETS = 7  # 0, 1, 2-3, 4-7, 8-15, 16-31, 32+
@@ -82,7 +89,8 @@ def lastfm2k(cfg: LastFm2kConfig, root: str | None) -> RecDataset:
         raise ConfigError("data source 'lastfm2k': top_tags must be >= 0 and min_tag_count >= 1")
     folder = resolve_data_root(root) / LASTFM_FOLDER
     ensure_files(folder, REQUIRED_FILES, "Last.fm 2K", download=cfg.download, url=cfg.url,
-                 member_prefix=LASTFM_MEMBER_PREFIX, timeout=cfg.timeout_s, sha256=LASTFM_SHA256)
+                 member_prefix=LASTFM_MEMBER_PREFIX, timeout=cfg.timeout_s, sha256=LASTFM_SHA256,
+                 sizes=LASTFM_SIZES)
     artists = _read_artists(folder / "artists.dat")
     artist_ids = artists["id"].to_numpy()
     path = folder / "user_artists.dat"

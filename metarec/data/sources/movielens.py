@@ -40,6 +40,13 @@ ML100K_SHA256 = {
     "u.genre": "9757e0d3e6b298159a80dd48eaf938114690e911e39af97a76949ef1663610bb",
     "u.occupation": "cd5fbec9afe345d993a62fc7817df1a4a9079c4feb267b3118763b8fd942137d",
 }
+ML100K_SIZES = {  # bytes: extraction refuses another size and never writes more
+    "u.data": 1979173,
+    "u.item": 236344,
+    "u.user": 22628,
+    "u.genre": 202,
+    "u.occupation": 193,
+}
 
 GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -74,7 +81,8 @@ def movielens100k(cfg: MovieLens100kConfig, root: str | None) -> RecDataset:
     """MovieLens 100K: 943 users, 1682 movies, 100,000 ratings 1-5 with user and movie features."""
     folder = resolve_data_root(root) / ML100K_FOLDER
     ensure_files(folder, REQUIRED_FILES, "MovieLens 100K", download=cfg.download, url=cfg.url,
-                 member_prefix=ML100K_MEMBER_PREFIX, timeout=cfg.timeout_s, sha256=ML100K_SHA256)
+                 member_prefix=ML100K_MEMBER_PREFIX, timeout=cfg.timeout_s, sha256=ML100K_SHA256,
+                 sizes=ML100K_SIZES)
     users = read_users(folder / "u.user")
     items = read_items(folder / "u.item")
     ratings = read_ratings(folder / "u.data", users["user"].to_numpy(), items["item"].to_numpy())

@@ -48,7 +48,9 @@ from metarec.data.sources._encode import (
     float_seconds,
     item_id_field,
 )
-from metarec.data.sources._ids import UNKNOWN_IDS, check_pairs, codes_of, id_array, nonempty, unique_ids
+from metarec.data.sources._ids import (
+    UNKNOWN_IDS, check_pairs, check_rating_range, codes_of, id_array, nonempty, unique_ids,
+)
 from metarec.data.sources._read import check_option, read_header, read_table, resolve_path
 from metarec.errors import ConfigError, DataError
 
@@ -140,6 +142,8 @@ def recbole(cfg: RecBoleConfig, root: str | None) -> RecDataset:
     else:
         ts = np.zeros(len(user), dtype=np.int64)
     rating_range = _rating_range(cfg, rating, has_rating)
+    if has_rating and cfg.rating_range is not None:
+        check_rating_range(inter_path, lines, rating, f"{cfg.rating_field}:float", *rating_range)
     ratings = pd.DataFrame({"user": user, "item": item, "rating": rating, "timestamp": ts})
 
     n_users, n_items = len(user_ids), len(item_ids)

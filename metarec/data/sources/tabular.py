@@ -56,7 +56,9 @@ from metarec.data.sources._encode import (
     numeric_column,
     timestamps,
 )
-from metarec.data.sources._ids import UNKNOWN_IDS, check_pairs, codes_of, id_array, nonempty, unique_ids
+from metarec.data.sources._ids import (
+    UNKNOWN_IDS, check_pairs, check_rating_range, codes_of, id_array, nonempty, unique_ids,
+)
 from metarec.data.sources._read import PARQUET_SUFFIXES, check_option, fail_at, read_table, resolve_path
 from metarec.errors import ConfigError, DataError
 
@@ -138,6 +140,8 @@ def csv_source(cfg: CsvConfig, root: str | None) -> RecDataset:
     check_pairs(inter_path, lines, user, item, user_ids, item_ids)
     if cfg.rating_range is not None:
         lo, hi = map(float, cfg.rating_range)
+        if c.rating:
+            check_rating_range(inter_path, lines, rating, c.rating, lo, hi)
     elif not c.rating:
         lo, hi = 0.0, 1.0
     else:
