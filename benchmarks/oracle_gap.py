@@ -99,7 +99,8 @@ def table(stats, labels, post, prior, scenarios) -> list[str]:
             if st is None:
                 cells.append("–")
                 continue
-            text = f"{st.mean:.4f} ± {st.half_width:.4f} ({st.mean / post[s]:.2f}×)"
+            spread = f" ± {st.half_width:.4f}" if st.n > 1 else ""  # one seed: no interval
+            text = f"{st.mean:.4f}{spread} ({st.mean / post[s]:.2f}×)"
             cells.append(f"**{text}**" if st.mean == best[s] else text)
         lines.append(f"| {l} | " + " | ".join(cells) + " |")
     lines.append("| *prior oracle (features only)* | " + " | ".join(

@@ -125,6 +125,21 @@ def _ints(name: str, values: Iterable[str], minimum: int) -> list[int]:
     return out
 
 
+def _runs_on_model(option: str, overrides: list[str], config_path: list[Path]) -> bool:
+    """Whether learner ``option`` runs on the base model ``overrides`` choose: an option written for one
+    model (``needs_model``, e.g. ``fism`` and ``ridge`` for ``twotower``) is left out of the default
+    learner list under another model (named in ``--learners`` it still runs, or says why not)."""
+    from metarec.config import compose, search_path
+    from metarec.learners import LEARNERS
+
+    try:
+        cfg = compose([*overrides, f"learner={option}"], search_path(config_path))
+        needs = getattr(LEARNERS.get(str(cfg.learner.name)).factory, "needs_model", None)
+    except MetarecError:
+        return True  # a broken option or override: make_spec and the run report it
+    return needs is None or needs == str(cfg.model.name)
+
+
 def make_spec(
     out: str | Path,
     learners: Optional[list[str]] = None,
@@ -141,8 +156,8 @@ def make_spec(
     # variants (maml@inner_steps=5) hold '=': taken for overrides when they followed other words
     variants = [o for o in overrides or [] if is_variant(o)]
     overrides = [o for o in overrides or [] if not is_variant(o)]
-    if learners is None:
-        learners = [] if variants else list(known)
+    if learners is None:  # every option that runs on the chosen base model
+        learners = [] if variants else [o for o in known if _runs_on_model(o, overrides, extra)]
     learners = [*learners, *(v for v in variants if v not in learners)]
     if not learners:
         raise ConfigError("--learners needs at least one learner")

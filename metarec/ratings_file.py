@@ -29,6 +29,8 @@ def read_ratings_csv(path: Path) -> tuple[list[tuple[str, float | None]], list[s
     """``(item, rating)`` pairs of a CSV with header ``item,rating`` (or ``item`` alone: ratings ``None``,
     interactions of implicit feedback); each named by its row (``"<file> row N"``, N its first line)."""
     path = Path(path)
+    if path.is_dir():
+        raise MetarecError(f"ratings file {path} is a directory; give the CSV file of the user's ratings")
     if not path.is_file():
         raise MetarecError(f"ratings file {path} does not exist")
     try:

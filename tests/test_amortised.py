@@ -235,8 +235,8 @@ def test_learns_per_user_offsets_a_global_model_cannot(name):
     ("learner.encoder=lstm", "learner.encoder must be one of mean, attention"),
     ("learner.hidden=10", "positive multiple of learner.heads"),
     ("learner.targets=support", "learner.targets must be query or all"),
-    ("learner.latent_dim=-1", "latent_dim and learner.kl_weight must be >= 0"),
-    ("learner.kl_weight=-0.5", "latent_dim and learner.kl_weight must be >= 0"),
+    ("learner.latent_dim=-1", "learner.latent_dim must be an integer >= 0"),
+    ("learner.kl_weight=-0.5", "learner.kl_weight must be a finite number >= 0"),
 ])
 def test_bad_settings_are_one_line_errors(override, fragment, tmp_path):
     cfg = compose(["learner=amortised", override, "data.params.n_users=50", f"run.root={tmp_path}"])

@@ -477,3 +477,13 @@ def test_error_bars_only_with_several_seeds(seeds: int) -> None:
         assert _caps(bars) > 0 and _caps(curve) > 0
     labels = [t.get_text() for t in curve.get_xticklabels()]
     assert labels == ["1\nn=2", "3\nn=1", "all\nn=2"]
+
+
+def test_default_learners_are_those_that_run_on_the_chosen_model(tmp_path):
+    """Without --learners: every option, except those written for another base model (fism and ridge
+    need model=twotower); named explicitly they are still taken."""
+    on_melu = make_spec(tmp_path / "a", None, ["0"], None, []).learners
+    on_twotower = make_spec(tmp_path / "b", None, ["0"], None, ["model=twotower"]).learners
+    assert "fism" not in on_melu and "ridge" not in on_melu and "maml" in on_melu
+    assert {"fism", "ridge", "maml", "global"} <= set(on_twotower)
+    assert make_spec(tmp_path / "c", ["ridge"], ["0"], None, []).learners == ["ridge"]
