@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from metarec.compare import ALL
+from metarec.compare import ALL, compare, make_spec, result_rows, summarize
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -23,7 +23,9 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def _cell(st) -> str:
-    return "–" if st is None or st.n == 0 else f"{st.mean:.4f} ± {st.half_width:.4f}"
+    if st is None or st.n == 0:
+        return "–"
+    return f"{st.mean:.4f} ± {st.half_width:.4f}" if st.n > 1 else f"{st.mean:.4f}"  # one seed: no interval
 
 
 def _bold_best(cells: list[str], means: list[float | None]) -> list[str]:
@@ -64,3 +66,23 @@ def update_readme(name: str, block: str) -> None:
         readme.write_text(pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), src))
     else:
         print(f"README has no {name} markers; not updated", file=sys.stderr)
+
+
+def run_model_groups(work: Path, groups: list[tuple[str, list[str], list[str]]], seeds: list[str],
+                     sizes: list[str], tuned: dict[str, dict] | None = None) -> tuple[dict, list[str], int, set]:
+    """Each ``(base model, learners, overrides)`` group through ``compare`` in ``work/<model>`` (``tuned``:
+    per model, the learners' tuned overrides); returns stats keyed by ``"learner (model)"``, those labels,
+    the number of runs and the split hashes seen (one hash: every group ran on the same split)."""
+    stats, labels, n_runs, hashes = {}, [], 0, set()
+    for model, learners, overrides in groups:
+        spec = make_spec(work / model, learners, seeds, sizes, overrides)
+        if tuned:
+            spec.tuned = tuned[model]
+        result = compare(spec, echo=lambda line: print(line, flush=True))
+        n_runs += len(result["records"])
+        hashes |= {r["split_hash"] for r in result["records"]}
+        for key, st in summarize(result_rows(result["records"], spec.out)).items():
+            learner, *rest = key
+            stats[(f"{learner} ({model})", *rest)] = st
+        labels += [f"{l} ({model})" for l in spec.learners]
+    return stats, labels, n_runs, hashes

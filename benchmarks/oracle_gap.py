@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 
 import torch
-from bench_utils import update_readme
+from bench_utils import run_model_groups, update_readme
 
-from metarec.compare import ALL, compare, make_spec, result_rows, summarize
+from metarec.compare import ALL
 from metarec.config import compose, data_config, validate
 from metarec.data.datamodule import ColdStartDataModule
 from metarec.data.oracle import oracle_mae
@@ -67,23 +67,15 @@ def oracles(overrides: list[str]) -> tuple[dict, dict, dict]:
 
 
 def run_groups(work: Path, seeds: list[str], data: list[str], smoke: bool, tuned: str | None):
-    stats, labels, n_runs, hashes = {}, [], 0, set()
+    groups = []
     for model, learners in GROUPS:
         overrides = [*data, *COMMON, f"model={model}"]
         if smoke:
             learners = ["global", "maml"] if model == "melu" else ["ridge"]
             overrides += ["trainer.max_epochs=1", "trainer.limit_train_batches=3"]
-        spec = make_spec(work / model, learners, seeds, ["3"], overrides)  # the oracle is at full support
-        if tuned:
-            spec.tuned = load_tuned(Path(tuned) / model, spec.learners)
-        result = compare(spec, echo=lambda line: print(line, flush=True))
-        n_runs += len(result["records"])
-        hashes |= {r["split_hash"] for r in result["records"]}
-        for key, st in summarize(result_rows(result["records"], spec.out)).items():
-            learner, *rest = key
-            stats[(f"{learner} ({model})", *rest)] = st
-        labels += [f"{l} ({model})" for l in spec.learners]
-    return stats, labels, n_runs, hashes
+        groups.append((model, learners, overrides))
+    best = {m: load_tuned(Path(tuned) / m, learners) for m, learners, _ in groups} if tuned else None
+    return run_model_groups(work, groups, seeds, ["3"], best)  # one support size: the oracle is at full support
 
 
 def table(stats, labels, post, prior, scenarios) -> list[str]:

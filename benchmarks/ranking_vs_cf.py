@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 import torch
-from bench_utils import curve_table, scenario_table, update_readme
+from bench_utils import curve_table, run_model_groups, scenario_table, update_readme
 
-from metarec.compare import ALL, compare, make_spec, result_rows, summarize
+from metarec.compare import ALL
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -51,25 +51,17 @@ GROUPS = [
 
 def run_data(name: str, work: Path, seeds: list[str], smoke: bool) -> tuple[dict, list[str], int, set]:
     """Both groups on data set ``name``; stats keyed by ``"learner (model)"``."""
-    stats, labels, n_runs, hashes = {}, [], 0, set()
+    groups, sizes = [], SIZES
     for model, learners in GROUPS:
         overrides = [*DATA[name], *COMMON, f"model={model}"]
-        sizes = SIZES
         if smoke:
             learners = learners[:2] if model == "melu" else ["fism"]
             overrides = ["data=synthetic", "data.params.n_users=150", "data.split.scenarios=[user_cold]",
                          f"model={model}", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
                          "trainer.enable_progress_bar=false"]
             sizes = ["3"]
-        spec = make_spec(work / name / model, learners, seeds, sizes, overrides)
-        result = compare(spec, echo=lambda line: print(line, flush=True))
-        n_runs += len(result["records"])
-        hashes |= {r["split_hash"] for r in result["records"]}
-        for key, st in summarize(result_rows(result["records"], spec.out)).items():
-            learner, *rest = key
-            stats[(f"{learner} ({model})", *rest)] = st
-        labels += [f"{l} ({model})" for l in spec.learners]
-    return stats, labels, n_runs, hashes
+        groups.append((model, learners, overrides))
+    return run_model_groups(work / name, groups, seeds, sizes)
 
 
 def main() -> int:
