@@ -18,8 +18,9 @@ instead of by inner gradient steps (ALPaCA, Harrison et al., WAFR 2018; R2-D2, B
 Meta-training backpropagates the query loss through the solve into the item tower, the user tower, the
 output layer and ``lambda``, so the item vectors are learned for exactly this fold-in. Adapting a new
 user is one item-tower pass over the support and one ``dim x dim`` solve; scoring the catalogue is one
-matrix product. On data drawn from a linear-Gaussian preference model this is the Bayes posterior mean
-(``benchmarks/oracle_gap.py``). Needs ``model=twotower``.
+matrix product. On data drawn from a linear-Gaussian preference model this has the form of the Bayes
+posterior mean (exact given the true item vectors and prior: ``benchmarks/oracle_gap.py`` measures how
+close the learned ones get). Needs ``model=twotower``.
 """
 
 from __future__ import annotations
