@@ -1,5 +1,5 @@
 """Quality on MovieLens-100K: every learner x 3 seeds on one split, the cold-start curve (support sizes
-1, 3, 5, 10, 20), early stopping on warm-validation MAE. Runs `metarec compare`, then copies its table
+1, 3, 5, 10, 20), early stopping on validation MAE. Runs `metarec compare`, then copies its table
 and plots to ``benchmarks/results/quality_ml100k*`` and refreshes the README section.
 
     METAREC_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/quality_ml100k.py

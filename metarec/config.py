@@ -47,7 +47,7 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | ddp_spawn | ...: Lightning's strategies (ddp: one process per device)
     precision: str = "32-true"
-    patience: int = 5  # early stopping on val/warm/mae (val/warm/loss under implicit feedback); 0 disables it
+    patience: int = 5  # early stopping on val/user_cold/mae (val/user_cold/loss under implicit feedback); 0 disables it
     gradient_clip_val: Optional[float] = None
     deterministic: bool = False
     log_every_n_steps: int = 10

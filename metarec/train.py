@@ -29,8 +29,8 @@ MONITOR = f"val/{VAL_SCENARIO}/mae"
 
 
 def monitor_key(loss: str) -> str:
-    """What checkpointing and early stopping watch: warm-validation MAE for ratings; the validation BCE
-    (a proper scoring rule, unlike MAE on probabilities) for implicit feedback."""
+    """What checkpointing and early stopping watch: the validation users' MAE (``val/user_cold/mae``) for
+    ratings; their BCE (a proper scoring rule, unlike MAE on probabilities) for implicit feedback."""
     return MONITOR if loss == "mse" else f"val/{VAL_SCENARIO}/loss"
 
 

@@ -14,7 +14,7 @@ Everything lives in one output folder ``DIR``:
 
 A trial trains like ``metarec fit`` (the same ``assembly.build`` and Lightning trainer, with its
 checkpointing and early stopping) and is scored by the best validation value of the metric ``fit``
-monitors (warm-validation MAE; the validation loss under implicit feedback). It never tests: the
+monitors (validation MAE; the validation loss under implicit feedback). It never tests: the
 trial's data module holds no test episodes, and asking it for a test loader is an error. Every trial
 of a study uses the study's seed (``seed=``, default 0), so trials differ only in their settings.
 """
@@ -39,7 +39,7 @@ DEFAULT_TRIALS = 20
 HELP = f"""\
 Per learner, an Optuna study over search/<learner>.yaml (on the config search path: a --config-path
 folder may replace a learner's space), scored by the validation metric `metarec fit` monitors
-(val/warm/mae; val/warm/loss under implicit feedback), on the validation users only: no trial tests.
+(val/user_cold/mae; val/user_cold/loss under implicit feedback), on the validation users only: no trial tests.
 
   DIR/study.db             the studies (SQLite): repeat the call to continue after an interruption;
                            --trials N is each learner's total (finished and pruned trials count; a

@@ -398,7 +398,7 @@ def test_fit_run_folder(synthetic_runs, learner: str) -> None:
         assert "last.ckpt" in ckpts and any(c.startswith("best-") for c in ckpts), ckpts
         assert record["best_checkpoint"] and (d / record["best_checkpoint"]).is_file()
         assert 1 <= record["epochs"] <= 2
-        assert math.isfinite(record["metrics"]["val/warm/mae"])
+        assert math.isfinite(record["metrics"]["val/user_cold/mae"])
     else:
         assert ckpts == [] and record["best_checkpoint"] is None and record["epochs"] == 0
 

@@ -308,7 +308,7 @@ def test_mean_ci_arithmetic() -> None:
 def test_summarize_ci_over_seeds() -> None:
     values = {"a": [0.9, 1.0, 1.2, 0.95], "b": [0.7, 0.8, 0.75, math.nan]}
     records = [
-        _record(l, s, {"test/user_cold/mae": v, "test_k5/user_cold/mae": v + 0.1, "val/warm/mae": 0.0})
+        _record(l, s, {"test/user_cold/mae": v, "test_k5/user_cold/mae": v + 0.1, "val/user_cold/mae": 0.0})
         for l, vs in values.items() for s, v in enumerate(vs)
     ]
     rows = result_rows(records, out=Path("/x"))
@@ -332,7 +332,7 @@ def test_summarize_ci_over_seeds() -> None:
 def test_parse_metric() -> None:
     assert parse_metric("test/user_cold/mae") == (ALL, "user_cold", "mae")
     assert parse_metric("test_k10/warm/ndcg@3") == (10, "warm", "ndcg@3")
-    assert parse_metric("val/warm/mae") is None
+    assert parse_metric("val/user_cold/mae") is None
     assert parse_metric("test_kx/warm/mae") is None
 
 

@@ -71,7 +71,7 @@ def test_ddp_step_equals_the_single_process_step(case: str, tmp_path: Path) -> N
     assert moved > 1e-6, "the meta-step did not change the parameters"
     v1 = json.loads((tmp_path / "val_1.json").read_text())
     v2 = json.loads((tmp_path / "val_2.json").read_text())
-    for key in ("val/warm/mae", "val/warm/rmse", "val/warm/ndcg@3"):
+    for key in ("val/user_cold/mae", "val/user_cold/rmse", "val/user_cold/ndcg@3"):
         assert v2[key] == pytest.approx(v1[key], rel=1e-6), key  # float32 metric states, other summation order
     assert np.isfinite(list(v1.values())).all()
 

@@ -201,7 +201,7 @@ def test_softmax_training_runs_end_to_end(tmp_path, model) -> None:
     run = fit(compose([f"model={model}", "data.params.n_users=200", "data.negatives.per_positive=4",
                        "data.negatives.loss=softmax", "trainer.max_epochs=2", f"run.root={tmp_path}"]))
     (record,) = finished_runs(run)
-    assert "val/warm/loss" in record["metrics"] and "test/user_cold/full_recall@10" in record["metrics"]
+    assert "val/user_cold/loss" in record["metrics"] and "test/user_cold/full_recall@10" in record["metrics"]
     rec = Recommender.load(run)
     assert rec.implicit and rec.learner.ctx.loss == "softmax"
     p = rec.adapt([(rec.item_ids[0].item(), 1.0), (rec.item_ids[1].item(), 1.0)]).predict(rec.item_ids[:5])

@@ -48,7 +48,7 @@ def test_every_learner_option_has_a_valid_search_space(tmp_path: Path) -> None:
         study = plan_study(make_tune_spec(tmp_path / "t", [option], 2, [*TINY, *model]), option)
         trained = LEARNERS.get(study.base.learner.name).factory.needs_training
         assert bool(study.params) == trained, f"{option}: trained learners have a space, the others none"
-        assert study.metric == "val/warm/mae"
+        assert study.metric == "val/user_cold/mae"
 
 
 @pytest.mark.parametrize("key, spec, fragment", [
@@ -82,7 +82,7 @@ def test_a_learner_without_a_validation_metric_cannot_be_tuned(tmp_path: Path) -
     extra.mkdir(parents=True)
     (extra / "itemknn.yaml").write_text("params:\n  learner.neighbours: {type: int, low: 5, high: 50}\n")
     spec = make_tune_spec(tmp_path / "t", ["itemknn"], 1, TINY, config_path=[str(tmp_path / "extra")])
-    with pytest.raises(ConfigError, match="logs no validation val/warm/mae, so it cannot be tuned"):
+    with pytest.raises(ConfigError, match="logs no validation val/user_cold/mae, so it cannot be tuned"):
         tune(spec)
     assert [s for _, s, _ in states(tmp_path / "t", "itemknn")] == ["FAIL"]
     assert not (tmp_path / "t" / "best").exists()
@@ -154,7 +154,7 @@ def test_tune_scores_validation_users_only_and_extends_its_budget(tmp_path: Path
     best = yaml.safe_load((out / "best" / "global.yaml").read_text())
     values = {t.number: t.value for t in optuna.load_study(study_name="global", storage=f"sqlite:///{out / 'study.db'}").trials}
     assert best["trial"] == min(values, key=values.get) and best["value"] == pytest.approx(min(values.values()))
-    assert best["metric"] == "val/warm/mae" and best["trials"] == 2 and best["seed"] == 0
+    assert best["metric"] == "val/user_cold/mae" and best["trials"] == 2 and best["seed"] == 0
     assert sorted(best["overrides"]) == sorted(f"{k}={v!r}" for k, v in trials[best["trial"]][2].items())
     user_mean = yaml.safe_load((out / "best" / "user_mean.yaml").read_text())
     assert user_mean["trials"] == 0 and user_mean["overrides"] == []
@@ -190,7 +190,7 @@ def test_implicit_feedback_is_tuned_on_the_validation_loss(tmp_path: Path) -> No
     out = tmp_path / "t"
     tune(make_tune_spec(out, ["global"], 1, [*TINY, "data.negatives.per_positive=2"]))
     best = yaml.safe_load((out / "best" / "global.yaml").read_text())
-    assert best["metric"] == "val/warm/loss" and 0 < best["value"] < 10
+    assert best["metric"] == "val/user_cold/loss" and 0 < best["value"] < 10
     assert (out / "trials" / "global" / "trial-000" / "logs" / "metrics.csv").is_file()
 
 
@@ -235,7 +235,7 @@ def test_a_killed_tune_resumes_and_reruns_the_interrupted_trial(tmp_path: Path) 
 # ----------------------------------------------------------------------------------------- compare --tuned
 def test_compare_tuned_runs_each_learner_with_its_best_settings(tmp_path: Path, capsys) -> None:
     tuned = tmp_path / "t"
-    record = {"learner": "global", "metric": "val/warm/mae", "value": 0.8, "trial": 0, "trials": 1, "seed": 0,
+    record = {"learner": "global", "metric": "val/user_cold/mae", "value": 0.8, "trial": 0, "trials": 1, "seed": 0,
               "split_hash": "x", "base_overrides": [], "overrides": ["learner.lr=0.0123", "model.embed_dim=8"]}
     write_best(tuned, "global", record)
     assert load_tuned(tuned, ["global"]) == {"global": record["overrides"]}

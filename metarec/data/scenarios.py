@@ -7,8 +7,8 @@ Every scenario pairs a user population with an item population (MeLU's protocol)
 - ``item_cold``: training users x new items
 - ``user_item_cold``: new users x new items
 
-Validation episodes (``val``) are held-out existing users x existing items and are logged under the
-``warm`` scenario (:data:`VAL_SCENARIO`). This table is the one place that says which scenarios have
+Validation episodes (``val``) are users held out of training x existing items: new users to the model,
+so they are logged under the ``user_cold`` scenario (:data:`VAL_SCENARIO`, ``val/user_cold/...``). This table is the one place that says which scenarios have
 new users or new items; the split and the evaluation negatives follow it.
 """
 
@@ -21,7 +21,7 @@ USER_COLD = "user_cold"
 ITEM_COLD = "item_cold"
 USER_ITEM_COLD = "user_item_cold"
 VAL = "val"  # the validation episodes (not a test scenario)
-VAL_SCENARIO = WARM  # the scenario validation is logged as: val/warm/...
+VAL_SCENARIO = USER_COLD  # the scenario validation is logged as: val/user_cold/...
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ validation users. Items are *new* by random fraction, by release year, or by fir
 
 Scenarios (each a list of fixed episodes, identical for every learner scored on the split):
 
-- ``val``: validation users x existing items (held out of training; logged as ``val/warm/...``)
+- ``val``: validation users x existing items (held out of training; logged as ``val/user_cold/...``)
 - ``warm``: training users x existing items (MeLU's "existing items for existing users"; as in MeLU this
   is training-set performance)
 - ``user_cold``: new users x existing items
