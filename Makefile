@@ -26,6 +26,8 @@ bench-smoke: setup
 	$(VENV)/bin/python benchmarks/large_models_ml100k.py --smoke
 	$(VENV)/bin/python benchmarks/transformer_cost.py --smoke
 	$(VENV)/bin/python benchmarks/speed.py --smoke
+	$(VENV)/bin/python benchmarks/peers.py --smoke
+	$(VENV)/bin/python benchmarks/serving.py --smoke
 	$(VENV)/bin/python benchmarks/memory_stability.py --smoke
 	$(VENV)/bin/python benchmarks/chaos.py --smoke
 

@@ -86,3 +86,38 @@ def run_model_groups(work: Path, groups: list[tuple[str, list[str], list[str]]],
             stats[(f"{learner} ({model})", *rest)] = st
         labels += [f"{l} ({model})" for l in spec.learners]
     return stats, labels, n_runs, hashes
+
+
+def fmt_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere) and its logical core count."""
+    import os
+    import platform
+
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} logical cores"
+
+
+def machine_info() -> dict:
+    """What a timing depends on: device, CPU model, torch's intra-op thread count, versions, and the
+    1-minute load average when the benchmark started (a busy machine slows every number)."""
+    import os
+    import platform
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {"device": "cuda" if cuda else "cpu", "gpu": torch.cuda.get_device_name() if cuda else None,
+            "cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "load_average_1min": os.getloadavg()[0]}

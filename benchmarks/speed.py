@@ -1,4 +1,4 @@
-"""Speed and memory of metarec's executors, data pipeline, new-user adaptation and scaling.
+"""Speed and memory of metarec's executors, data pipeline and scaling.
 
 Sections (each printed as a table and written to ``benchmarks/results/speed.{json,md}``):
 
@@ -8,8 +8,10 @@ Sections (each printed as a table and written to ``benchmarks/results/speed.{jso
    (interleaved repeats, median), with the ratio. Peak memory: each configuration in a fresh
    subprocess, peak RSS growth over its set-up (CPU) or ``torch.cuda.max_memory_allocated`` (GPU).
 2. Data pipeline alone: episodes/s from the DataModule's training loader vs what training consumes.
-3. New-user latency: adapt to 20 ratings with 5 steps, then score every item of ml-100k (1,682).
-4. Scaling: synthetic data sets of 10^3..10^6 users: one training epoch (vmap, head, 1 step), peak RSS.
+3. Scaling: synthetic data sets of 10^3..10^6 users: one training epoch (vmap, head, 1 step), peak RSS.
+
+Against other libraries (learn2learn written plainly, higher, TorchOpt, plain torch.func): ``peers.py``.
+New-user latency through ``Recommender.adapt(...).recommend(k)``: ``serving.py``.
 
     .venv/bin/python benchmarks/speed.py            # full run (about 15-25 minutes on 2 CPU cores)
     .venv/bin/python benchmarks/speed.py --smoke    # seconds; writes nothing (CI)
@@ -27,9 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from bench_utils import update_readme
+from bench_utils import fmt_table, update_readme
 
 from metarec.data.episodes import EpisodeBatch
 from metarec.data.schema import CategoricalField, FeatureSchema, MultiHotField
@@ -80,9 +81,15 @@ def make_batch(support: int, n_tasks: int = T, seed: int = 0) -> EpisodeBatch:
     return batch.to(device())
 
 
-def make_learner(executor: str, scope: str, steps: int, seed: int = 0):
+def make_model(seed: int = 0) -> MeLU:
+    """The workload's MeLU model (8 fields x 32 dims, 64-64 head), initialised from ``seed``."""
     torch.manual_seed(seed)
-    model = MeLU(SCHEMA, MeLUConfig(embed_dim=32, hidden=[64, 64]))
+    return MeLU(SCHEMA, MeLUConfig(embed_dim=32, hidden=[64, 64]))
+
+
+def make_learner(executor: str, scope: str, steps: int, seed: int = 0, model: MeLU | None = None):
+    """Second-order MAML on ``model`` (default: ``make_model(seed)``) with metarec's ``executor``."""
+    model = make_model(seed) if model is None else model
     ctx = LearnerContext((1.0, 5.0), 3.5, ["warm"], ["user_cold"])
     cfg = MAMLConfig(inner_lr=0.01, inner_steps=steps, scope=scope, executor=executor)
     return build_learner("maml", model, ctx, cfg).to(device())
@@ -191,51 +198,6 @@ def data_pipeline(n_users: int, seconds: float) -> dict:
     return {"episodes_per_s": n / (time.perf_counter() - t0), "users": len(dm.split.train_pool)}
 
 
-def new_user_latency(trials: int) -> dict:
-    """Adapt the decision layers of a MeLU model to 20 ratings (5 SGD steps), then score all 1,682
-    items. Item encodings are computed once and cached, as a server would; the timed part is the
-    user's encoding, the adaptation and the scoring of every item with the adapted head."""
-    n_items = 1682
-    torch.manual_seed(0)
-    model = MeLU(SCHEMA, MeLUConfig()).to(device())
-    catalogue = make_batch(n_items - Q, n_tasks=1).item
-    with torch.no_grad():
-        item_enc = model.item_encoder(catalogue)[0]  # [n_items, d]
-    from torch.func import functional_call
-
-    names = [n for n, _ in model.head.named_parameters()]
-    params = [p.detach() for p in model.head.parameters()]
-    lr, times = 0.01, []
-
-    def head(ps, x):
-        return functional_call(model.head, dict(zip(names, ps)), (x,)).squeeze(-1)
-
-    for i in range(trials + 10):
-        b = make_batch(20, n_tasks=1, seed=i)
-        support = torch.randint(0, n_items, (20,))
-        y = b.ratings[0, :20]
-        sync()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            u = model.user_encoder(b.user)[0]
-            xs = model.combine(u, item_enc[support])
-            xa = model.combine(u, item_enc)
-        ps = [p.clone().requires_grad_(True) for p in params]
-        for _ in range(5):
-            loss = ((head(ps, xs) - y) ** 2).mean()
-            grads = torch.autograd.grad(loss, ps)
-            with torch.no_grad():
-                ps = [p - lr * g for p, g in zip(ps, grads)]
-            ps = [p.requires_grad_(True) for p in ps]
-        with torch.no_grad():
-            scores = head(ps, xa)
-        sync()
-        if i >= 10:
-            times.append((time.perf_counter() - t0) * 1000)
-        assert scores.shape == (n_items,)
-    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)), "trials": trials}
-
-
 def scaling_child(n_users: int) -> dict:
     """Run in a fresh process: data set + split + one training epoch (vmap, head, 1 step)."""
     import pytorch_lightning as pl
@@ -266,12 +228,6 @@ def scaling(n_users: int, timeout: float) -> dict:
     except subprocess.TimeoutExpired:
         return {"users": n_users, "error": f"did not finish within {timeout:.0f} s"}
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def fmt_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main() -> int:
@@ -324,12 +280,6 @@ def main() -> int:
                            [[f"{pipe['episodes_per_s']:.0f}", f"{consume:.0f}", f"**{pipe['ratio']:.1f}x**"]])]
     print(sections[-1], flush=True)
 
-    lat = new_user_latency(20 if smoke else 300)
-    result["new_user_latency"] = lat
-    sections += ["\n## New-user adaptation latency (20 ratings, 5 steps on the head, then score 1,682 items)\n",
-                 fmt_table(["p50 ms", "p99 ms", "trials"], [[f"{lat['p50_ms']:.2f}", f"{lat['p99_ms']:.2f}", lat["trials"]]])]
-    print(sections[-1], flush=True)
-
     sizes = [1000] if smoke else args.scaling_sizes
     scale = [scaling(n, 300 if smoke else 3000) for n in sizes]
     result["scaling"] = scale
@@ -372,9 +322,8 @@ def readme_summary(result: dict) -> str:
             )
     met = sum(r["ratio"] >= 5 for r in thr)
     lines.append(f"- The 5x target is met in {met} of {len(thr)} configurations (what limits the others: below).")
-    pipe, lat = result["data_pipeline"], result["new_user_latency"]
+    pipe = result["data_pipeline"]
     lines.append(f"- Data pipeline: {pipe['episodes_per_s']:.0f} episodes/s, {pipe['ratio']:.0f}x the fastest training rate.")
-    lines.append(f"- New user (20 ratings, 5 steps, score 1,682 items): p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms.")
     ok = [s for s in result["scaling"] if "error" not in s]
     if ok:
         lines.append("- Scaling, one epoch: " + ", ".join(

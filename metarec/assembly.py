@@ -14,9 +14,10 @@ from omegaconf import DictConfig
 
 from metarec.config import data_config, to_object
 from metarec.data.datamodule import VAL_SCENARIO, ColdStartDataModule
-from metarec.errors import MetarecError
+from metarec.errors import ConfigError, MetarecError
 from metarec.learners import LEARNERS, LearnerContext, MetaLearner
 from metarec.models import MODELS
+from metarec.monitor import monitor_for
 
 
 def quiet_lightning() -> None:
@@ -45,6 +46,7 @@ def build(cfg: DictConfig) -> tuple[ColdStartDataModule, MetaLearner]:
     else:
         rating_range, base = tuple(ds.rating_range), dm.train_rating_mean()
         model.set_output_bias(base)
+    monitor = monitor_for(cfg.trainer.monitor, dm.loss, cfg.data.ranking_ks)
     ctx = LearnerContext(
         rating_range=rating_range,
         train_rating_mean=base,
@@ -61,12 +63,16 @@ def build(cfg: DictConfig) -> tuple[ColdStartDataModule, MetaLearner]:
         ranking_ks=tuple(int(k) for k in cfg.data.ranking_ks),
         all_items=dm.collate.tables.items(torch.arange(ds.n_items)),
         new_item_mask=torch.as_tensor(dm.split.new_item_mask),
+        val_ranking=monitor.ranking,
         relevance_threshold=float(cfg.data.relevance_threshold),
         interactions_only=bool(getattr(ds, "implicit", False)),
         loss=dm.loss,
     )
     entry = LEARNERS.get(cfg.learner.name)
     learner = entry.factory(model, ctx, to_object(cfg.learner, entry.config_cls))
+    if monitor.ranking and learner.needs_training and not learner.ranks_items:
+        raise ConfigError(f"trainer.monitor={cfg.trainer.monitor}: learner {cfg.learner.name} does not rank items; "
+                          "monitor auto, mae or loss")
     return dm, learner
 
 

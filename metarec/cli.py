@@ -17,6 +17,8 @@ from metarec.exits import Interrupted, fit_resume_hint, rerun_hint, signals_rais
 
 CONFIG_PATH_ENV = "METAREC_CONFIG_PATH"  # = metarec.config.CONFIG_PATH_ENV (not imported: --help stays light)
 
+PRINT_CONFIG_NOTE = ("# metarec fit --print-config: model and learner as composed; `metarec fit` also checks their\n"
+                     "# keys and types, fills in their defaults and checks trainer.precision")
 FIT_EPILOG_HEAD = """arguments are group=option or dotted.key=value (YAML values; nothing is evaluated), e.g.
   metarec fit data=movielens100k learner=maml learner.inner_steps=5 seed=1
 """
@@ -158,20 +160,20 @@ def _add_recommend(sub) -> None:
     rec.add_argument("--ratings", required=True, metavar="CSV", help="the new user's ratings: columns item,rating")
     rec.add_argument("-k", type=int, default=10, help="number of items to list (default: 10)")
     rec.add_argument("--include-seen", action="store_true", help="also list the items the user rated")
-    rec.add_argument("--user-feature", action="append", default=[], metavar="FIELD=CODE",
-                     help="a user feature value code (repeatable; unknown when not given)")
+    rec.add_argument("--user-feature", action="append", default=[], metavar="FIELD=VALUE",
+                     help="a user feature: a raw value (e.g. gender=F, age=37, occupation=writer; looked up in "
+                          "the run's codebook.json) or an integer code (repeatable; unknown when not given)")
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    features: dict[str, int] = {}
+    features: dict[str, str] = {}  # raw values as given; Recommender reads a run's codebook, else integer codes
     for arg in args.user_feature:
         name, sep, value = arg.partition("=")
-        if not sep or not name.strip():
-            raise MetarecError(f"--user-feature {arg!r} is not of the form FIELD=CODE")
-        try:
-            features[name.strip()] = int(value)
-        except ValueError:
-            raise MetarecError(f"--user-feature {arg!r}: {value!r} is not an integer code") from None
+        if not sep or not name.strip() or not value.strip():
+            raise MetarecError(f"--user-feature {arg!r} is not of the form FIELD=CODE or FIELD=VALUE (e.g. gender=F)")
+        if name.strip() in features:
+            raise MetarecError(f"--user-feature {name.strip()} is given twice")
+        features[name.strip()] = value.strip()
     if args.k < 1:
         raise MetarecError(f"-k must be at least 1, got {args.k}")
     if Path(args.run).is_file():
@@ -219,8 +221,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     from metarec.config import compose, search_path
 
-    cfg = compose(args.overrides, search_path(args.config_path))
+    # --print-config: no torch / Lightning import (config.validate's light mode); fit runs every check
+    cfg = compose(args.overrides, search_path(args.config_path), light=args.print_config)
     if args.print_config:
+        print(PRINT_CONFIG_NOTE)
         print(OmegaConf.to_yaml(cfg))
         return 0
     from metarec.train import fit

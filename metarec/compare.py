@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from metarec.compare_outputs import (  # noqa: F401  (re-exported: the public names of compare)
-    ALL, CSV_COLUMNS, CURVE_METRIC, MANIFEST, TABLE_METRICS, Stat, _finish_wandb_run, atomic_write_bytes, csv_text, log_to_wandb,
+    ALL, CSV_COLUMNS, CURVE_METRIC, MANIFEST, TABLE_METRICS, Stat, atomic_write_bytes, csv_text, log_to_wandb,
     parse_metric, render_markdown, result_rows, summarize, users_per_size,
 )
+from metarec.compare_help import HELP, RUNS  # noqa: F401  (HELP: the command's help text, re-exported)
 from metarec.compare_plots import plot_bars, plot_curves  # noqa: F401  (re-exported)
 from metarec.compare_variants import SYNTAX as VARIANT_SYNTAX, is_variant, parse_variant
 from metarec.errors import ConfigError, DataError, MetarecError
@@ -34,48 +35,6 @@ from metarec.runs import config_difference
 
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_SUPPORT_SIZES = (1, 3, 5, 10, 20)
-RUNS = "runs"  # run.experiment: the runs live in DIR/runs/<learner>-s<seed>
-
-HELP = f"""\
-Train and test every learner x seed on ONE shared cold-start split, then summarise the grid.
-
-  1. The split: made from the config of the first learner and saved as DIR/{MANIFEST}; when that
-     file exists already (a repeated or resumed call) it is reused, and data settings that do not match
-     it (data source or options, data.split.*) are an error rather than a mixed grid.
-  2. Runs: DIR/{RUNS}/<learner>-s<seed>/, each an ordinary `metarec fit` run folder, tested on the full
-     support and again with each test user's support cut to K ratings for every K of --support-sizes
-     (metrics test/<scenario>/<metric> and test_k<K>/<scenario>/<metric>). A finished run (metrics.json
-     present) is never recomputed, so the command is resumable: repeat it to continue after an
-     interruption, or delete one run's metrics.json to recompute only that run. A finished run made
-     with other settings than the current call's is an error (logger, progress bar, data folder, workers
-     and devices may differ). One progress line per run.
-  3. Outputs in DIR, rewritten atomically from the finished runs on every call:
-       results.csv         one row per run and test metric: learner, seed, support_size ("all" for
-                           the full support, else K), scenario, metric, value, run_dir (relative to DIR)
-       results.md          learners x (scenario, metric) at full support as `mean ± h`, h = half-width
-                           of the 95% Student-t confidence interval over seeds, best per column in bold;
-                           then the MAE by support size K for each scenario (the cold-start curve);
-                           the split hash, seeds and number of runs
-       curve_<scenario>.png  MAE vs support size K, one line per learner, error bars = 95% CI
-       bars_mae.png        full-support MAE per scenario and learner, error bars = 95% CI
-     With logger=wandb, the results table and the plots are also logged to one extra W&B run (offline
-     unless logger.mode or WANDB_MODE says otherwise; files under DIR/wandb).
-
-Overrides (group=option or dotted.key=value, as for `metarec fit`) apply to every run, e.g.
-  metarec compare --out runs/cmp --learners maml melu5 global --seeds 0 1 2 \\
-      data=movielens100k trainer.max_epochs=20 logger=wandb
-compare sets learner (and learner.*), seed, run.*, data.manifest and data.eval_support_sizes itself;
-overriding them is an error (use --learners, --seeds, --out, --support-sizes; for other learner
-settings use a variant, below, or add an option file learner/<option>.yaml to a folder given with
---config-path).
-
-Variants: LEARNER@key=value[,key=value] in --learners is that learner with other settings, a row of
-its own in every table and plot, run in its own folders DIR/{RUNS}/<variant>-s<seed> (resumable like
-the others), e.g.
-  metarec compare --out runs/steps --learners maml maml@inner_steps=5 maml@inner_lr=0.1,inner_steps=3
-A key without a dot is a learner setting; model.* and trainer.* keys may differ too
-(maml@model.embed_dim=16); data settings and seeds are shared by the grid.
-"""
 
 
 @dataclass
@@ -207,6 +166,11 @@ def run_config(spec: CompareSpec, learner: str, seed: int):
     cfg.run.name = run_name(learner, seed)
     cfg.data.manifest = str(spec.out / MANIFEST)
     cfg.data.eval_support_sizes = list(spec.support_sizes)
+    if cfg.logger.name == "wandb":  # one W&B group per grid (--out, unless logger.group), a job_type per learner
+        cfg.logger.group = cfg.logger.group or spec.out.name
+        cfg.logger.job_type = learner
+        if variant:
+            cfg.logger.tags = [*cfg.logger.tags, f"variant:{learner}"[:64]]
     return cfg
 
 
@@ -296,8 +260,10 @@ def prepare_split(spec: CompareSpec, cfg) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- the runs
-def run_grid(spec: CompareSpec, echo: Callable[[str], None] = print) -> list[dict]:
-    """Run (or reuse) every learner x seed; returns their metrics records, in grid order."""
+def run_grid(spec: CompareSpec, echo: Callable[[str], None] = print, progress: Optional[bool] = None) -> list[dict]:
+    """Run (or reuse) every learner x seed; returns their metrics records, in grid order. ``progress``: a
+    rich progress bar over the grid (``None``: on an interactive terminal), else plain lines with an ETA
+    (see ``metarec.compare_progress``)."""
     from metarec.runs import is_finished
 
     configs = {(l, s): run_config(spec, l, s) for l in spec.learners for s in spec.seeds}  # validates all first
@@ -309,45 +275,66 @@ def run_grid(spec: CompareSpec, echo: Callable[[str], None] = print) -> list[dic
             finished_record(d)  # an unreadable metrics.json stops the call before anything runs
             check_finished_run(d, cfg)
     manifest = prepare_split(spec, first)
+    from metarec.compare_progress import GridProgress
+
     total = len(configs)
     width = max(len(l) for l in spec.learners)
+    done = sum(is_finished(spec.out / RUNS / run_name(l, s)) for l, s in configs)
     records = []
-    for i, ((learner, seed), cfg) in enumerate(configs.items(), 1):
-        d = spec.out / RUNS / run_name(learner, seed)
-        head = f"[{i:>{len(str(total))}}/{total}] {learner:<{width}} seed {seed}:"
-        if is_finished(d):
-            echo(f"{head} done before")
-        else:
-            from metarec.train import fit
-
-            t0 = time.perf_counter()
-            try:
-                with warnings.catch_warnings():
-                    # a support-size pass where no test user of a scenario has K ratings is empty (NaN metrics,
-                    # shown as – in results.md); Lightning and torchmetrics warn about it
-                    warnings.filterwarnings("ignore", message=".*Total length of `DataLoader` across ranks is zero.*")
-                    warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
-                    d = fit(cfg)
-            finally:
-                if cfg.logger.name == "wandb":
-                    _finish_wandb_run()
-            echo(f"{head} {time.perf_counter() - t0:.1f} s")
-        record = finished_record(d)
-        record["learner"] = learner  # a variant's label (maml@inner_steps=5), not its learner option
-        if record.get("split_hash") != manifest["content_hash"]:
-            raise DataError(
-                f"run {d} used split {record.get('split_hash')!r}, not {MANIFEST}'s {manifest['content_hash']!r}; "
-                "delete that run"
-            )
-        record["run_dir"] = str(d)
-        records.append(record)
+    with GridProgress(total, done, echo, bar=progress) as grid:
+        for i, ((learner, seed), cfg) in enumerate(configs.items(), 1):
+            d = spec.out / RUNS / run_name(learner, seed)
+            head = f"[{i:>{len(str(total))}}/{total}] {learner:<{width}} seed {seed}:"
+            if is_finished(d):
+                grid.reused(f"{head} done before")
+            else:
+                grid.starting(f"{learner} seed {seed}")
+                if grid.shows_bar:  # the grid's bar instead of one bar per run
+                    cfg.trainer.enable_progress_bar = False
+                t0 = time.perf_counter()
+                d = _fit_quietly(cfg)
+                seconds = time.perf_counter() - t0
+                grid.finished(f"{head} {seconds:.1f} s", seconds)
+            records.append(_grid_record(d, learner, manifest))
     return records
 
 
+def _fit_quietly(cfg) -> Path:
+    """``fit`` one run of the grid; its W&B run (if any) is ended whatever happens."""
+    from metarec.train import fit
+
+    try:
+        with warnings.catch_warnings():
+            # a support-size pass where no test user of a scenario has K ratings is empty (NaN metrics,
+            # shown as – in results.md); Lightning and torchmetrics warn about it
+            warnings.filterwarnings("ignore", message=".*Total length of `DataLoader` across ranks is zero.*")
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+            return fit(cfg)
+    finally:
+        if cfg.logger.name == "wandb":
+            from metarec.wandb_logging import finish_run
+
+            finish_run()
+
+
+def _grid_record(d: Path, learner: str, manifest: dict) -> dict:
+    """The record of the finished run ``d`` of ``learner``, checked to be on the grid's split."""
+    record = finished_record(d)
+    record["learner"] = learner  # a variant's label (maml@inner_steps=5), not its learner option
+    if record.get("split_hash") != manifest["content_hash"]:
+        raise DataError(
+            f"run {d} used split {record.get('split_hash')!r}, not {MANIFEST}'s {manifest['content_hash']!r}; "
+            "delete that run"
+        )
+    record["run_dir"] = str(d)
+    return record
+
+
 # ------------------------------------------------------------------------------------------ together
-def compare(spec: CompareSpec, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the grid, then write the summaries; returns ``{"records", "outputs", "wandb"}``."""
-    records = run_grid(spec, echo)
+def compare(spec: CompareSpec, echo: Callable[[str], None] = print, progress: Optional[bool] = None) -> dict[str, Any]:
+    """Run the grid, then write the summaries; returns ``{"records", "outputs", "wandb"}``. ``progress``:
+    see ``run_grid``."""
+    records = run_grid(spec, echo, progress)
     out = spec.out
     rows = result_rows(records, out)
     stats = summarize(rows)
@@ -369,5 +356,6 @@ def compare(spec: CompareSpec, echo: Callable[[str], None] = print) -> dict[str,
         "overrides": spec.overrides, "split_hash": split_hash, "runs": len(records),
     }
     first = run_config(spec, spec.learners[0], spec.seeds[0])
-    wandb_dir = log_to_wandb(first.logger, out, rows, stats, images, config)
+    wandb_dir = log_to_wandb(first, out, rows, stats, images, config, spec.learners, spec.support_sizes, users,
+                             files=outputs[:2])
     return {"records": records, "outputs": outputs, "wandb": wandb_dir, "markdown": md}

@@ -1,5 +1,6 @@
 """The outputs of ``metarec compare``: per-run metric rows, summaries over seeds (mean, 95% CI),
-the markdown tables, the CSV and the optional W&B run (the plots: ``metarec.compare_plots``).
+the markdown tables, the CSV and the optional W&B summary run (the plots: ``metarec.compare_plots``; the
+W&B code: ``metarec.wandb_logging``).
 
 matplotlib, scipy and wandb are imported where they are needed.
 """
@@ -13,7 +14,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 ALL = "all"  # support_size of the full-support test pass
 TABLE_METRICS = ("mae", "rmse", "ndcg@3")  # columns of the main table
@@ -106,10 +107,6 @@ def _users_row(users: Optional[dict], scenario: str, sizes: list[str | int]) -> 
     if users is None:
         return []
     return ["| test users | " + " | ".join(str(users.get((scenario, k), "–")) for k in sizes) + " |"]
-
-
-def _support_key(s: str | int) -> tuple[int, int]:
-    return (1, 0) if s == ALL else (0, int(s))
 
 
 def _scenarios(stats: dict[tuple, Stat], support: str | int | None = None) -> list[str]:
@@ -269,51 +266,21 @@ def csv_text(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def log_to_wandb(logger_cfg, out: Path, rows: list[dict], stats: dict[tuple, Stat], images: list[Path],
-                 config: dict) -> Optional[Path]:
-    """With ``logger.name == "wandb"``: one extra W&B run (under ``out/wandb``) holding the results table, a
-    summary table and the plots; returns its local folder. A no-op (``None``) for any other logger."""
-    if logger_cfg is None or logger_cfg.name != "wandb":
+def log_to_wandb(cfg, out: Path, rows: list[dict], stats: dict[tuple, Stat], images: list[Path], config: dict,
+                 learners: list[str], support_sizes: list[int], users: Optional[dict] = None,
+                 files: Iterable[Path] = ()) -> Optional[Path]:
+    """With ``logger=wandb`` in ``cfg`` (a run config of the grid): the grid's summary W&B run (under
+    ``out/wandb``, in the grid's group, job_type ``compare``) holding the results and summary tables, the
+    support-size curves as W&B line plots and the static plots (see ``metarec.wandb_logging``); returns its
+    local folder. A no-op (``None``) for any other logger."""
+    if cfg is None or cfg.logger.name != "wandb":
         return None
-    os.environ.setdefault("WANDB_MODE", str(logger_cfg.mode))
-    os.environ.setdefault("WANDB_SILENT", "true")
-    import wandb
+    from metarec.compare_variants import parse_variant
+    from metarec.wandb_logging import curve_tables, log_summary_run, summary_tags
 
-    _finish_wandb_run()
-    run = wandb.init(
-        project=logger_cfg.project,
-        entity=logger_cfg.entity,
-        dir=str(out),
-        name=f"compare-{out.name}",
-        group="compare",
-        job_type="compare",
-        config=config,
-    )
-    try:
-        def plain(v):
-            return v if not isinstance(v, float) or math.isfinite(v) else None
-
-        results = wandb.Table(columns=list(CSV_COLUMNS), data=[[plain(r[c]) if c != "support_size" else str(r[c])
-                                                                for c in CSV_COLUMNS] for r in rows])
-        summary = wandb.Table(
-            columns=["learner", "support_size", "scenario", "metric", "n", "mean", "std", "ci95_half_width"],
-            data=[[k[0], str(k[1]), k[2], k[3], s.n, plain(s.mean), plain(s.std), plain(s.half_width)]
-                  for k, s in sorted(stats.items(), key=lambda kv: (kv[0][0], _support_key(kv[0][1]), kv[0][2:]))],
-        )
-        payload: dict[str, Any] = {"results": results, "summary": summary}
-        for p in images:
-            payload[p.stem] = wandb.Image(str(p), caption=p.stem)
-        run.log(payload)
-        local = Path(run.dir).parent
-    finally:
-        run.finish()
-    return local
-
-
-def _finish_wandb_run() -> None:
-    """``fit`` leaves its W&B run open; close it so that the next run gets its own."""
-    import sys
-
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+    options = list(dict.fromkeys(parse_variant(l)[0] for l in learners))
+    layout = {"group": cfg.logger.group or out.name, "job_type": "compare",
+              "tags": summary_tags(cfg, options, [l for l in learners if l not in options])}
+    metrics = [m for m in (CURVE_METRIC, RANKING_CURVE_METRIC) if any(k[3] == m for k in stats)]
+    curves = curve_tables(stats, learners, support_sizes, metrics, users)
+    return log_summary_run(cfg.logger, out, layout, rows, stats, images, config, curves, CSV_COLUMNS, files)

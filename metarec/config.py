@@ -28,7 +28,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from metarec.config_checks import check_config
+from metarec.config_checks import check_config, check_logger
 from metarec.errors import ConfigError
 
 GROUPS = ("data", "model", "learner", "trainer", "logger")
@@ -47,7 +47,10 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | ddp_spawn | ...: Lightning's strategies (ddp: one process per device)
     precision: str = "32-true"
-    patience: int = 5  # early stopping on val/user_cold/mae (val/user_cold/loss under implicit feedback); 0 disables it
+    patience: int = 5  # early stopping (epochs without a better trainer.monitor); 0 disables it
+    # what checkpoint selection, early stopping and tune watch, on the validation users (metarec.monitor):
+    # auto (MAE; the loss for binary labels) | mae | rmse | loss | full_recall@K | full_ndcg@K | full_hitrate@K
+    monitor: str = "auto"
     gradient_clip_val: Optional[float] = None
     deterministic: bool = False
     log_every_n_steps: int = 10
@@ -66,6 +69,11 @@ class LoggerConfig:
     project: str = "metarec"
     entity: Optional[str] = None
     mode: str = "offline"  # wandb: offline | online | disabled
+    # wandb: where a run lands (see metarec.wandb_logging); compare sets group and job_type itself
+    group: Optional[str] = None  # default: run.experiment (compare: its --out folder name)
+    job_type: Optional[str] = None  # default: the learner option (compare: the learner or variant label)
+    tags: list[str] = dataclasses.field(default_factory=list)  # added to the learner/data/model/scenario tags
+    artifacts: bool = False  # wandb: log the split manifest and the best checkpoint as W&B artifacts
 
 
 @dataclass
@@ -201,10 +209,11 @@ def parse_overrides(args: list[str]) -> tuple[dict[str, str], list[str]]:
     return choices, keys
 
 
-def compose(args: list[str], root: Roots = None) -> DictConfig:
+def compose(args: list[str], root: Roots = None, light: bool = False) -> DictConfig:
     """Compose defaults, experiment, group options and overrides into one validated config.
 
     ``root``: a config folder or a search path of them (first match wins); default :func:`search_path`.
+    ``light``: without importing torch or Lightning (``fit --print-config``; see :func:`validate`).
     """
     roots = _roots(root)
     choices_cli, overrides = parse_overrides(args)
@@ -237,7 +246,7 @@ def compose(args: list[str], root: Roots = None) -> DictConfig:
         except (OmegaConfBaseException, yaml.YAMLError) as e:  # e.g. `k=[1,2` or a `!!python/...` tag
             raise ConfigError(f"bad override {arg!r}: {str(e).strip().splitlines()[0]}") from None
     cfg.choices = choices
-    return validate(cfg)
+    return validate(cfg, light=light)
 
 
 def _check_section(path: str, section: Any, cls: type) -> DictConfig:
@@ -265,12 +274,16 @@ def _check_section(path: str, section: Any, cls: type) -> DictConfig:
         raise ConfigError(f"bad value for {path}.{key}: {msg}" if key else f"bad value in {path}: {msg}") from None
 
 
-def validate(cfg: DictConfig) -> DictConfig:
-    """Validate every section; returns the typed config (with defaults filled in)."""
-    from metarec.data.datamodule import DataConfig
+def validate(cfg: DictConfig, light: bool = False) -> DictConfig:
+    """Validate every section; returns the typed config (with defaults filled in).
+
+    ``light`` (``metarec fit --print-config``): import neither torch nor Lightning, so leave out the checks
+    that need them: the ``model`` and ``learner`` sections are kept as composed (their options' ranges are
+    checked, but not their names, keys and types against the component's dataclass, and their defaults are
+    not filled in) and ``trainer.precision`` is not checked against Lightning's list. ``fit`` runs them all.
+    """
+    from metarec.data.data_config import DataConfig
     from metarec.data.sources import SOURCES
-    from metarec.learners import LEARNERS
-    from metarec.models import MODELS
 
     allowed = {"seed", "run", "choices", "resume", *GROUPS}
     for key in cfg.keys():
@@ -294,21 +307,43 @@ def validate(cfg: DictConfig) -> DictConfig:
     out.logger = _check_section("logger", cfg.get("logger"), LoggerConfig)
     if out.logger.name not in ("csv", "wandb"):
         raise ConfigError(f"logger.name must be csv or wandb, got {out.logger.name!r}")
+    check_logger(out.logger)
     data = _check_section("data", cfg.get("data"), DataConfig)
     source = SOURCES.get(data.source)
     data.params = _check_section("data.params", data.params, source.config_cls)
-    negative_config(data).check()
+    negatives = negative_config(data)
+    negatives.check()
     out.data = data
-    for section, registry in (("model", MODELS), ("learner", LEARNERS)):
+    from metarec.monitor import monitor_for
+
+    monitor_for(out.trainer.monitor, negatives.loss if negatives.enabled else "mse", data.ranking_ks)  # a name it can be
+    for section in ("model", "learner"):
         sec = cfg.get(section)
+        if light:
+            if not isinstance(sec, DictConfig) or "name" not in sec:
+                raise ConfigError(f"{section} needs a name")
+            out[section] = sec
+            continue
+        registry = _component_registry(section)
         if not isinstance(sec, DictConfig) or "name" not in sec:
             raise ConfigError(f"{section} needs a name (one of: {', '.join(registry.names())})")
         entry = registry.get(str(sec.name))
         body = OmegaConf.masked_copy(sec, [k for k in sec.keys() if k != "name"])
         checked = _check_section(section, body, entry.config_cls)
         out[section] = OmegaConf.merge({"name": entry.name}, checked)
-    check_config(out)  # ranges of numeric options, choices, no NaN/infinity anywhere
+    check_config(out, light=light)  # ranges of numeric options, choices, no NaN/infinity anywhere
     return out
+
+
+def _component_registry(section: str):
+    """The registry of models or learners (imports torch, and Lightning for the learners)."""
+    if section == "model":
+        from metarec.models import MODELS
+
+        return MODELS
+    from metarec.learners import LEARNERS
+
+    return LEARNERS
 
 
 def to_object(section: DictConfig, cls: type) -> Any:
@@ -325,7 +360,7 @@ def split_config(data: DictConfig):
 
 
 def data_config(data: DictConfig):
-    from metarec.data.datamodule import DataConfig
+    from metarec.data.data_config import DataConfig
 
     values = OmegaConf.to_container(data, resolve=True)
     values["split"] = split_config(data)

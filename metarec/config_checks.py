@@ -11,6 +11,7 @@ naming the option and what it allows before anything is created.
 
 from __future__ import annotations
 
+import functools
 import math
 import typing
 from dataclasses import dataclass
@@ -21,8 +22,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from metarec.errors import ConfigError
 
 
+@functools.lru_cache(maxsize=1)
 def _lightning_precisions() -> tuple[str, ...]:
-    """The precision names Lightning accepts (its own list; a fixed copy if its layout changes)."""
+    """The precision names Lightning accepts (its own list; a fixed copy if its layout changes). Imports
+    Lightning, so it is called when ``trainer.precision`` is checked, not when this module is imported."""
     try:
         from lightning_fabric.plugins.precision import precision as p
 
@@ -104,7 +107,7 @@ RULES: dict[str, Rule] = {
     "trainer.max_epochs": INT_1,
     "trainer.max_steps": Rule("int", low=1, also=(-1,)),
     "trainer.num_nodes": INT_1,
-    "trainer.precision": Rule("choice", choices=_lightning_precisions()),
+    "trainer.precision": Rule("choice"),  # choices: Lightning's own list (_precision_rule, read when checked)
     "trainer.patience": INT_0,
     "trainer.gradient_clip_val": Rule(low=0, open_low=True, null=True),
     "trainer.log_every_n_steps": INT_1,
@@ -219,13 +222,20 @@ def _leaves(node: Any, prefix: str):
         yield prefix, node
 
 
-def check_config(cfg: DictConfig) -> None:
+def _precision_rule() -> Rule:
+    return Rule("choice", choices=_lightning_precisions())
+
+
+def check_config(cfg: DictConfig, light: bool = False) -> None:
     """Raise a one-line ``ConfigError`` for the first option outside its rule, or any real number that
-    is not finite (NaN, infinity). ``cfg``: the validated config (sections filled in)."""
+    is not finite (NaN, infinity). ``cfg``: the validated config (sections filled in). ``light``: skip the
+    checks that import Lightning (``trainer.precision``; ``fit --print-config``, where ``fit`` checks it)."""
     plain = OmegaConf.to_container(cfg, resolve=False)
     for path, rule in RULES.items():
-        if "[" in path:
+        if "[" in path or (light and path == "trainer.precision"):
             continue
+        if path == "trainer.precision":
+            rule = _precision_rule()
         head, _, key = path.rpartition(".")
         node = OmegaConf.select(cfg, head) if head else cfg
         if not isinstance(node, DictConfig) or key not in node:
@@ -245,3 +255,25 @@ def _show(value: Any) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # nan, inf, -inf
     return repr(value)
+
+
+WANDB_MODES = ("offline", "online", "disabled")
+WANDB_ONLY = ("group", "job_type", "tags", "artifacts")  # logger options only the W&B logger reads
+MAX_TAG = 64  # W&B refuses a longer tag
+
+
+def check_logger(logger: DictConfig) -> None:
+    """The logger section's W&B options: a one-line ``ConfigError`` naming the option to fix."""
+    if logger.name != "wandb":
+        for key in WANDB_ONLY:
+            if logger.get(key):
+                raise ConfigError(f"logger.{key} is an option of the W&B logger; add logger=wandb or drop it")
+        return
+    if logger.mode not in WANDB_MODES:
+        raise ConfigError(f"logger.mode must be one of {', '.join(WANDB_MODES)}, got {_show(logger.mode)}")
+    for key in ("group", "job_type"):
+        if logger.get(key) is not None and not str(logger[key]).strip():
+            raise ConfigError(f"logger.{key} must be a non-empty name or null, got {_show(logger[key])}")
+    for tag in logger.tags:
+        if not str(tag).strip() or len(str(tag)) > MAX_TAG:
+            raise ConfigError(f"logger.tags: each tag must have 1 to {MAX_TAG} characters, got {_show(tag)}")

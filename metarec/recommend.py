@@ -2,9 +2,13 @@
 handful of ratings exactly as the learner adapts at test time, and score or rank every item.
 
     rec = Recommender.load("runs/default/<run>")
-    user = rec.adapt([(50, 5.0), (172, 4.0), (133, 1.0)], user_features={"gender": 2})
+    user = rec.adapt([(50, 5.0), (172, 4.0), (133, 1.0)], user_features={"gender": "F", "age": "35-44"})
     user.predict([1, 2, 3])          # predicted ratings, clipped to the data's rating range
     user.recommend(10)               # [(item id, title, predicted rating), ...], best first
+
+User features are raw values (``"F"``, ``"writer"``, a number in a bucketed field) looked up in the run's
+saved codebook (``codebook.json``, :mod:`metarec.codebook`), or integer codes; a run made before codebooks
+were saved takes integer codes only.
 
 This module only loads the run, maps original ids and user features to the learner's codes, and calls
 the learner's own ``adapt`` and ``score``/``rank_score`` (``metarec.learners.base``) — the very calls
@@ -51,8 +55,10 @@ def _first_line(e: BaseException) -> str:
 class Recommender:
     """A finished run's learner, ready to adapt to new users. Build it with :meth:`load`."""
 
-    def __init__(self, run_dir: Path, cfg, datamodule, learner, checkpoint: Path | None) -> None:
+    def __init__(self, run_dir: Path, cfg, datamodule, learner, checkpoint: Path | None,
+                 codebook: dict | None = None) -> None:
         self.run_dir = run_dir
+        self.codebook = codebook  # the run's value codebook (None: a run older than codebooks)
         self.config = cfg
         self.datamodule = datamodule
         self.learner = learner
@@ -143,7 +149,9 @@ class Recommender:
             except (RuntimeError, KeyError, ValueError) as e:
                 raise MetarecError(f"checkpoint {ckpt} does not fit the run's config: {_first_line(e)}") from None
         learner.eval()
-        return cls(run, cfg, dm, learner, ckpt)
+        from metarec.codebook import read_codebook
+
+        return cls(run, cfg, dm, learner, ckpt, read_codebook(run))
 
     # ---------------------------------------------------------------- helpers
     def item_code(self, item: Any) -> int | None:
@@ -188,29 +196,29 @@ class Recommender:
         if user_features is None:
             return Features(cat, multi)
         if not isinstance(user_features, Mapping):
-            raise MetarecError("user_features must be a mapping of user field name to value code (or None)")
+            raise MetarecError("user_features must be a mapping of user field name to raw value or code (or None)")
+        from metarec.codebook import resolve_code
+
         cat_pos = {f.name: j for j, f in enumerate(self._user_cat_fields)}
         multi_pos = {f.name: j for j, f in enumerate(self._user_multi_fields)}
         known = ", ".join([*cat_pos, *multi_pos]) or "none"
+        book = (self.codebook or {}).get("user") or {}
         for name, value in user_features.items():
+            if isinstance(value, np.generic):
+                value = value.item()
             if name in cat_pos:
                 f = self._user_cat_fields[cat_pos[name]]
                 if value is None:
                     continue
-                if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-                    raise MetarecError(f"user feature {name}: value {value!r} is not an integer code")
-                if not 0 <= int(value) < f.cardinality:
-                    raise MetarecError(
-                        f"user feature {name}: code {value!r} is outside 0..{f.cardinality - 1} (0 = unknown)"
-                    )
-                cat[cat_pos[name]] = int(value)
-            elif name in multi_pos:  # a set of active value indices 0..width-1
+                cat[cat_pos[name]] = resolve_code(name, value, f.cardinality, book.get(name), self.codebook is not None)
+            elif name in multi_pos:  # a set of active values: names or column indices 0..width-1
                 j = multi_pos[name]
                 start, width = sum(widths[:j]), widths[j]
-                for v in value or ():
-                    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or not 0 <= v < width:
-                        raise MetarecError(f"user feature {name}: value {v!r} is not an index in 0..{width - 1}")
-                    multi[start + int(v)] = 1.0
+                values = [value] if isinstance(value, (str, int)) else value or ()
+                for v in values:
+                    v = v.item() if isinstance(v, np.generic) else v
+                    col = resolve_code(name, v, width, book.get(name), self.codebook is not None, kind="multihot")
+                    multi[start + col] = 1.0
             else:
                 raise MetarecError(f"unknown user feature {name!r} (known: {known})")
         return Features(cat, multi)
@@ -261,8 +269,8 @@ class Recommender:
     def adapt(self, ratings, user_features: Mapping[str, Any] | None = None, *,
               entry_names: Sequence[str] | None = None) -> AdaptedUser:
         """A new user adapted to ``ratings`` (``[(item id, rating), ...]`` or ``{item id: rating}``, original
-        item ids). ``user_features`` maps user field names to value codes (``None`` or absent = unknown,
-        code 0). ``entry_names`` (optional, one per rating) name the entries in error messages."""
+        item ids). ``user_features`` maps user field names to raw values (text, looked up in the run's
+        codebook, e.g. ``{"gender": "F"}``) or integer codes (``None`` or absent = unknown, code 0). ``entry_names`` (optional, one per rating) name the entries in error messages."""
         codes_np, values_np = self._parse(ratings, entry_names)
         user = self._user(user_features)
         codes, labels = codes_np, values_np

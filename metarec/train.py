@@ -15,23 +15,27 @@ from omegaconf import DictConfig, OmegaConf
 
 from metarec.config import as_text
 from metarec.assembly import build, check_checkpoint, learner_label, quiet_lightning
-from metarec.data.datamodule import VAL_SCENARIO, ColdStartDataModule
+from metarec.data.datamodule import ColdStartDataModule
 from metarec.errors import ConfigError, MetarecError
 from metarec.exits import Interrupted, received
 from metarec.learners import MetaLearner
+from metarec.monitor import Monitor, monitor_for
+from metarec.codebook import write_codebook
+from metarec.run_header import header_rows, print_run_header
 from metarec.runs import (
     RUN_DIR_ENV, WRITE_ERRNOS, RunLock, atomic_checkpoint_io, atomic_write_text, check_run_location,
     claim_named_run, is_finished, is_rank_zero, is_resumable, job_run_name, new_run_dir, open_named_run,
     resume_target, wait_for_run_dir, write_error, write_final_metrics,
 )
 
-MONITOR = f"val/{VAL_SCENARIO}/mae"
+def run_monitor(cfg: DictConfig) -> Monitor:
+    """What checkpointing, early stopping and tuning watch for this config (``trainer.monitor``; see
+    :mod:`metarec.monitor`): the validation users' MAE, their loss under binary labels, or a full-ranking
+    metric."""
+    from metarec.config import negative_config
 
-
-def monitor_key(loss: str) -> str:
-    """What checkpointing and early stopping watch: the validation users' MAE (``val/user_cold/mae``) for
-    ratings; their BCE (a proper scoring rule, unlike MAE on probabilities) for implicit feedback."""
-    return MONITOR if loss == "mse" else f"val/{VAL_SCENARIO}/loss"
+    neg = negative_config(cfg.data)
+    return monitor_for(cfg.trainer.monitor, neg.loss if neg.enabled else "mse", cfg.data.ranking_ks)
 
 
 def _logger(cfg: DictConfig, run_dir: Path):
@@ -40,30 +44,24 @@ def _logger(cfg: DictConfig, run_dir: Path):
         if cfg.run.resume:
             version = f"resume-{1 + sum(1 for _ in (run_dir / 'logs').glob('resume-*'))}"
         return pl.loggers.CSVLogger(save_dir=str(run_dir), name="logs", version=version)
-    os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
-    os.environ.setdefault("WANDB_SILENT", "true")
-    return pl.loggers.WandbLogger(
-        project=cfg.logger.project,
-        entity=cfg.logger.entity,
-        save_dir=str(run_dir),
-        group=cfg.run.experiment,
-        name=run_dir.name,
-        config=OmegaConf.to_container(cfg, resolve=True),
-    )
+    from metarec.wandb_logging import lightning_logger  # group, job_type, tags, best-value summaries, artifacts
+
+    return lightning_logger(cfg, run_dir, learner_label(cfg))
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path, trainable: bool, monitor: str = MONITOR) -> tuple[pl.Trainer, Any]:
+def make_trainer(cfg: DictConfig, run_dir: Path, trainable: bool, monitor: Monitor | None = None) -> tuple[pl.Trainer, Any]:
     t = cfg.trainer
+    monitor = monitor or run_monitor(cfg)
     callbacks: list[pl.Callback] = []
     checkpoint = None
     if trainable:
         checkpoint = pl.callbacks.ModelCheckpoint(
-            dirpath=str(run_dir / "checkpoints"), monitor=monitor, mode="min", save_last=True,
+            dirpath=str(run_dir / "checkpoints"), monitor=monitor.key, mode=monitor.mode, save_last=True,
             filename="best-{epoch}",
         )
         callbacks.append(checkpoint)
         if t.patience > 0:
-            callbacks.append(pl.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=t.patience))
+            callbacks.append(pl.callbacks.EarlyStopping(monitor=monitor.key, mode=monitor.mode, patience=t.patience))
     limits = {k: t[k] for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches") if t[k] is not None}
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
@@ -235,8 +233,11 @@ def _fit(cfg: DictConfig, run: _RunFolder) -> Path:
         os.environ[RUN_DIR_ENV] = str(run_dir)  # the processes Lightning's DDP launcher starts use it too
     if resume_from is None and rank_zero:
         dm.save_manifest(run_dir / "split_manifest.json")
-    monitor = monitor_key(learner.ctx.loss)
+        write_codebook(run_dir, dm.dataset)  # raw feature value -> code, for `recommend --user-feature`
+    monitor = run_monitor(cfg)
     trainer, checkpoint = make_trainer(cfg, run_dir, learner.needs_training, monitor)
+    if rank_zero:  # run folder, data and split counts, model size, device (metarec.run_header)
+        print_run_header(header_rows(cfg, run_dir, dm, learner, trainer, resume_from))
     epochs = 0
     if learner.needs_training:
         # resuming restores model, optimiser, epoch and loop counters, callbacks (best checkpoint, early
@@ -252,7 +253,7 @@ def _fit(cfg: DictConfig, run: _RunFolder) -> Path:
     for k in cfg.data.eval_support_sizes:
         metrics.update(_test(trainer, learner, dm, ckpt, int(k)))
     if checkpoint is not None and checkpoint.best_model_score is not None:
-        metrics[monitor] = float(checkpoint.best_model_score)
+        metrics[monitor.key] = float(checkpoint.best_model_score)
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     record = {
         "learner": label,

@@ -77,7 +77,8 @@ class Study:
     learner: str
     params: list[Param]
     base: Any  # the validated config every trial starts from
-    metric: str
+    metric: str  # the monitored validation metric (trainer.monitor)
+    direction: str = "minimize"  # or maximize (full-ranking metrics)
 
 
 def make_tune_spec(out: str | Path, learners: list[str], trials: int, overrides: Optional[list[str]] = None,
@@ -129,8 +130,8 @@ def trial_config(spec: TuneSpec, learner: str, values: dict[str, Any]):
 
 def plan_study(spec: TuneSpec, learner: str) -> Study:
     """Load and check ``learner``'s search space: every value it allows must give a valid config."""
-    from metarec.config import negative_config, search_path
-    from metarec.train import monitor_key
+    from metarec.config import search_path
+    from metarec.train import run_monitor
 
     path, params = load_space(learner, search_path(spec.config_path))
     fixed = {o.split("=", 1)[0].strip() for o in spec.overrides}
@@ -152,8 +153,8 @@ def plan_study(spec: TuneSpec, learner: str) -> Study:
                     except ConfigError as e:
                         raise ConfigError(f"{path}: {key}={format_value(v)} gives no valid config: {e}") from None
             raise ConfigError(f"{path}: its settings together give no valid config: {together}") from None
-    neg = negative_config(base.data)
-    return Study(learner, params, base, monitor_key(neg.loss if neg.enabled else "mse"))
+    monitor = run_monitor(base)
+    return Study(learner, params, base, monitor.key, monitor.direction)
 
 
 def check_base(spec: TuneSpec, study: Study) -> None:
@@ -220,7 +221,7 @@ def _open_study(storage, study: Study, pruner):
     import optuna
     from optuna.trial import TrialState
 
-    s = optuna.create_study(study_name=study.learner, storage=storage, direction="minimize", pruner=pruner,
+    s = optuna.create_study(study_name=study.learner, storage=storage, direction=study.direction, pruner=pruner,
                             load_if_exists=True)
     space = {p.key: p.describe() for p in study.params}
     saved = s.user_attrs.get("space")
@@ -252,7 +253,8 @@ def _best_record(spec: TuneSpec, study: Study, s, split_hash: str) -> dict[str, 
     from optuna.trial import TrialState
 
     complete = s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if s is not None else []
-    best = min(complete, key=lambda t: (t.value, t.number)) if complete else None
+    sign = 1.0 if study.direction == "minimize" else -1.0
+    best = min(complete, key=lambda t: (sign * t.value, t.number)) if complete else None
     return {
         "learner": study.learner, "metric": study.metric,
         "value": float(best.value) if best else None, "trial": best.number if best else None,
@@ -290,7 +292,7 @@ def _trial_line(st: Study, s, t) -> str:
     value = f"{st.metric} {t.value:.4f}" if t.value is not None else t.state.name.lower()
     note = t.user_attrs.get("note", "")
     complete = s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    best = f"best {min(x.value for x in complete):.4f}" if complete else "no finished trial yet"
+    best = f"best {s.best_value:.4f}" if complete else "no finished trial yet"
     secs = t.duration.total_seconds() if t.duration is not None else 0.0
     return f"{st.learner} trial {t.number}: {value}{' (' + note + ')' if note else ''}; {best}; {secs:.1f} s"
 

@@ -57,7 +57,8 @@ def _report_callback(trial, monitor: str):
 
 
 def run_trial(cfg, trial_dir: Path, trial, metric: str) -> float:
-    """Train one trial's config as ``fit`` does, without testing; its best validation ``metric``."""
+    """Train one trial's config as ``fit`` does, without testing; its best validation ``metric`` (the key
+    of ``metarec.train.run_monitor(cfg)``, which checkpointing and pruning watch)."""
     import optuna
     from lightning_fabric.utilities.exceptions import MisconfigurationException
     from omegaconf import OmegaConf
@@ -74,7 +75,7 @@ def run_trial(cfg, trial_dir: Path, trial, metric: str) -> float:
     try:
         dm, learner = build(cfg)
         validation_only(dm)
-        trainer, checkpoint = make_trainer(cfg, trial_dir, learner.needs_training, metric)
+        trainer, checkpoint = make_trainer(cfg, trial_dir, learner.needs_training)
         trainer.callbacks.append(_report_callback(trial, metric))
         if learner.needs_training:
             trainer.fit(learner, datamodule=dm, weights_only=True)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates (or refreshes) the project's virtual environment: torch, learn2learn, metarec and its extras.
+# Creates (or refreshes) the project's virtual environment: torch, learn2learn, metarec and its extras
+# (dev: tests; text: item text embeddings; bench: the peer libraries that benchmarks/peers.py times).
 #
 # Why a script and not a plain `pip install -e .`:
 #   * torch: the default spec pins torch 2.14.1 + torchvision 0.29.1 (a matching pair; PyPI's torchvision
@@ -17,7 +18,7 @@ VENV="${1:-$ROOT/.venv}"
 case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac  # absolute: install_learn2learn.sh changes directory
 PYTHON="${PYTHON:-python3.11}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
-EXTRAS="${METAREC_EXTRAS:-dev,text}"
+EXTRAS="${METAREC_EXTRAS:-dev,text,bench}"  # bench: the peer libraries of benchmarks/peers.py
 
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 # The stamp records what the environment was built from; an unchanged stamp means nothing to do.

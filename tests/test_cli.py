@@ -11,15 +11,16 @@ import csv
 import json
 import math
 import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import cli_env, run_cli, wandb_offline_env
 import yaml
+from cli_helpers import cli_env, run_cli, wandb_offline_env
+
+from metarec.wandb_records import offline_records as _wandb_records
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "metarec" / "configs"
@@ -453,34 +454,6 @@ def test_fit_movielens100k(ml100k_root: Path, tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Weights & Biases, offline, without an account
-
-
-def _wandb_records(path: Path):
-    """The records of a ``run-*.wandb`` file (a LevelDB-style log of protobuf ``Record``s)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", data[:7]
-    block, pos, pending = 32768, 7, b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:  # block trailer padding
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        pos += 7
-        if kind == 0 and length == 0:
-            break
-        chunk, pos = data[pos : pos + length], pos + length
-        if kind in (1, 2):  # full, first
-            pending = chunk
-        else:  # middle, last
-            pending += chunk
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(pending)
-            yield record
-            pending = b""
 
 
 def _logged_values(run_dir: Path) -> dict[str, float]:

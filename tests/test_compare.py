@@ -81,9 +81,10 @@ def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str
 
 
 def progress(stdout: str) -> dict[tuple[str, int], str]:
-    """``{(learner, seed): "done before" | "<seconds> s"}`` from the progress lines."""
+    """``{(learner, seed): "done before" | "<seconds> s"}`` from the progress lines (without the ETA that
+    ends a trained run's line while runs are left)."""
     out = {}
-    for m in re.finditer(r"^\[\s*\d+/\d+\] (\S+)\s+seed (\d+): (.+)$", stdout, re.M):
+    for m in re.finditer(r"^\[\s*\d+/\d+\] (\S+)\s+seed (\d+): (.+?)(?:; ETA \d+:\d\d:\d\d)?$", stdout, re.M):
         out[(m.group(1), int(m.group(2)))] = m.group(3).strip()
     return out
 

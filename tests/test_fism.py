@@ -18,7 +18,7 @@ from metarec.models import MeLU, MeLUConfig, TwoTower, TwoTowerConfig
 def _learner(ds, **cfg):
     torch.manual_seed(0)
     model = TwoTower(ds.schema, TwoTowerConfig(embed_dim=4, dim=4, user_hidden=[8], item_hidden=[8])).double()
-    learner = build_learner("fism", model, ctx(ds), FISMConfig(**cfg)).double()
+    learner = build_learner("fism", model, ctx(ds), FISMConfig(**{"rank_loss": "inbatch", **cfg})).double()
     with torch.no_grad():  # away from the zero start, so the support matters
         for p in (learner.pool.weight, learner.rated.weight, learner.rank_user.weight, learner.rank_item.weight):
             p.normal_(0, 0.5)
@@ -100,7 +100,7 @@ def test_training_reaches_every_part_and_implicit_pools_only_positives() -> None
     c = dataclasses.replace(ctx(ds), loss="bce", rating_range=(0.0, 1.0))
     torch.manual_seed(0)
     model = TwoTower(ds.schema, TwoTowerConfig(embed_dim=4, dim=4)).double()
-    imp = build_learner("fism", copy.deepcopy(model), c, FISMConfig()).double()
+    imp = build_learner("fism", copy.deepcopy(model), c, FISMConfig(rank_loss="inbatch")).double()
     with torch.no_grad():
         imp.pool.weight.normal_()
     support = batch.support()
@@ -110,3 +110,80 @@ def test_training_reaches_every_part_and_implicit_pools_only_positives() -> None
     only = dataclasses.replace(support, ratings=labels, mask=support.mask & (labels > 0.5))
     torch.testing.assert_close(a, imp.adapt(batch.user, only))
     assert not hasattr(imp, "rank_user")  # the interaction logit ranks as it is
+
+
+def _full_learner(ds, **cfg):
+    """A fism learner with the catalogue known (item 7 is a new item) and the full softmax."""
+    from metarec.data.episodes import FeatureTables
+
+    c = dataclasses.replace(ctx(ds), all_items=FeatureTables(ds).items(torch.arange(8)),
+                            new_item_mask=torch.tensor([False] * 7 + [True]))
+    c.all_items.multihot = c.all_items.multihot.double()
+    torch.manual_seed(0)
+    model = TwoTower(ds.schema, TwoTowerConfig(embed_dim=4, dim=4, user_hidden=[8], item_hidden=[8])).double()
+    learner = build_learner("fism", model, c, FISMConfig(rank_loss="full", **cfg)).double()
+    with torch.no_grad():
+        for p in (learner.pool.weight, learner.rated.weight, learner.rank_user.weight, learner.rank_item.weight):
+            p.normal_(0, 0.5)
+    return learner
+
+
+def test_catalogue_logits_are_the_rank_scores() -> None:
+    ds = tiny_dataset()
+    learner = _full_learner(ds)
+    batch = tiny_batch(ds)
+    u = learner.adapt(batch.user, batch.support())
+    items = learner.ctx.all_items.for_tasks(batch.n_tasks)
+    want = learner.rank_score(u, torch.arange(8).expand(2, 8), items)
+    torch.testing.assert_close(learner.catalogue_logits(u), want)
+
+
+@pytest.mark.parametrize("leave_one_out", [True, False])
+def test_full_softmax_is_the_hand_computation(leave_one_out: bool) -> None:
+    """Relevant query items against every existing item the support does not hold; with leave-one-out,
+    each relevant support item too, from a user vector pooled over the rest of the support."""
+    ds = tiny_dataset()
+    learner = _full_learner(ds, leave_one_out=leave_one_out)
+    batch = tiny_batch(ds)
+    got = learner.full_softmax(batch)
+    support = batch.support()
+    s, thr = batch.n_support, learner.ctx.relevance_threshold
+    existing = [i for i in range(8) if i != 7]
+    per_task = []
+    for t in range(batch.n_tasks):
+        held = [int(i) for i, k in zip(batch.item_ids[t, :s], support.mask[t]) if k]
+        ratings = {int(i): float(r) for i, r, k in zip(batch.item_ids[t, :s], batch.ratings[t, :s], support.mask[t]) if k}
+
+        def user_vector(pool: list[int]) -> torch.Tensor:
+            one = dataclasses.replace(support, mask=support.mask.clone())
+            one.mask[t] = torch.tensor([bool(k) and int(i) in pool for i, k in zip(batch.item_ids[t, :s], support.mask[t])])
+            return learner.adapt(batch.user, one)[t]
+
+        terms = []
+        targets = [(int(i), held) for i, r, q in zip(batch.item_ids[t, s:], batch.ratings[t, s:], batch.query_mask[t, s:])
+                   if q and r >= thr]
+        if leave_one_out and len(held) > 1:
+            targets += [(i, [j for j in held if j != i]) for i in held if ratings[i] >= thr]
+        for item, pool in targets:
+            logits = learner.catalogue_logits(user_vector(pool))
+            allowed = [j for j in existing if j not in held or j == item]
+            terms.append(torch.logsumexp(logits[allowed], 0) - logits[item])
+        if terms:
+            per_task.append(torch.stack(terms).mean())
+    torch.testing.assert_close(got, torch.stack(per_task).mean())
+
+
+def test_full_softmax_trains_every_part_and_options_are_checked() -> None:
+    ds = tiny_dataset()
+    learner = _full_learner(ds, rating_weight=0.0)
+    loss, _ = learner.meta_step(tiny_batch(ds), train=True)
+    loss.backward()
+    for name in ("pool.weight", "rated.weight", "rank_user.weight", "rank_item.weight", "model.item_tower.0.weight"):
+        assert dict(learner.named_parameters())[name].grad.abs().sum() > 0, name
+    model = TwoTower(ds.schema, TwoTowerConfig(embed_dim=4, dim=4))
+    for bad, match in (({"rank_loss": "catalog"}, "rank_loss must be one of"),
+                       ({"rating_weight": -1.0}, "rating_weight must be"),
+                       ({"rating_weight": 0.0, "rank_weight": 0.0}, "nothing to train"),
+                       ({}, "needs the catalogue's item features")):
+        with pytest.raises(ConfigError, match=match):
+            build_learner("fism", model, ctx(ds), FISMConfig(**bad))

@@ -117,3 +117,82 @@ def test_any_metrics_json_loads_or_gives_one_error_line(run, run_copy, data: byt
         _one_line(e)
         return
     assert loaded.learner is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# User features: raw values through the run's value codebook (codebook.json), or integer codes
+
+
+def test_a_run_without_value_names_takes_codes_and_says_why_not_raw_values(run, rec) -> None:
+    book = json.loads((run / "codebook.json").read_text())
+    field = rec._user_cat_fields[0]
+    assert book["user"][field.name]["cardinality"] == field.cardinality and "values" not in book["user"][field.name]
+    user = rec.adapt([(1, 4.0)], {field.name: "1"})  # an integer written as text is a code
+    assert int(user.user.categorical[0]) == 1
+    with pytest.raises(MetarecError) as e:
+        rec.adapt([(1, 4.0)], {field.name: "tall"})
+    assert _one_line(e.value) == (f"user feature {field.name}: 'tall' is not an integer code (0..{field.cardinality - 1} "
+                                  "(0 = unknown)); the data source names no values of this field")
+
+
+def test_an_old_run_without_a_codebook_takes_integer_codes_only(run, tmp_path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    (old / "codebook.json").unlink()  # as runs made before codebooks were saved
+    rec = Recommender.load(old)
+    field = rec._user_cat_fields[0].name
+    assert int(rec.adapt([(1, 4.0)], {field: 1}).user.categorical[0]) == 1
+    with pytest.raises(MetarecError) as e:
+        rec.adapt([(1, 4.0)], {field: "F"})
+    assert "raw values need a run made by this metarec version (this run has no codebook.json)" in _one_line(e.value)
+
+
+@pytest.fixture(scope="module")
+def ml_run(ml100k_root, tmp_path_factory) -> Path:
+    """A tiny ml-100k run (a few meta-steps): user fields with named values."""
+    root = tmp_path_factory.mktemp("ml")
+    return fit(compose(["data=movielens100k", f"data.root={ml100k_root}", "data.params.download=false",
+                        "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
+                        f"run.root={root}"]))
+
+
+def test_raw_user_values_give_the_codes_the_data_set_gave(ml_run, ml100k_root) -> None:
+    import pandas as pd
+
+    rec = Recommender.load(ml_run)
+    users = pd.read_csv(ml100k_root / "ml-100k" / "u.user", sep="|", header=None,
+                        names=["id", "age", "gender", "occupation", "zip"], dtype=str)
+    code_of = {str(u): c for c, u in enumerate(rec.dataset.user_ids.tolist())}
+    names = [f.name for f in rec._user_cat_fields]
+    assert names == ["age", "gender", "occupation", "zip_prefix"]
+    for row in users.sample(25, random_state=0).itertuples():
+        raw = {"age": row.age, "gender": row.gender.lower(), "occupation": row.occupation, "zip_prefix": row.zip[:1]}
+        if not row.zip[:1].isdigit():
+            raw["zip_prefix"] = "other"
+        got = rec.adapt([(1, 4.0)], raw).user.categorical.tolist()
+        assert got == rec.dataset.users.categorical[code_of[row.id]].tolist(), raw
+    # a bucket's name is a raw value too, and a code still is a code
+    by_name = rec.adapt([(1, 4.0)], {"age": "35-44", "gender": "F"}).user.categorical.tolist()
+    by_number = rec.adapt([(1, 4.0)], {"age": "37", "gender": "F"}).user.categorical.tolist()
+    assert by_name == by_number == rec.adapt([(1, 4.0)], {"age": 4, "gender": 2}).user.categorical.tolist()
+    with pytest.raises(MetarecError) as e:
+        rec.adapt([(1, 4.0)], {"occupation": "astronaut"})
+    assert _one_line(e.value).startswith("user feature occupation: unknown value 'astronaut' (known: administrator, "
+                                         "artist, doctor,")
+    with pytest.raises(MetarecError, match="unknown user feature 'sex' \\(known: age, gender, occupation, zip_prefix\\)"):
+        rec.adapt([(1, 4.0)], {"sex": "F"})
+
+
+def test_cli_recommend_takes_raw_user_values(ml_run, tmp_path) -> None:
+    from cli_helpers import cli_env, run_cli
+
+    (tmp_path / "me.csv").write_text("item,rating\n50,5\n172,4\n133,1\n")
+    args = ["recommend", "--run", str(ml_run), "--ratings", "me.csv", "-k", "3"]
+    env = cli_env(tmp_path)
+    ok = run_cli(*args, "--user-feature", "age=35-44", "--user-feature", "gender=F", "--user-feature",
+                 "occupation=writer", cwd=tmp_path, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert len(ok.stdout.strip().splitlines()) == 4  # header + 3 items
+    bad = run_cli(*args, "--user-feature", "gender=X", cwd=tmp_path, env=env)
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "metarec: error: user feature gender: unknown value 'X' (known: M, F; or an integer code 0..2 (0 = unknown))")

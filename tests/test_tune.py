@@ -51,6 +51,18 @@ def test_every_learner_option_has_a_valid_search_space(tmp_path: Path) -> None:
         assert study.metric == "val/user_cold/mae"
 
 
+def test_a_ranking_monitor_is_maximised_and_its_best_trial_is_the_highest(tmp_path: Path) -> None:
+    """trainer.monitor=full_recall@10: the study maximises it and the best file names the highest trial."""
+    out = tmp_path / "t"
+    spec = make_tune_spec(out, ["global"], 2, [*TINY, "trainer.monitor=full_recall@10", "data.split.scenarios=[user_cold]"])
+    study = plan_study(spec, "global")
+    assert (study.metric, study.direction) == ("val/user_cold/full_recall@10", "maximize")
+    tune(spec, echo=lambda line: None)
+    values = {t.number: t.value for t in optuna.load_study(study_name="global", storage=f"sqlite:///{out / 'study.db'}").trials}
+    best = yaml.safe_load((out / "best" / "global.yaml").read_text())
+    assert best["metric"] == "val/user_cold/full_recall@10" and best["value"] == pytest.approx(max(values.values()))
+
+
 @pytest.mark.parametrize("key, spec, fragment", [
     ("data.split.seed", {"type": "int", "low": 0, "high": 3}, "cannot be searched"),
     ("seed", {"type": "int", "low": 0, "high": 3}, "cannot be searched"),

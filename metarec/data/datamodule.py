@@ -9,45 +9,22 @@ from __future__ import annotations
 
 import copy
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from metarec.data.data_config import DataConfig  # noqa: F401 (re-exported; a leaf module for --print-config)
 from metarec.data.episodes import EpisodeCollator, FeatureTables
-from metarec.data.negatives import NegativeConfig, NegativeSampler
+from metarec.data.negatives import NegativeSampler
 from metarec.data.scenarios import VAL, VAL_SCENARIO, new_items  # noqa: F401 (VAL_SCENARIO: re-exported)
-from metarec.data.text import TextConfig, item_text_embeddings, with_text_field
+from metarec.data.text import item_text_embeddings, with_text_field
 from metarec.data.schema import RecDataset
 from metarec.data.splits import ColdStartSplit, SplitConfig, Task, cut_task, load_split, make_split, save_manifest
 from metarec.data.sources import load_dataset
 from metarec.errors import ConfigError
-
-
-@dataclass
-class DataConfig:
-    source: str = "synthetic"
-    root: Optional[str] = None
-    params: Any = field(default_factory=dict)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    manifest: Optional[str] = None
-    meta_batch_size: int = 32
-    eval_batch_size: int = 64
-    eval_support_sizes: list[int] = field(default_factory=list)  # extra test passes: support cut to K
-    ranking_ks: list[int] = field(default_factory=lambda: [5, 10, 20])  # full-ranking Recall/nDCG/HitRate@k
-    relevance_threshold: float = 4.0  # full ranking: query ratings >= this are relevant (explicit data)
-    negatives: NegativeConfig = field(default_factory=NegativeConfig)  # per_positive > 0: implicit feedback, BCE
-    text: TextConfig = field(default_factory=TextConfig)  # enabled: item text embeddings as a dense item field
-    num_workers: int = 0
-    hide_new_item_ids: bool = True
-    item_id_dropout: float = 0.0  # training: hide each item's id with this probability (learn to use content)
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.item_id_dropout < 1.0:
-            raise ConfigError(f"data.item_id_dropout must be in [0, 1), got {self.item_id_dropout}")
 
 
 _M1, _M2, _M3 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)

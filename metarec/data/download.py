@@ -18,6 +18,10 @@ against the size the archive declares before anything is extracted, and extracti
 small archive cannot fill the disk before its checksum is checked (hashes are computed while
 streaming). Temporary files are removed on any exception, ``KeyboardInterrupt`` and ``SystemExit``
 included (a ``SIGTERM`` handler that raises is the caller's part).
+
+Progress: while the archive downloads, an interactive terminal (stderr) shows a rich progress bar with
+the bytes received, the rate and the time left (total from the server's ``Content-Length``; without one
+the bar shows bytes and rate only). Logs, pipes and CI (stderr not a terminal) get nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from metarec.data.download_progress import download_progress
 from metarec.data.paths import DATA_DIR_ENV
 from metarec.errors import DataError
 
@@ -185,8 +190,11 @@ def _download(url: str, dest: Path, names: list[str], timeout: float) -> Path:
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "metarec"})
         with open(tmp, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
-            _stream(resp, out, deadline, timeout)
-            size, declared = out.tell(), resp.headers.get("Content-Length")
+            declared = resp.headers.get("Content-Length")
+            total = int(declared) if declared is not None and declared.isdigit() else None
+            with download_progress(url, total) as advance:
+                _stream(resp, out, deadline, timeout, advance)
+            size = out.tell()
         if declared is not None and declared.isdigit() and int(declared) != size:
             raise http.client.IncompleteRead(b"", int(declared) - size)
         final = dest / _archive_name(url, names)
@@ -201,9 +209,10 @@ def _download(url: str, dest: Path, names: list[str], timeout: float) -> Path:
         tmp.unlink(missing_ok=True)
 
 
-def _stream(resp, out, deadline: float, timeout: float) -> None:
+def _stream(resp, out, deadline: float, timeout: float, advance: Callable[[int], None] = lambda n: None) -> None:
     """Copy the response body to ``out`` until its end, or raise ``TimeoutError`` at ``deadline``
-    (``time.monotonic()``): each read waits at most until the deadline, and returns what has arrived."""
+    (``time.monotonic()``): each read waits at most until the deadline, and returns what has arrived.
+    ``advance(n)`` is told of every block of ``n`` bytes written."""
     sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)  # to shorten its timeout
     late = f"not complete within the timeout of {timeout:g} s"
     while True:
@@ -222,6 +231,7 @@ def _stream(resp, out, deadline: float, timeout: float) -> None:
         if not block:
             return
         out.write(block)
+        advance(len(block))
 
 
 def _reason(e: BaseException) -> str:

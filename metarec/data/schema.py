@@ -15,10 +15,17 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class CategoricalField:
-    """A single-valued categorical field; ``cardinality`` counts code 0 (unknown)."""
+    """A single-valued categorical field; ``cardinality`` counts code 0 (unknown).
+
+    The field's codebook, when the source knows it (saved with every run, ``metarec.codebook``):
+    ``values[k - 1]`` is the raw value that code ``k`` stands for (e.g. ``"F"``, ``"35-44"``; empty: no name),
+    and ``edges`` the ascending lower bounds of codes 2, 3, ... of a field that buckets a number (code 1 is
+    below ``edges[0]``), so that a raw number maps to its bucket."""
 
     name: str
     cardinality: int
+    values: tuple[str, ...] = ()
+    edges: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

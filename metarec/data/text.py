@@ -8,7 +8,9 @@ sentence encoder; the embeddings join the item features as a dense field ``text`
   ``sentence_transformers`` as is (for users with hub access).
 - ``data.text.template``: ``str.format`` fields ``{title}``, ``{year}``, ``{id}`` and one per multi-hot item
   field (``{genre}``, ``{tag}``: the names of the item's values, comma-separated).
-- Embeddings are computed in batches with a progress bar and cached as ``.npy`` under
+- Embeddings are computed in batches, after one stderr line saying what is encoded (how many texts, the
+  template, the model; no line when the cache has them), with sentence-transformers' progress bar on an
+  interactive terminal, and cached as ``.npy`` under
   ``data.text.cache_dir`` (default ``~/.cache/metarec/text``), keyed by the dataset's fingerprint, the
   template, the normalisation and the model's weights (a hash of its files), written atomically.
 """
@@ -19,6 +21,7 @@ import hashlib
 import os
 import secrets
 import string
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -112,9 +115,15 @@ def encode(texts: list[str], cfg: TextConfig, path: str, local: bool) -> np.ndar
         model = SentenceTransformer(path, device=cfg.device)
     except (OSError, ValueError) as e:
         raise ConfigError(f"data.text.model={cfg.model!r} cannot be loaded: {str(e).strip().splitlines()[0]}") from None
-    emb = model.encode(texts, batch_size=cfg.batch_size, show_progress_bar=True, convert_to_numpy=True,
+    emb = model.encode(texts, batch_size=cfg.batch_size, show_progress_bar=sys.stderr.isatty(), convert_to_numpy=True,
                        normalize_embeddings=cfg.normalize)
     return np.asarray(emb, dtype=np.float32)
+
+
+def encoding_label(ds: RecDataset, cfg: TextConfig, n_texts: int, cache_file: Path) -> str:
+    """The line printed before the encoder runs: what is encoded, with which model, where it is cached."""
+    return (f"metarec: encoding {n_texts:,} item texts of {ds.name} (data.text.template {cfg.template!r}) with "
+            f"{cfg.model} on {cfg.device}; once, then cached in {cache_file}")
 
 
 def item_text_embeddings(ds: RecDataset, cfg: TextConfig) -> np.ndarray:
@@ -135,6 +144,7 @@ def item_text_embeddings(ds: RecDataset, cfg: TextConfig) -> np.ndarray:
             raise DataError(f"text embedding cache {file} is unreadable ({e}); delete it") from None
         if emb.ndim == 2 and emb.shape[0] == ds.n_items:
             return emb.astype(np.float32, copy=False)
+    print(encoding_label(ds, cfg, len(texts), file), file=sys.stderr, flush=True)
     emb = encode(texts, cfg, path, local)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".{file.name}.{secrets.token_hex(4)}.tmp.npy"

@@ -57,6 +57,7 @@ class LearnerContext:
     ranking_ks: tuple = ()
     all_items: Any = None  # Features of every item [I, ...]
     new_item_mask: Any = None  # bool tensor [I]
+    val_ranking: bool = False  # also rank the catalogue for the validation users (trainer.monitor is a full-ranking metric)
     relevance_threshold: float = 4.0  # a query rating >= this is a relevant item (explicit feedback)
     interactions_only: bool = False  # the data are interactions, not ratings: every query item is relevant
     loss: str = "mse"  # mse: ratings; bce | softmax: binary labels with sampled negatives, the model outputs logits
@@ -134,10 +135,12 @@ class MetaLearner(pl.LightningModule):
         rated = self.predicts_ratings
         self.val_metrics = nn.ModuleDict({s: rating_metrics() for s in ctx.val_scenarios} if rated else {})
         self.test_metrics = nn.ModuleDict({s: rating_metrics() for s in ctx.test_scenarios} if rated else {})
-        self.rank_metrics = nn.ModuleDict(
-            {s: MetricCollection(full_ranking_metrics(ctx.ranking_ks), compute_groups=False) for s in ctx.test_scenarios}
-            if ctx.ranking_ks and self.ranks_items else {}
-        )
+        def rankers(scenarios) -> nn.ModuleDict:
+            return nn.ModuleDict({s: MetricCollection(full_ranking_metrics(ctx.ranking_ks), compute_groups=False)
+                                  for s in scenarios} if ctx.ranking_ks and self.ranks_items else {})
+
+        self.rank_metrics = rankers(ctx.test_scenarios)
+        self.val_rank_metrics = rankers(ctx.val_scenarios if ctx.val_ranking else [])
 
     # ----------------------------------------------------------------- contract
     def training_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,7 +253,8 @@ class MetaLearner(pl.LightningModule):
             # under DDP averaged over processes (the monitor under bce: every process must agree on it)
             self.log(f"{prefix}/{scenario}/loss", loss.detach(), batch_size=batch.n_tasks, add_dataloader_idx=False,
                      sync_dist=self.world_size > 1)
-        if stage == "test" and self.rank_metrics:
+        ranking = self.rank_metrics if stage == "test" else self.val_rank_metrics
+        if ranking:
             items = self.ctx.all_items
             dev = batch.item_ids.device
             t, n = batch.n_tasks, items.categorical.shape[0]
@@ -259,7 +263,7 @@ class MetaLearner(pl.LightningModule):
             with torch.no_grad():
                 scores = self.rank_score(state, ids, items).detach().float()
             candidates, relevant = self.ranking_targets(batch, scenario)
-            self.rank_metrics[scenario].update(scores.masked_fill(~candidates, float("-inf")), relevant & candidates)
+            ranking[scenario].update(scores.masked_fill(~candidates, float("-inf")), relevant & candidates)
 
     def to_prediction(self, out: torch.Tensor) -> torch.Tensor:
         """Model outputs -> predictions for the rating metrics: ratings clipped to the rating range, or
@@ -307,6 +311,7 @@ class MetaLearner(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)
+        self._log_metrics("val", self.val_rank_metrics)
 
     def test_stage(self) -> str:
         """The metric prefix of the running test pass: the data module's (``test_kK`` for a pass at

@@ -13,6 +13,15 @@ and ``alpha`` FISM's normalisation exponent. The score of any item is the model'
 ``[u * v_j, b_j]``. ``P`` and ``R`` start at zero, so before training the learner is the two-tower
 model. Adapting a new user is one pass of the item tower over the support; scoring the catalogue is one
 matrix product with the item vectors. Needs ``model=twotower``.
+
+Ranking objective (``rank_loss``), added to the pointwise query loss (weighted ``rating_weight``):
+
+- ``inbatch``: each task's relevant query items against the other tasks' query items, log-Q corrected
+  (cheap; popular items dominate the negatives);
+- ``full``: a softmax over the whole catalogue of existing items (the task's support items left out),
+  with FISM's leave-one-out targets as well: every relevant support item is also predicted from the
+  rest of the support (its own vector taken out of the pool), so each episode teaches from all its
+  relevant items, not only the ten query ones. One item-tower pass over the catalogue per meta-step.
 """
 
 from __future__ import annotations
@@ -34,9 +43,15 @@ from metarec.models.base import BaseRecommender
 @dataclass
 class FISMConfig:
     alpha: float = 0.5  # pooled support vectors are divided by n ** alpha (FISM's normalisation)
-    rank_weight: float = 1.0  # weight of the in-batch sampled softmax (log-Q corrected) added to the query loss
-    lr: float = 1e-3
+    rank_weight: float = 1.0  # weight of the ranking loss (rank_loss) added to the query loss
+    rank_loss: str = "full"  # full: softmax over the catalogue; inbatch: over the meta-batch's query items (log-Q corrected)
+    leave_one_out: bool = True  # rank_loss=full: also predict each relevant support item from the rest of the support
+    rating_weight: float = 1.0  # weight of the pointwise query loss (mse on ratings, bce/softmax on labels)
+    lr: float = 3e-3
     weight_decay: float = 0.0
+
+
+RANK_LOSSES = ("inbatch", "full")
 
 
 class FISM(MetaLearner):
@@ -50,6 +65,15 @@ class FISM(MetaLearner):
             raise ConfigError(f"learner.alpha must be in [0, 1], got {cfg.alpha}")
         if not (math.isfinite(cfg.rank_weight) and cfg.rank_weight >= 0):
             raise ConfigError(f"learner.rank_weight must be a finite number >= 0, got {cfg.rank_weight}")
+        if not (math.isfinite(cfg.rating_weight) and cfg.rating_weight >= 0):
+            raise ConfigError(f"learner.rating_weight must be a finite number >= 0, got {cfg.rating_weight}")
+        if cfg.rank_loss not in RANK_LOSSES:
+            raise ConfigError(f"learner.rank_loss must be one of {', '.join(RANK_LOSSES)}, got {cfg.rank_loss!r}")
+        if cfg.rating_weight == 0 and cfg.rank_weight == 0:
+            raise ConfigError("learner.rating_weight and learner.rank_weight are both 0: nothing to train")
+        if cfg.rank_loss == "full" and (ctx.all_items is None or ctx.new_item_mask is None):
+            raise ConfigError("learner.rank_loss=full needs the catalogue's item features (LearnerContext.all_items "
+                              "and new_item_mask); use learner.rank_loss=inbatch")
         self.cfg = cfg
         self.dim = model.head[0].dim
         self.pool = nn.Linear(self.dim, self.dim, bias=False)  # P
@@ -68,22 +92,28 @@ class FISM(MetaLearner):
         logq = np.log((counts + 1.0) / (counts + 1.0).sum()) if ctx.n_items else np.zeros(0)
         self.register_buffer("logq", torch.as_tensor(logq, dtype=torch.float32), persistent=False)
 
-    def adapt(self, user: Features, support: Support) -> torch.Tensor:
-        """Each task's user vector ``[T, dim]`` from its features and support."""
+    def _support_parts(self, user: Features, support: Support):
+        """``(u0 [T, dim], v [T, S, dim], keep [T, S], weight [T, S] or None)``: the features' user vector,
+        the support's item vectors, which of them are pooled and their rating weights."""
         m = self.model
-        u = m.head[0].proj(m.user_tower(m.user_encoder(user)))
+        u0 = m.head[0].proj(m.user_tower(m.user_encoder(user)))
         v = m.item_side(support.items)[..., : self.dim]  # [T, S, dim]
         if self.ctx.binary_labels:  # the positives; sampled negatives say little about a user
-            keep, weight = support.mask & (support.ratings > 0.5), None
-        else:
-            keep = support.mask
-            weight = ((support.ratings - self.centre) / self.scale).to(v.dtype)
-        k = keep.to(v.dtype)
-        norm = k.sum(-1, keepdim=True).clamp_min(1.0) ** self.cfg.alpha
-        u = u + self.pool((v * k.unsqueeze(-1)).sum(-2) / norm)
-        if weight is not None:
-            u = u + self.rated((v * (k * weight).unsqueeze(-1)).sum(-2) / norm)
-        return u
+            return u0, v, support.mask & (support.ratings > 0.5), None
+        return u0, v, support.mask, ((support.ratings - self.centre) / self.scale).to(v.dtype)
+
+    def _pooled(self, u0, sum_v, sum_wv, n) -> torch.Tensor:
+        """``u0 + P sum_v / n^alpha (+ R sum_wv / n^alpha)`` for pools of ``n`` items (broadcasting)."""
+        norm = n.clamp_min(1.0) ** self.cfg.alpha
+        u = u0 + self.pool(sum_v / norm)
+        return u if sum_wv is None else u + self.rated(sum_wv / norm)
+
+    def adapt(self, user: Features, support: Support) -> torch.Tensor:
+        """Each task's user vector ``[T, dim]`` from its features and support."""
+        u0, v, keep, weight = self._support_parts(user, support)
+        k = keep.to(v.dtype).unsqueeze(-1)
+        sum_wv = None if weight is None else (v * k * weight.unsqueeze(-1)).sum(-2)
+        return self._pooled(u0, (v * k).sum(-2), sum_wv, k.sum(-2))
 
     def _outputs(self, u: torch.Tensor, items: Features, rank: bool) -> torch.Tensor:
         m = self.model
@@ -123,13 +153,67 @@ class FISM(MetaLearner):
         has = pos.any(-1)
         return per_task[has].mean() if has.any() else logits.sum() * 0.0
 
+    def catalogue_logits(self, u: torch.Tensor) -> torch.Tensor:
+        """``rank_score`` of every item of the catalogue for user vectors ``u [..., dim]`` -> ``[..., I]``,
+        as one matrix product (the output layer ``Linear([u * v, b])`` is linear in ``v`` and ``b``)."""
+        m, items = self.model, self.ctx.all_items
+        dev = u.device
+        f = m.item_encoder(Features(items.categorical.to(dev), items.multihot.to(dev)))  # [I, E]
+        v, b = m.item_tower(f), m.item_bias(f).squeeze(-1)  # [I, dim], [I]
+        out = m.head[-1]
+        w_v, w_b = out.weight[0, : self.dim], out.weight[0, self.dim]
+        left, right = u * w_v, w_b * b + out.bias[0]
+        if self.separate_rank:
+            left = left + self.rank_user(u)
+            right = right + self.rank_item(f).squeeze(-1)
+        return left @ v.T + right
+
+    def full_softmax(self, batch: EpisodeBatch) -> torch.Tensor:
+        """The catalogue softmax: for each task, mean over its targets of ``lse(allowed) - s_target``;
+        targets are the relevant query items (user vector from the whole support) and, with
+        ``leave_one_out``, the relevant pooled support items (user vector from the rest of the support).
+        Allowed: existing items that are not pooled support items (a target's own item stays allowed)."""
+        u0, v, keep, weight = self._support_parts(batch.user, batch.support())
+        s = batch.n_support
+        k = keep.to(v.dtype).unsqueeze(-1)
+        wv = None if weight is None else v * k * weight.unsqueeze(-1)
+        sum_v, sum_wv, n = (v * k).sum(-2), None if wv is None else wv.sum(-2), k.sum(-2)
+        relevant = (batch.ratings > 0.5) if self.ctx.binary_labels else (batch.ratings >= self.ctx.relevance_threshold)
+        n_items = self.ctx.new_item_mask.shape[0]
+        ids = batch.item_ids
+        pooled = torch.zeros(batch.n_tasks, n_items + 1, dtype=torch.bool, device=ids.device)
+        pooled.scatter_(1, torch.where(keep, ids[:, :s], n_items), True)
+        blocked = pooled[:, :n_items] | self.ctx.new_item_mask.to(ids.device)  # [T, I]
+        u_list = [self._pooled(u0, sum_v, sum_wv, n).unsqueeze(1)]  # [T, 1, dim]: the query's user vector
+        target_list = [ids[:, s:]]
+        is_target = [batch.query_mask[:, s:] & relevant[:, s:]]
+        if self.cfg.leave_one_out:
+            rest_wv = None if wv is None else sum_wv.unsqueeze(1) - wv
+            u_list.append(self._pooled(u0.unsqueeze(1), sum_v.unsqueeze(1) - v * k, rest_wv, n.unsqueeze(1) - k))
+            target_list.append(ids[:, :s])
+            is_target.append(keep & relevant[:, :s] & (n > 1.5))  # a user with one item has no "rest"
+        losses, counts = [], []
+        for u, tgt, pos in zip(u_list, target_list, is_target):
+            logits = self.catalogue_logits(u).expand(-1, tgt.shape[1], -1)  # [T, P, I]
+            mask = blocked.unsqueeze(1).expand_as(logits).clone()
+            safe = torch.where(pos, tgt, 0)
+            mask.scatter_(2, safe.unsqueeze(-1), ~pos.unsqueeze(-1) & mask.gather(2, safe.unsqueeze(-1)))
+            lse = torch.logsumexp(logits.masked_fill(mask, float("-inf")), dim=-1)
+            picked = logits.gather(2, safe.unsqueeze(-1)).squeeze(-1)
+            losses.append(((lse - picked) * pos).sum(-1))
+            counts.append(pos.sum(-1))
+        total, count = sum(losses), sum(counts)
+        has = count > 0
+        return (total[has] / count[has]).mean() if has.any() else total.sum() * 0.0
+
     def training_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         u = self.adapt(batch.user, batch.support())
         out = self.score(u, *batch.query())
         _, y, m = batch.part("query")
-        loss = self.loss_fn(out, y.to(out.dtype), m).mean()
+        loss = self.cfg.rating_weight * self.loss_fn(out, y.to(out.dtype), m).mean()
         if self.cfg.rank_weight > 0:
-            loss = loss + self.cfg.rank_weight * self.in_batch_softmax(u, batch)
+            rank = self.full_softmax(batch) if self.cfg.rank_loss == "full" else self.in_batch_softmax(u, batch)
+            loss = loss + self.cfg.rank_weight * rank
         return loss, out
 
 

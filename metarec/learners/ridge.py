@@ -36,6 +36,7 @@ from metarec.data.features import Features
 from metarec.errors import ConfigError
 from metarec.learners.base import LearnerContext, MetaLearner
 from metarec.models.base import BaseRecommender
+from metarec.models.item_cache import ItemSideCache
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Ridge(MetaLearner):
         self.dim = model.head[0].dim
         log_lam = torch.full((self.dim,), math.log(cfg.prior_precision))
         self.log_precision = nn.Parameter(log_lam, requires_grad=cfg.learn_precision)
+        self._item_cache = ItemSideCache()  # serving: the catalogue's (x, offset), kept while nothing changes
 
     def _items(self, items: Features) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, offset)``: each item's effective vector ``w * v`` ``[..., dim]`` and its user-independent
@@ -93,7 +95,7 @@ class Ridge(MetaLearner):
         return u0 + torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
 
     def score(self, state: torch.Tensor, item_ids: torch.Tensor, items: Features) -> torch.Tensor:
-        x, offset = self._items(items)
+        x, offset = self._item_cache(self, items, self._items)  # user-independent: one pass per catalogue
         return (x * state.unsqueeze(-2)).sum(-1) + offset
 
     def training_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -45,9 +45,18 @@ def quantile_buckets(values: np.ndarray, n_buckets: int) -> tuple[np.ndarray, in
     codes = np.zeros(len(v), dtype=np.int64)
     if not known.any():
         return codes, 1
-    edges = np.unique(np.quantile(v[known], np.arange(1, n_buckets) / n_buckets)) if n_buckets > 1 else np.array([])
+    edges = quantile_edges(v, n_buckets)
     codes[known] = np.searchsorted(edges, v[known], side="right") + 1
     return codes, len(edges) + 2
+
+
+def quantile_edges(values: np.ndarray, n_buckets: int) -> np.ndarray:
+    """The bucket edges :func:`quantile_buckets` uses (lower bounds of codes 2, 3, ...; the codebook's)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not len(v) or n_buckets <= 1:
+        return np.array([])
+    return np.unique(np.quantile(v, np.arange(1, n_buckets) / n_buckets))
 
 
 def multihot_from_lists(lists: pd.Series, max_values: int | None = None) -> tuple[np.ndarray, list[str]]:
@@ -80,11 +89,13 @@ def constant_users(n: int) -> FeatureTable:
     return FeatureTable([CategoricalField("constant", 2)], np.ones((n, 1), dtype=np.int64))
 
 
-def feature_table(cat: list[tuple[str, np.ndarray, int]], multi: list[tuple], n: int) -> FeatureTable:
-    """A :class:`FeatureTable` from ``(name, codes, cardinality)`` and ``(name, 0/1 matrix[, value names])``
-    lists."""
-    fields = [CategoricalField(name, int(card)) for name, _, card in cat]
-    arr = np.stack([c for _, c, _ in cat], axis=1).astype(np.int64) if cat else np.zeros((n, 0), dtype=np.int64)
+def feature_table(cat: list[tuple], multi: list[tuple], n: int) -> FeatureTable:
+    """A :class:`FeatureTable` from ``(name, codes, cardinality[, value names[, bucket edges]])`` and
+    ``(name, 0/1 matrix[, value names])`` lists (names and edges: the field's codebook, see
+    :class:`CategoricalField`)."""
+    fields = [CategoricalField(c[0], int(c[2]), values=tuple(map(str, c[3])) if len(c) > 3 else (),
+                               edges=tuple(float(e) for e in c[4]) if len(c) > 4 else ()) for c in cat]
+    arr = np.stack([c[1] for c in cat], axis=1).astype(np.int64) if cat else np.zeros((n, 0), dtype=np.int64)
     mh_fields = [MultiHotField(m[0], int(m[1].shape[1]), values=tuple(m[2]) if len(m) > 2 else ()) for m in multi]
     mh = np.concatenate([m[1] for m in multi], axis=1).astype(np.float32) if multi else None
     return FeatureTable(fields, arr, mh_fields, mh)
@@ -112,17 +123,30 @@ def encode_features(path: Path, df: pd.DataFrame, specs) -> tuple[list, list]:
         s = df[spec.column]
         text = s.astype(object).where(s.notna(), "").astype(str)
         if spec.type == "categorical":
-            codes, card, _ = vocab_codes(text, spec.max_values)
-            cat.append((name, codes, card))
+            codes, card, vocab = vocab_codes(text, spec.max_values)
+            cat.append((name, codes, card, vocab))  # code k is vocab[k - 1]; the `other` code has no name
         elif spec.type == "multihot":
             lists = text.str.split(spec.sep, regex=False).map(lambda xs: [x.strip() for x in xs if x.strip()])
-            mat, _ = multihot_from_lists(lists, spec.max_values)
-            multi.append((name, mat))
+            mat, vocab = multihot_from_lists(lists, spec.max_values)
+            multi.append((name, mat, vocab))
         else:
             values = numeric_column(path, s, df.index, spec.column)
             codes, card = quantile_buckets(values, spec.buckets)
-            cat.append((name, codes, card))
+            edges = quantile_edges(values, spec.buckets)  # a raw number -> its bucket (codebook)
+            names = ["" if np.isnan(lo) else f"{lo:g}-{hi:g}" for lo, hi in _bucket_ranges(values, edges)]
+            cat.append((name, codes, card, names, edges))
     return cat, multi
+
+
+def _bucket_ranges(values: np.ndarray, edges: np.ndarray) -> list[tuple[float, float]]:
+    """(smallest, largest) known value of each bucket 1..len(edges) + 1: the buckets' names."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return []
+    codes = np.searchsorted(edges, v, side="right")
+    return [(float(v[codes == k].min()), float(v[codes == k].max())) if (codes == k).any() else (np.nan, np.nan)
+            for k in range(len(edges) + 1)]
 
 
 def numeric_column(path: Path, s: pd.Series, lines, column: str) -> np.ndarray:

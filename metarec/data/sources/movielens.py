@@ -59,6 +59,8 @@ OCCUPATIONS = (
     "retired", "salesman", "scientist", "student", "technician", "writer",
 )  # fmt: skip
 AGE_BUCKET_EDGES = (18, 25, 35, 45, 50, 56)  # lower bounds of buckets 2..7; bucket 1 is < 18
+AGE_LABELS = ("under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")  # names of buckets 1..7
+ZIP_PREFIXES = (*"0123456789", "other")  # names of zip_prefix codes 1..11
 GENDERS = ("M", "F")
 YEAR_BUCKET_SIZE = 5
 
@@ -174,10 +176,10 @@ def user_features(users: pd.DataFrame) -> FeatureTable:
     digits = first.str.fullmatch("[0-9]").to_numpy(dtype=bool)
     zip_code[digits] = first[digits].astype(int).to_numpy() + 1
     fields = [
-        CategoricalField("age", len(AGE_BUCKET_EDGES) + 2),
-        CategoricalField("gender", len(GENDERS) + 1),
-        CategoricalField("occupation", len(OCCUPATIONS) + 1),
-        CategoricalField("zip_prefix", 12),
+        CategoricalField("age", len(AGE_BUCKET_EDGES) + 2, values=AGE_LABELS, edges=AGE_BUCKET_EDGES),
+        CategoricalField("gender", len(GENDERS) + 1, values=GENDERS),
+        CategoricalField("occupation", len(OCCUPATIONS) + 1, values=OCCUPATIONS),
+        CategoricalField("zip_prefix", 12, values=ZIP_PREFIXES),
     ]
     cat = np.stack([age_code, gender, occupation, zip_code], axis=1).astype(np.int64)
     return FeatureTable(categorical_fields=fields, categorical=cat)

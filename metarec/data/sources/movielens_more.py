@@ -40,7 +40,7 @@ from metarec.data.schema import RecDataset
 from metarec.data.sources._encode import constant_users, feature_table, item_id_field, title_years
 from metarec.data.sources._ids import check_pairs, codes_of, unique_ids
 from metarec.data.sources._read import fail_at, read_table
-from metarec.data.sources.movielens import year_buckets
+from metarec.data.sources.movielens import AGE_LABELS, ZIP_PREFIXES, year_buckets
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
 ML1M_URL = GROUPLENS + "ml-1m.zip"
@@ -141,11 +141,11 @@ def _ml1m_user_features(users: pd.DataFrame):
     age = np.searchsorted(ML1M_AGE_CODES, users["age"].to_numpy()) + 1
     gender = users["gender"].str.strip().map({g: k + 1 for k, g in enumerate(GENDERS)}).to_numpy(dtype=np.int64)
     occupation = users["occupation"].to_numpy(dtype=np.int64) + 1
-    cat = [
-        ("age", age, len(ML1M_AGE_CODES) + 1),
-        ("gender", gender, len(GENDERS) + 1),
-        ("occupation", occupation, ML1M_OCCUPATIONS + 1),
-        ("zip_prefix", zip_prefix_codes(users["zip"]), 12),
+    cat = [  # with each field's codebook: raw values (the file's), and the age codes as bucket edges
+        ("age", age, len(ML1M_AGE_CODES) + 1, AGE_LABELS, ML1M_AGE_CODES[1:]),
+        ("gender", gender, len(GENDERS) + 1, GENDERS),
+        ("occupation", occupation, ML1M_OCCUPATIONS + 1, [str(c) for c in range(ML1M_OCCUPATIONS)]),
+        ("zip_prefix", zip_prefix_codes(users["zip"]), 12, ZIP_PREFIXES),
     ]
     return feature_table(cat, [], len(users))
 

@@ -1,0 +1,227 @@
+"""Serving latency through the shipped API: ``Recommender.load(run).adapt(20 ratings).recommend(10)``.
+
+For each learner kind (MAML scope ``all`` and ``head``, Meta-SGD, amortised, finetune, and the two-tower
+learners ``ridge`` and ``fism``) a tiny run is trained (one short epoch: latency does not depend on the
+model's quality) on MovieLens-100K (1,682 items; ``$METAREC_DATA_DIR``) and on a synthetic catalogue of
+100,000 items (``data=synthetic data.params.n_items=100000``). Each run is loaded once; then, at torch
+intra-op thread counts 1 and 2, one call is made and discarded (the first call) and ``trials`` new users
+are timed: 20 ratings of random catalogue items, ``adapt`` then ``recommend(10)`` over the whole
+catalogue. p50/p99 of the whole call, and the p50 of its two halves. Targets: p50 <= 5 ms on ml-100k,
+<= 50 ms at 100,000 items.
+
+    .venv/bin/python benchmarks/serving.py            # full (about 20-30 minutes on 2 quiet CPU cores; runs kept in --work)
+    .venv/bin/python benchmarks/serving.py --smoke    # seconds: tiny synthetic run, one learner; writes nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench_utils import fmt_table, machine_info, update_readme
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+N_RATINGS, K = 20, 10
+THREADS = (1, 2)
+LEARNERS = {
+    "maml_all": ("MAML, scope all", ["learner=maml", "learner.scope=all"]),
+    "maml_head": ("MAML, scope head", ["learner=maml", "learner.scope=head"]),
+    "metasgd": ("Meta-SGD", ["learner=metasgd"]),
+    "amortised": ("amortised", ["learner=amortised"]),
+    "finetune": ("finetune", ["learner=finetune"]),
+    "ridge": ("ridge (two-tower)", ["learner=ridge", "model=twotower"]),
+    "fism": ("fism (two-tower)", ["learner=fism", "model=twotower"]),
+}
+# name -> (label, overrides, p50 target in ms)
+DATASETS = {
+    "ml100k": ("MovieLens-100K (1,682 items)", ["data=movielens100k"], 5.0),
+    "synthetic100k": ("synthetic, 100,000 items", ["data=synthetic", "data.params.n_items=100000",
+                                                   "data.params.n_users=400"], 50.0),
+}
+# a short training: latency does not depend on how well the model is trained
+TRAIN = ["trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
+         "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "data.ranking_ks=[]", "logger=csv"]
+NOTES = """
+What the time goes to (profiled by hand with `torch.profiler` on these runs; see also the
+`adapt / recommend` columns):
+
+- `recommend(k)` scores the whole catalogue through the learner's `rank_score`, then `score`s the top k
+  again for the values shown. Besides the learner, every call gathers the catalogue's feature rows
+  (`Recommender._items`) and sorts all scores (`np.argsort(..., kind="stable")`); both grow with the
+  catalogue and are paid per call.
+- MeLU learners (MAML, Meta-SGD, finetune, amortised): every item goes through the decision layers with
+  the user's adapted parameters; the concatenation of user and item field vectors and the first layer
+  over `[items, fields x 32]` dominate at 100,000 items, and none of it is user-independent (the head,
+  and under `all` the embeddings, adapt per user). The amortised learner also attends from each item to
+  the support.
+- Two-tower `ridge`: the item vectors and biases do not depend on the user, so they are computed once per
+  loaded run (`metarec/models/item_cache.py`, recomputed if the items or any parameter change); a call
+  is then one product with the user vector. `fism` recomputes its item tower per call (not cached).
+- Threads: with other processes on the cores, a second intra-op thread can make a call many times
+  slower; compare the 1- and 2-thread columns.
+"""
+SMOKE_DATA = ("synthetic, 300 items (smoke)", ["data=synthetic", "data.params.n_users=100"], 50.0)
+SMOKE_TRAIN = ["trainer.limit_train_batches=1"]
+
+
+def train(work: Path, dataset: str, learner: str, data_overrides: list[str], extra: tuple[str, ...] = ()) -> Path:
+    """The finished tiny run ``work/dataset/learner`` (trained now in a subprocess, unless already there)."""
+    from metarec.runs import METRICS_FILE
+
+    run = work / dataset / learner
+    if (run / METRICS_FILE).is_file():
+        return run
+    cmd = [sys.executable, "-m", "metarec", "fit", *data_overrides, *LEARNERS[learner][1], *TRAIN,
+           f"run.root={work}", f"run.experiment={dataset}", f"run.name={learner}", *extra]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0 or not (run / METRICS_FILE).is_file():
+        last = (out.stderr.strip() or out.stdout.strip() or "?").splitlines()[-1]
+        raise RuntimeError(f"training {dataset}/{learner} failed (exit {out.returncode}): {last}")
+    print(f"  trained {dataset}/{learner} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return run
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(xs, q))
+
+
+def measure(run: Path, threads: tuple[int, ...], trials: int, seed: int = 0) -> dict:
+    """Load ``run`` once; per thread count, one discarded call, then ``trials`` timed new users."""
+    import torch
+
+    from metarec import Recommender
+
+    t0 = time.perf_counter()
+    rec = Recommender.load(run)
+    out: dict = {"load_s": time.perf_counter() - t0, "n_items": rec.n_items}
+    rng = np.random.default_rng(seed)
+    lo, hi = rec.rating_range
+
+    def new_user() -> list[tuple]:
+        codes = rng.choice(rec.n_items, N_RATINGS, replace=False)
+        ratings = np.clip(np.round(rng.uniform(lo, hi, N_RATINGS)), lo, hi)
+        return list(zip(rec.item_ids[codes].tolist(), ratings.tolist()))
+
+    before = torch.get_num_threads()
+    try:
+        for n in threads:
+            torch.set_num_threads(n)
+            rec.adapt(new_user()).recommend(K)  # the first call: excluded
+            total, adapt, recommend = [], [], []
+            for _ in range(trials):
+                ratings = new_user()
+                t0 = time.perf_counter()
+                user = rec.adapt(ratings)
+                t1 = time.perf_counter()
+                top = user.recommend(K)
+                t2 = time.perf_counter()
+                assert len(top) == K
+                total.append((t2 - t0) * 1e3)
+                adapt.append((t1 - t0) * 1e3)
+                recommend.append((t2 - t1) * 1e3)
+            out[str(n)] = {"p50_ms": _pct(total, 50), "p99_ms": _pct(total, 99), "adapt_p50_ms": _pct(adapt, 50),
+                           "recommend_p50_ms": _pct(recommend, 50), "trials": trials}
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+def run_all(work: Path, datasets: dict, learners: list[str], threads: tuple[int, ...], trials: int,
+            extra: tuple[str, ...] = ()) -> list[dict]:
+    rows = []
+    for ds, (label, overrides, target) in datasets.items():
+        for learner in learners:
+            run = train(work, ds, learner, overrides, extra)
+            m = measure(run, threads, trials)
+            rows.append({"dataset": ds, "dataset_label": label, "learner": learner, "target_p50_ms": target,
+                         "run": str(run), **m})
+            print(f"{ds} {learner}: " + "; ".join(
+                f"{n} thread{'s' if n > 1 else ''} p50 {m[str(n)]['p50_ms']:.2f} ms p99 {m[str(n)]['p99_ms']:.2f} ms "
+                f"(adapt {m[str(n)]['adapt_p50_ms']:.2f}, recommend {m[str(n)]['recommend_p50_ms']:.2f})"
+                for n in threads), flush=True)
+    return rows
+
+
+def table(rows: list[dict], threads: tuple[int, ...]) -> str:
+    head = ["data", "learner", "items"]
+    for n in threads:
+        head += [f"p50 ms ({n}t)", f"p99 ms ({n}t)", f"adapt / recommend p50 ms ({n}t)"]
+    head += ["target p50", "met"]
+    body = []
+    for r in rows:
+        cells = [r["dataset_label"], LEARNERS[r["learner"]][0], f"{r['n_items']:,}"]
+        for n in threads:
+            m = r[str(n)]
+            cells += [f"{m['p50_ms']:.2f}", f"{m['p99_ms']:.2f}", f"{m['adapt_p50_ms']:.2f} / {m['recommend_p50_ms']:.2f}"]
+        best = min(r[str(n)]["p50_ms"] for n in threads)
+        cells += [f"{r['target_p50_ms']:g} ms", "yes" if best <= r["target_p50_ms"] else "**no**"]
+        body.append(cells)
+    return fmt_table(head, body)
+
+
+def readme_summary(result: dict) -> str:
+    meta, rows = result["meta"], result["rows"]
+    lines = [f"Measured by `python benchmarks/serving.py` on {meta['cpu']} (torch threads 1 and 2 per call), "
+             f"`Recommender.load(run).adapt({N_RATINGS} ratings).recommend({K})` over the whole catalogue, first call "
+             "excluded; full table in [`benchmarks/results/serving.md`](benchmarks/results/serving.md).", ""]
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        rs = [r for r in rows if r["dataset"] == ds]
+        target = rs[0]["target_p50_ms"]
+        lines.append(f"- {rs[0]['dataset_label']} (target p50 <= {target:g} ms), p50 / p99 at 1 thread: " + ", ".join(
+            f"{LEARNERS[r['learner']][0]} {r['1']['p50_ms']:.1f} / {r['1']['p99_ms']:.1f} ms" for r in rs if "1" in r)
+            + f"; target met by {sum(min(r[str(n)]['p50_ms'] for n in THREADS if str(n) in r) <= target for r in rs)} "
+              f"of {len(rs)}.")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny synthetic run, one learner, seconds; writes nothing")
+    p.add_argument("--work", type=Path, default=Path("runs/bench_serving"),
+                   help="where the tiny runs are trained (kept and reused)")
+    p.add_argument("--trials", type=int, default=300, help="timed new users per run and thread count")
+    p.add_argument("--learners", nargs="+", default=list(LEARNERS), choices=list(LEARNERS))
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    args = p.parse_args()
+    if args.trials < 1:
+        print("serving.py: --trials must be a positive integer", file=sys.stderr)
+        return 2
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = run_all(Path(tmp), {"smoke": SMOKE_DATA}, ["maml_head"], THREADS, 5, tuple(SMOKE_TRAIN))
+        print(table(rows, THREADS))
+        print("(smoke: nothing written)")
+        return 0
+    if "ml100k" in args.datasets and not os.environ.get("METAREC_DATA_DIR"):
+        print("serving.py: set METAREC_DATA_DIR to the folder holding ml-100k (or pass --datasets synthetic100k)",
+              file=sys.stderr)
+        return 2
+    result = {"meta": {**machine_info(), "ratings": N_RATINGS, "k": K, "trials": args.trials}}
+    result["rows"] = run_all(args.work, {d: DATASETS[d] for d in args.datasets}, args.learners, THREADS, args.trials)
+    print(table(result["rows"], THREADS))
+    if (args.learners, args.datasets) != (list(LEARNERS), list(DATASETS)):
+        print("(partial grid: nothing written)")
+        return 0
+    meta = result["meta"]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "serving.json").write_text(json.dumps(result, indent=2))
+    head = (f"# Serving latency through `Recommender`\n\n_Produced by `python benchmarks/serving.py` on "
+            f"{meta['device']} ({meta['cpu']}), torch {meta['torch']}; {args.trials} new users per run and thread "
+            f"count, first call excluded; 1-minute load average at the start {meta['load_average_1min']:.2f}._\n\n")
+    (RESULTS / "serving.md").write_text(head + table(result["rows"], THREADS) + "\n" + NOTES)
+    update_readme("serving", readme_summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

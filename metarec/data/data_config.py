@@ -1,0 +1,36 @@
+"""The ``data`` section's options, :class:`DataConfig`: a leaf module (no torch, no Lightning), so that
+``metarec fit --print-config`` validates the data section without importing either.
+:mod:`metarec.data.datamodule` re-exports it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from metarec.data.negatives import NegativeConfig
+from metarec.data.splits import SplitConfig
+from metarec.data.text import TextConfig
+from metarec.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"
+    root: Optional[str] = None
+    params: Any = field(default_factory=dict)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    manifest: Optional[str] = None
+    meta_batch_size: int = 32
+    eval_batch_size: int = 64
+    eval_support_sizes: list[int] = field(default_factory=list)  # extra test passes: support cut to K
+    ranking_ks: list[int] = field(default_factory=lambda: [5, 10, 20])  # full-ranking Recall/nDCG/HitRate@k
+    relevance_threshold: float = 4.0  # full ranking: query ratings >= this are relevant (explicit data)
+    negatives: NegativeConfig = field(default_factory=NegativeConfig)  # per_positive > 0: implicit feedback, BCE
+    text: TextConfig = field(default_factory=TextConfig)  # enabled: item text embeddings as a dense item field
+    num_workers: int = 0
+    hide_new_item_ids: bool = True
+    item_id_dropout: float = 0.0  # training: hide each item's id with this probability (learn to use content)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.item_id_dropout < 1.0:
+            raise ConfigError(f"data.item_id_dropout must be in [0, 1), got {self.item_id_dropout}")
