@@ -169,7 +169,7 @@ def test_filters_and_stages(runs, tmp_path: Path, capsys) -> None:
     root = runs["explicit"].parent.parent
     proc = report(capsys, str(root), "--learner", "maml", "--data", "synthetic", "--stage", "val")
     assert proc.returncode == 0, proc.stderr
-    assert len(tables(proc.stdout)) == 3 and "warm MAE" in proc.stdout
+    assert len(tables(proc.stdout)) == 3 and "user_cold MAE" in proc.stdout
     proc = report(capsys, str(runs["implicit"]), str(runs["explicit"]))
     assert len(tables(proc.stdout)) == 2
     assert_user_error(report(capsys, str(root), "--learner", "global"),

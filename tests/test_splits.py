@@ -581,7 +581,7 @@ def test_the_scenario_table_matches_what_the_split_draws() -> None:
     for name in ("val", *SCENARIOS):
         assert scenarios.new_items(name) == SCENARIO_NEW_ITEMS[name]
         assert scenarios.new_users(name) == (SCENARIO_USERS[name] == "new")
-    assert not scenarios.new_items("train") and scenarios.VAL_SCENARIO == "warm"
+    assert not scenarios.new_items("train") and scenarios.VAL_SCENARIO == "user_cold"  # validation users are held out
 
 
 def test_cut_task_takes_the_query_first_then_at_most_support_size() -> None:
