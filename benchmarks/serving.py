@@ -171,7 +171,7 @@ def table(rows: list[dict], threads: tuple[int, ...]) -> str:
 
 def readme_summary(result: dict) -> str:
     meta, rows = result["meta"], result["rows"]
-    lines = [f"Measured by `python benchmarks/serving.py` on {meta['cpu']} (torch threads 1 and 2 per call), "
+    lines = [f"Measured by `{' '.join(['python benchmarks/serving.py', *sys.argv[1:]])}` on {meta['cpu']} (torch threads 1 and 2 per call), "
              f"`Recommender.load(run).adapt({N_RATINGS} ratings).recommend({K})` over the whole catalogue, first call "
              "excluded; full table in [`benchmarks/results/serving.md`](benchmarks/results/serving.md).", ""]
     for ds in dict.fromkeys(r["dataset"] for r in rows):
@@ -215,7 +215,7 @@ def main() -> int:
     meta = result["meta"]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serving.json").write_text(json.dumps(result, indent=2))
-    head = (f"# Serving latency through `Recommender`\n\n_Produced by `python benchmarks/serving.py` on "
+    head = (f"# Serving latency through `Recommender`\n\n_Produced by `{' '.join(['python benchmarks/serving.py', *sys.argv[1:]])}` on "
             f"{meta['device']} ({meta['cpu']}), torch {meta['torch']}; {args.trials} new users per run and thread "
             f"count, first call excluded; 1-minute load average at the start {meta['load_average_1min']:.2f}._\n\n")
     (RESULTS / "serving.md").write_text(head + table(result["rows"], THREADS) + "\n" + NOTES)
