@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench_utils import fmt_table, machine_info, update_readme
-from speed import RESULTS, T, device, make_batch, make_learner, make_model, rss_growth_during, sync
+from speed import RESULTS, T, device, make_batch, make_learner, make_model, peak_memory_of, sync
 
 from metarec.data.episodes import EpisodeBatch
 from metarec.data.features import Features
@@ -319,18 +319,7 @@ def peak_memory_child(name: str, support: int, scope: str, steps: int) -> float:
     batch = make_batch(support)
     v = build(name, scope, steps)
     opt = torch.optim.Adam(v.trainable.parameters(), lr=1e-3)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        for _ in range(3):
-            train_step(v, opt, batch)
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-
-    def three_steps() -> None:
-        for _ in range(3):
-            train_step(v, opt, batch)
-
-    return rss_growth_during(three_steps)
+    return peak_memory_of(lambda: train_step(v, opt, batch))
 
 
 def peak_memory(name: str, support: int, scope: str, steps: int) -> float:

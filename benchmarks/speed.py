@@ -139,16 +139,22 @@ def peak_memory_child(executor: str, support: int, scope: str, steps: int) -> fl
     batch = make_batch(support)
     learner = make_learner(executor, scope, steps)
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    return peak_memory_of(lambda: train_step(learner, opt, batch))
+
+
+def peak_memory_of(step) -> float:
+    """Peak memory (MB) of calling ``step()`` three times, above the level before: the allocator's peak
+    on a GPU, else the resident set size's growth (:func:`rss_growth_during`)."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         for _ in range(3):
-            train_step(learner, opt, batch)
+            step()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
 
     def three_steps() -> None:
         for _ in range(3):
-            train_step(learner, opt, batch)
+            step()
 
     return rss_growth_during(three_steps)
 
