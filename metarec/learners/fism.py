@@ -153,20 +153,26 @@ class FISM(MetaLearner):
         has = pos.any(-1)
         return per_task[has].mean() if has.any() else logits.sum() * 0.0
 
-    def catalogue_logits(self, u: torch.Tensor) -> torch.Tensor:
-        """``rank_score`` of every item of the catalogue for user vectors ``u [..., dim]`` -> ``[..., I]``,
-        as one matrix product (the output layer ``Linear([u * v, b])`` is linear in ``v`` and ``b``)."""
+    def catalogue_items(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(v [I, dim], c [I])``: every catalogue item's vector and the user-independent part of its
+        ranking score (output-layer bias and item bias, plus the ranking item term on explicit data)."""
         m, items = self.model, self.ctx.all_items
-        dev = u.device
-        f = m.item_encoder(Features(items.categorical.to(dev), items.multihot.to(dev)))  # [I, E]
-        v, b = m.item_tower(f), m.item_bias(f).squeeze(-1)  # [I, dim], [I]
+        f = m.item_encoder(Features(items.categorical.to(device), items.multihot.to(device)))  # [I, E]
         out = m.head[-1]
-        w_v, w_b = out.weight[0, : self.dim], out.weight[0, self.dim]
-        left, right = u * w_v, w_b * b + out.bias[0]
+        c = out.weight[0, self.dim] * m.item_bias(f).squeeze(-1) + out.bias[0]
+        if self.separate_rank:
+            c = c + self.rank_item(f).squeeze(-1)
+        return m.item_tower(f), c
+
+    def catalogue_logits(self, u: torch.Tensor, items: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``rank_score`` of every item of the catalogue for user vectors ``u [..., dim]`` -> ``[..., I]``,
+        as one matrix product (the output layer ``Linear([u * v, b])`` is linear in ``v`` and ``b``);
+        ``items``: ``catalogue_items``' result, when the caller already has it."""
+        v, c = items if items is not None else self.catalogue_items(u.device)
+        left = u * self.model.head[-1].weight[0, : self.dim]
         if self.separate_rank:
             left = left + self.rank_user(u)
-            right = right + self.rank_item(f).squeeze(-1)
-        return left @ v.T + right
+        return left @ v.T + c
 
     def full_softmax(self, batch: EpisodeBatch) -> torch.Tensor:
         """The catalogue softmax: for each task, mean over its targets of ``lse(allowed) - s_target``;
@@ -193,8 +199,9 @@ class FISM(MetaLearner):
             target_list.append(ids[:, :s])
             is_target.append(keep & relevant[:, :s] & (n > 1.5))  # a user with one item has no "rest"
         losses, counts = [], []
+        catalogue = self.catalogue_items(ids.device)  # once per meta-step, for the query and leave-one-out targets
         for u, tgt, pos in zip(u_list, target_list, is_target):
-            logits = self.catalogue_logits(u).expand(-1, tgt.shape[1], -1)  # [T, P, I]
+            logits = self.catalogue_logits(u, catalogue).expand(-1, tgt.shape[1], -1)  # [T, P, I]
             mask = blocked.unsqueeze(1).expand_as(logits).clone()
             safe = torch.where(pos, tgt, 0)
             mask.scatter_(2, safe.unsqueeze(-1), ~pos.unsqueeze(-1) & mask.gather(2, safe.unsqueeze(-1)))
