@@ -4,8 +4,9 @@ sampled softmax), mean ± 95% CI over seeds on one split, support-size curve K =
 
 Learners: the fold-in baselines ``popularity``, ``itemknn``, ``ease`` (no training on the new user;
 EASE's L2 chosen on the validation users), ``global`` and ``finetune``, the gradient meta-learner
-``maml`` and the amortised learners (``amortised`` on the MLP; ``fism`` on the two-tower model), each on
-both base models where it applies (``melu`` MLP and ``twotower``). Every learner sees the same split
+``maml`` and the amortised learners (``amortised`` on the MLP; ``fism`` and ``fism_ease`` — fism with an
+EASE prior, meta-trained on log-uniform support sizes — on the two-tower model), each on both base models
+where it applies (``melu`` MLP and ``twotower``). Every learner sees the same split
 (asserted: one split hash), candidates, relevance rule and tuning budget (none beyond early stopping and
 checkpoint selection on the validation users' Recall@10, and EASE's validation grid). Writes ``benchmarks/results/ranking_vs_cf.md`` and the
 README block ``ranking_vs_cf``.
@@ -43,10 +44,11 @@ DATA = {
     "ml100k": ["data=movielens100k"],
     "lastfm": ["data=lastfm2k", "data.negatives.loss=softmax"],
 }
+LOGU = "data.train_support=loguniform"  # fism_ease is meta-trained on log-uniform support sizes (its recipe)
 # (base model, learners run on it); baselines without a model run in the first group
 GROUPS = [
     ("melu", ["popularity", "itemknn", "ease", "global", "finetune", "maml", "amortised"]),
-    ("twotower", ["global", "finetune", "maml", "fism"]),
+    ("twotower", ["global", "finetune", "maml", "fism", f"fism_ease@{LOGU}"]),
 ]
 
 
@@ -56,7 +58,7 @@ def run_data(name: str, work: Path, seeds: list[str], smoke: bool) -> tuple[dict
     for model, learners in GROUPS:
         overrides = [*DATA[name], *COMMON, f"model={model}"]
         if smoke:
-            learners = learners[:2] if model == "melu" else ["fism"]
+            learners = learners[:2] if model == "melu" else ["fism", f"fism_ease@{LOGU}"]
             overrides = ["data=synthetic", "data.params.n_users=150", "data.split.scenarios=[user_cold]",
                          f"model={model}", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
                          "trainer.monitor=full_recall@10",

@@ -405,8 +405,11 @@ def test_variant_syntax(monkeypatch, tmp_path: Path) -> None:
     assert parse_variant("maml@inner_steps=5,model.embed_dim=16,trainer.max_epochs=2") == (
         "maml", ["learner.inner_steps=5", "model.embed_dim=16", "trainer.max_epochs=2"])
     assert parse_variant("maml@model.hidden=[64,32],inner_lr=0.1") == ("maml", ["model.hidden=[64,32]", "learner.inner_lr=0.1"])
+    # data settings that shape only the training episodes may vary; the split's may not
+    assert parse_variant("fism@data.train_support=loguniform") == ("fism", ["data.train_support=loguniform"])
     for bad, message in [("maml@", "not key=value"), ("maml@steps", "not key=value"), ("@lr=1", "no learner"),
                          ("maml@data.params.n_users=9", "cannot differ"),
+                         ("maml@data.split.query_size=5", "cannot differ"), ("maml@data.eval_support_sizes=[1]", "cannot differ"),
                          ("maml@run.name=x", "cannot differ"), ("maml@name=anil", "learner.name"),
                          ("maml@lr=1,learner.lr=2", "set twice"), ("maml@lr=a/b", "run folders")]:
         with pytest.raises(ConfigError, match=message):
@@ -416,6 +419,8 @@ def test_variant_syntax(monkeypatch, tmp_path: Path) -> None:
     assert spec.learners == ["maml", "maml@inner_steps=2", "maml@inner_steps=3"] and spec.overrides == []
     assert run_config(spec, "maml@inner_steps=2", 0).learner.inner_steps == 2
     assert run_config(spec, "maml@inner_steps=2", 0).run.name == "maml@inner_steps=2-s0"
+    spec = make_spec(tmp_path / "o2", ["maml@data.train_support=loguniform"], ["0"], ["1"], [])
+    assert run_config(spec, "maml@data.train_support=loguniform", 0).data.train_support == "loguniform"
     with pytest.raises(ConfigError, match="unknown learner 'nosuch'"):
         make_spec(tmp_path / "o", ["nosuch@lr=1"], None, None, [])
     with pytest.raises(ConfigError, match="in the config of learner 'maml@nokey=1'"):

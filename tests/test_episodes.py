@@ -250,6 +250,27 @@ def test_train_episodes_redrawn_per_epoch_and_reproducible(dm):
     assert not _same_task(eps[(0, i)], eps3[(0, j)])
 
 
+def test_loguniform_train_support_cuts_training_supports_only(dm):
+    """data.train_support=loguniform: each training episode keeps the first k of its support, k in 1..n,
+    the same for the same (seed, epoch, user); small supports are common; the query and evaluation do not change."""
+    full = TrainEpisodes(dm.split, dm.split_config)
+    cut = TrainEpisodes(dm.split, dm.split_config, support="loguniform")
+    sizes = []
+    for e in (0, 1, 2):
+        for i in range(len(full)):
+            a, b = full[(e, i)], cut[(e, i)]
+            assert np.array_equal(a.query_items, b.query_items)
+            assert 1 <= len(b.support_items) <= len(a.support_items)
+            assert np.array_equal(b.support_items, a.support_items[: len(b.support_items)])
+            assert np.array_equal(b.support_ratings, a.support_ratings[: len(b.support_items)])
+            assert _same_task(b, cut[(e, i)])
+            sizes.append((len(b.support_items), len(a.support_items)))
+    k, n = np.array(sizes).T
+    assert (k <= 5).mean() > 0.3 and (k < n).mean() > 0.5 and (k > n // 2).any()
+    m = _dm(train_support="loguniform")
+    assert m.train_dataloader().dataset.support == "loguniform"
+
+
 def test_train_episodes_honour_support_size():
     cfg = DataConfig(
         source="synthetic", params=dict(SYN_PARAMS), split=SplitConfig(**{**SPLIT, "support_size": 3})

@@ -13,6 +13,12 @@ from metarec.data.text import TextConfig
 from metarec.errors import ConfigError
 
 
+# full: a training episode's support is every rating of the user that is not in its query; loguniform: cut
+# to k ratings, k drawn log-uniformly from 1..n (n: the full support) per episode, seeded by (seed, epoch,
+# user) -- so meta-training sees the small supports that cold-start evaluation (eval_support_sizes) asks about.
+TRAIN_SUPPORT = ("full", "loguniform")
+
+
 @dataclass
 class DataConfig:
     source: str = "synthetic"
@@ -30,7 +36,10 @@ class DataConfig:
     num_workers: int = 0
     hide_new_item_ids: bool = True
     item_id_dropout: float = 0.0  # training: hide each item's id with this probability (learn to use content)
+    train_support: str = "full"  # training episodes' support: full (every non-query rating) | loguniform (cut, see below)
 
     def __post_init__(self) -> None:
+        if self.train_support not in TRAIN_SUPPORT:
+            raise ConfigError(f"data.train_support must be one of {', '.join(TRAIN_SUPPORT)}, got {self.train_support!r}")
         if not 0.0 <= self.item_id_dropout < 1.0:
             raise ConfigError(f"data.item_id_dropout must be in [0, 1), got {self.item_id_dropout}")

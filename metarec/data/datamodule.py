@@ -54,9 +54,10 @@ class TrainEpisodes(Dataset):
     """
 
     def __init__(self, split: ColdStartSplit, cfg: SplitConfig, negatives: NegativeSampler | None = None,
-                 id_dropout: float = 0.0) -> None:
+                 id_dropout: float = 0.0, support: str = "full") -> None:
         self.negatives = negatives
         self.id_dropout = id_dropout
+        self.support = support
         self.users = split.train_users
         pools = [split.train_pool[int(u)] for u in self.users]
         lengths = np.array([len(p[0]) for p in pools], dtype=np.int64)
@@ -83,6 +84,11 @@ class TrainEpisodes(Dataset):
         idx = self.order(epoch)[self.offsets[i] : self.offsets[i + 1]]
         cfg = self.cfg
         task = cut_task(int(self.users[i]), self.items, self.ratings, idx, cfg.query_size, cfg.support_size)
+        if self.support == "loguniform":  # the order is already random: keep the first k support ratings
+            n = len(task.support_items)
+            u = np.random.default_rng([self.cfg.seed, epoch, task.user, 11]).random()
+            k = min(n, max(1, int(np.exp(u * np.log(n + 1)))))
+            task.support_items, task.support_ratings = task.support_items[:k], task.support_ratings[:k]
         if self.negatives is not None:
             task = self.negatives.add(task, self.cfg.seed, epoch, new_items=False)
         if self.id_dropout > 0:  # seeded by (seed, epoch, user) like everything else of the episode
@@ -237,7 +243,8 @@ class ColdStartDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        episodes = TrainEpisodes(self.split, self.split_config, self.negatives, self.cfg.item_id_dropout)
+        episodes = TrainEpisodes(self.split, self.split_config, self.negatives, self.cfg.item_id_dropout,
+                                 self.cfg.train_support)
         rank, world = self._rank_world()
         share = self.per_rank_batch(world)
         sampler = EpochShuffleSampler(len(episodes), self.seed, rank=rank, world=world, batch_size=self.cfg.meta_batch_size)

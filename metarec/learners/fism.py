@@ -22,12 +22,25 @@ Ranking objective (``rank_loss``), added to the pointwise query loss (weighted `
   with FISM's leave-one-out targets as well: every relevant support item is also predicted from the
   rest of the support (its own vector taken out of the pool), so each episode teaches from all its
   relevant items, not only the ten query ones. One item-tower pass over the catalogue per meta-step.
+
+Item-item prior (``cf_prior=ease``, learner option ``fism_ease``): the ranking logits get an EASE fold-in
+term, ``logit_j += g(n) * (s B)_j`` with ``s`` the support's relevant items (as the ``ease`` learner folds
+them in), ``B`` EASE's item-item weights on the training users (``l2`` chosen on the validation users, as
+``ease`` chooses it, unless ``cf_l2`` is set) and ``g(n) = exp(a) (1 + n)^b`` a learned gate of the number
+``n`` of folded-in items (``a`` starts at ``log cf_scale``, ``b`` at 0), plus ``w(n) log q_j`` (the item's log
+training popularity, ``w(n) = exp(c) (1 + n)^d`` learned from 1) and the factor model's logits weighted ``m`` (learned, from
+``cf_mix``): training starts near EASE with popularity instead of from a random model. The factor model then learns what
+the neighbourhood model misses (user features, small supports) — Koren's integrated model (KDD 2008) in
+cold-start episodes. Training episodes see **leave-user-out** EASE scores (the user's own row taken out of
+``X`` exactly; ``metarec.learners.ease_prior``), so the gate is fitted on scores of the kind a new user
+gets; rating predictions (``score``) are unchanged. Needs ``rank_loss=full``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -37,6 +50,7 @@ from metarec.data.episodes import EpisodeBatch, Support
 from metarec.data.features import Features
 from metarec.errors import ConfigError
 from metarec.learners.base import LearnerContext, MetaLearner
+from metarec.learners.ease_prior import EasePrior
 from metarec.models.base import BaseRecommender
 
 
@@ -47,11 +61,17 @@ class FISMConfig:
     rank_loss: str = "full"  # full: softmax over the catalogue; inbatch: over the meta-batch's query items (log-Q corrected)
     leave_one_out: bool = True  # rank_loss=full: also predict each relevant support item from the rest of the support
     rating_weight: float = 1.0  # weight of the pointwise query loss (mse on ratings, bce/softmax on labels)
+    cf_prior: str = "none"  # none | ease: add EASE's fold-in score (leave-user-out in training) to the ranking logits
+    cf_scale: float = 20.0  # cf_prior=ease: the gate's initial scale exp(a)
+    cf_mix: float = 0.1  # cf_prior=ease: the factor model's initial weight m in the ranking logits (learned)
+    cf_lr_scale: float = 30.0  # cf_prior=ease: the gate, popularity and mix weights learn at lr * this (no decay)
+    cf_l2: Optional[float] = None  # cf_prior=ease: EASE's l2; None: chosen on the validation users as `ease` does
     lr: float = 3e-3
     weight_decay: float = 0.0
 
 
 RANK_LOSSES = ("inbatch", "full")
+CF_PRIORS = ("none", "ease")
 
 
 class FISM(MetaLearner):
@@ -71,6 +91,14 @@ class FISM(MetaLearner):
             raise ConfigError(f"learner.rank_loss must be one of {', '.join(RANK_LOSSES)}, got {cfg.rank_loss!r}")
         if cfg.rating_weight == 0 and cfg.rank_weight == 0:
             raise ConfigError("learner.rating_weight and learner.rank_weight are both 0: nothing to train")
+        if cfg.cf_prior not in CF_PRIORS:
+            raise ConfigError(f"learner.cf_prior must be one of {', '.join(CF_PRIORS)}, got {cfg.cf_prior!r}")
+        if cfg.cf_prior != "none" and cfg.rank_loss != "full":
+            raise ConfigError(f"learner.cf_prior={cfg.cf_prior} needs learner.rank_loss=full")
+        for name in ("cf_scale", "cf_lr_scale"):
+            value = getattr(cfg, name)
+            if cfg.cf_prior != "none" and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"learner.{name} must be a finite number > 0, got {value}")
         if cfg.rank_loss == "full" and (ctx.all_items is None or ctx.new_item_mask is None):
             raise ConfigError("learner.rank_loss=full needs the catalogue's item features (LearnerContext.all_items "
                               "and new_item_mask); use learner.rank_loss=inbatch")
@@ -91,6 +119,16 @@ class FISM(MetaLearner):
         counts = np.bincount(ctx.train_items[0], minlength=ctx.n_items) if ctx.train_items is not None else np.zeros(ctx.n_items)
         logq = np.log((counts + 1.0) / (counts + 1.0).sum()) if ctx.n_items else np.zeros(0)
         self.register_buffer("logq", torch.as_tensor(logq, dtype=torch.float32), persistent=False)
+        self.cf = EasePrior(model, ctx, cfg.cf_l2) if cfg.cf_prior == "ease" else None
+        if self.cf is not None:
+            self.cf_gate = nn.Parameter(torch.tensor([math.log(cfg.cf_scale), 0.0]))
+            self.cf_mix = nn.Parameter(torch.tensor(float(cfg.cf_mix)))
+            self.cf_pop = nn.Parameter(torch.tensor([0.0, 0.0]))  # w(n) = exp(c) (1 + n)^d on log popularity
+            self.save_hyperparameters({"cf_l2": self.cf.l2})
+
+    def gate(self, n: torch.Tensor) -> torch.Tensor:
+        """``g(n) = exp(a) (1 + n)^b`` for numbers of folded-in items ``n`` (broadcasting)."""
+        return torch.exp(self.cf_gate[0] + self.cf_gate[1] * torch.log1p(n))
 
     def _support_parts(self, user: Features, support: Support):
         """``(u0 [T, dim], v [T, S, dim], keep [T, S], weight [T, S] or None)``: the features' user vector,
@@ -108,12 +146,26 @@ class FISM(MetaLearner):
         u = u0 + self.pool(sum_v / norm)
         return u if sum_wv is None else u + self.rated(sum_wv / norm)
 
-    def adapt(self, user: Features, support: Support) -> torch.Tensor:
+    def user_vector(self, user: Features, support: Support) -> torch.Tensor:
         """Each task's user vector ``[T, dim]`` from its features and support."""
         u0, v, keep, weight = self._support_parts(user, support)
         k = keep.to(v.dtype).unsqueeze(-1)
         sum_wv = None if weight is None else (v * k * weight.unsqueeze(-1)).sum(-2)
         return self._pooled(u0, (v * k).sum(-2), sum_wv, k.sum(-2))
+
+    def adapt(self, user: Features, support: Support):
+        """The user vector ``[T, dim]``; with ``cf_prior``, ``(user vector, gated prior scores [T, I])``."""
+        u = self.user_vector(user, support)
+        if self.cf is None:
+            return u
+        e, n = self.cf.fold_in(support)
+        return u, self.prior_logits(e, n)
+
+    def prior_logits(self, e: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """``g(n) * e + w(n) * log q``: the gated EASE scores ``e [..., I]`` of pools of ``n`` items plus
+        the weighted log training popularity (what ranks the items when the support folds in nothing)."""
+        w = torch.exp(self.cf_pop[0] + self.cf_pop[1] * torch.log1p(n)).unsqueeze(-1)
+        return self.gate(n).unsqueeze(-1) * e + w * self.logq
 
     def _outputs(self, u: torch.Tensor, items: Features, rank: bool) -> torch.Tensor:
         m = self.model
@@ -125,11 +177,14 @@ class FISM(MetaLearner):
             out = out + (self.rank_user(u) * v).sum(-1) + self.rank_item(f).squeeze(-1)
         return out
 
-    def score(self, state: torch.Tensor, item_ids: torch.Tensor, items: Features) -> torch.Tensor:
-        return self._outputs(state, items, rank=False)
+    def score(self, state, item_ids: torch.Tensor, items: Features) -> torch.Tensor:
+        return self._outputs(state[0] if isinstance(state, tuple) else state, items, rank=False)
 
-    def rank_score(self, state: torch.Tensor, item_ids: torch.Tensor, items: Features) -> torch.Tensor:
-        return self._outputs(state, items, rank=True)
+    def rank_score(self, state, item_ids: torch.Tensor, items: Features) -> torch.Tensor:
+        if not isinstance(state, tuple):
+            return self._outputs(state, items, rank=True)
+        u, prior = state
+        return self.cf_mix * self._outputs(u, items, rank=True) + prior.gather(1, item_ids.to(prior.device).expand(prior.shape[0], -1))
 
     def in_batch_softmax(self, u: torch.Tensor, batch: EpisodeBatch) -> torch.Tensor:
         """Each task's relevant query items against every other task's query items (log-Q corrected):
@@ -198,10 +253,14 @@ class FISM(MetaLearner):
             u_list.append(self._pooled(u0.unsqueeze(1), sum_v.unsqueeze(1) - v * k, rest_wv, n.unsqueeze(1) - k))
             target_list.append(ids[:, :s])
             is_target.append(keep & relevant[:, :s] & (n > 1.5))  # a user with one item has no "rest"
+        priors = self.training_priors(batch) if self.cf is not None else [0.0] * len(u_list)
         losses, counts = [], []
         catalogue = self.catalogue_items(ids.device)  # once per meta-step, for the query and leave-one-out targets
-        for u, tgt, pos in zip(u_list, target_list, is_target):
-            logits = self.catalogue_logits(u, catalogue).expand(-1, tgt.shape[1], -1)  # [T, P, I]
+        for u, tgt, pos, prior in zip(u_list, target_list, is_target, priors):
+            logits = self.catalogue_logits(u, catalogue)
+            if self.cf is not None:
+                logits = self.cf_mix * logits + prior
+            logits = logits.expand(-1, tgt.shape[1], -1)  # [T, P, I]
             mask = blocked.unsqueeze(1).expand_as(logits).clone()
             safe = torch.where(pos, tgt, 0)
             mask.scatter_(2, safe.unsqueeze(-1), ~pos.unsqueeze(-1) & mask.gather(2, safe.unsqueeze(-1)))
@@ -213,8 +272,28 @@ class FISM(MetaLearner):
         has = count > 0
         return (total[has] / count[has]).mean() if has.any() else total.sum() * 0.0
 
+    def configure_optimizers(self):
+        if self.cf is None:
+            return super().configure_optimizers()
+        scalars = [self.cf_gate, self.cf_pop, self.cf_mix]
+        ids = {id(p) for p in scalars}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return torch.optim.Adam([{"params": rest},
+                                 {"params": scalars, "lr": self.lr * self.cfg.cf_lr_scale, "weight_decay": 0.0}],
+                                lr=self.lr, weight_decay=self.weight_decay)
+
+    def training_priors(self, batch: EpisodeBatch) -> list[torch.Tensor]:
+        """The gated leave-user-out EASE scores ``[T, 1, I]`` for the query targets and, with
+        ``leave_one_out``, ``[T, S, I]`` for each support target from the rest of the profile."""
+        support = batch.support()
+        if not self.cfg.leave_one_out:
+            e, n = self.cf.fold_in(support, batch.user_ids)
+            return [self.prior_logits(e, n).unsqueeze(1)]
+        e, n, rest, rest_n = self.cf.fold_in_leave_one_out(support, batch.user_ids)
+        return [self.prior_logits(e, n).unsqueeze(1), self.prior_logits(rest, rest_n)]
+
     def training_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        u = self.adapt(batch.user, batch.support())
+        u = self.user_vector(batch.user, batch.support())
         out = self.score(u, *batch.query())
         _, y, m = batch.part("query")
         loss = self.cfg.rating_weight * self.loss_fn(out, y.to(out.dtype), m).mean()
