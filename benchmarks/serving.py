@@ -4,8 +4,8 @@ For each learner kind (MAML scope ``all`` and ``head``, Meta-SGD, amortised, fin
 learners ``ridge`` and ``fism``) a tiny run is trained (one short epoch: latency does not depend on the
 model's quality) on MovieLens-100K (1,682 items; ``$METAREC_DATA_DIR``) and on a synthetic catalogue of
 100,000 items (``data=synthetic data.params.n_items=100000``). Each run is loaded once; then, at torch
-intra-op thread counts 1 and 2, one call is made and discarded (the first call) and ``trials`` new users
-are timed: 20 ratings of random catalogue items, ``adapt`` then ``recommend(10)`` over the whole
+intra-op thread counts 1 and 2 per call (``Recommender.threads``; 1 is the default), one call is made and
+discarded (the first call) and ``trials`` new users are timed: 20 ratings of random catalogue items, ``adapt`` then ``recommend(10)`` over the whole
 catalogue. p50/p99 of the whole call, and the p50 of its two halves. Targets: p50 <= 5 ms on ml-100k,
 <= 50 ms at 100,000 items.
 
@@ -55,19 +55,26 @@ What the time goes to (profiled by hand with `torch.profiler` on these runs; see
 `adapt / recommend` columns):
 
 - `recommend(k)` scores the whole catalogue through the learner's `rank_score`, then `score`s the top k
-  again for the values shown. Besides the learner, every call gathers the catalogue's feature rows
-  (`Recommender._items`) and sorts all scores (`np.argsort(..., kind="stable")`); both grow with the
-  catalogue and are paid per call.
-- MeLU learners (MAML, Meta-SGD, finetune, amortised): every item goes through the decision layers with
-  the user's adapted parameters; the concatenation of user and item field vectors and the first layer
-  over `[items, fields x 32]` dominate at 100,000 items, and none of it is user-independent (the head,
-  and under `all` the embeddings, adapt per user). The amortised learner also attends from each item to
-  the support.
-- Two-tower `ridge`: the item vectors and biases do not depend on the user, so they are computed once per
-  loaded run (`metarec/models/item_cache.py`, recomputed if the items or any parameter change); a call
-  is then one product with the user vector. `fism` recomputes its item tower per call (not cached).
-- Threads: with other processes on the cores, a second intra-op thread can make a call many times
-  slower; compare the 1- and 2-thread columns.
+  again for the values shown. The catalogue's feature rows are gathered once per loaded run
+  (`Recommender.catalogue`), and the top k are selected with `np.partition` (only the entries reaching
+  the k-th score are sorted, ties by item code as a stable sort), instead of a full `argsort` per call.
+- MeLU learners (MAML, Meta-SGD, finetune): scoring runs inside `item_cache.serving()`, where
+  `MeLU.serve` splits the first decision layer, `W [e_u; e_i] + b = (W_u e_u + b) + W_i e_i`: the user
+  part is one vector per call, no `[items, fields x 32]` concatenation is made, the item field vectors
+  `e_i` are remembered per loaded run while the item encoder does not adapt (scope `head`; under `all`
+  they are recomputed per call with the user's adapted embeddings), and the items go through the head in
+  chunks of 8,192 (temporaries stay small instead of fresh 25-77 MB buffers per call). What remains per
+  call at 100,000 items is the head's matrix products with the user's adapted weights (`addmm`). The
+  `adapt` half is the executor's inner loop (`torch.func` `grad` + `vmap`, one task): hundreds of small
+  ops; `finetune` takes 5 steps under scope `all`, and at 100,000 items each step's embedding gradient is
+  dense over the 100,001-row item-id table.
+- The amortised learner has no such path: per item, the attention to the support, the context MLP and
+  the FiLM layers of every head layer (`addmm` over `[items, 64-128]`, `cat`, `softmax`).
+- Two-tower `ridge` and `fism`: the item vectors and biases do not depend on the user, so they are
+  computed once per loaded run (`metarec/models/item_cache.py`, recomputed if the items or any parameter
+  change); a call is then one product with the user vector.
+- Threads: each call runs with `Recommender.threads` intra-op threads (default 1). With other processes
+  on the cores, a second intra-op thread can make a call many times slower; compare the columns.
 """
 SMOKE_DATA = ("synthetic, 300 items (smoke)", ["data=synthetic", "data.params.n_users=100"], 50.0)
 SMOKE_TRAIN = ["trainer.limit_train_batches=1"]
@@ -97,8 +104,6 @@ def _pct(xs: list[float], q: float) -> float:
 
 def measure(run: Path, threads: tuple[int, ...], trials: int, seed: int = 0) -> dict:
     """Load ``run`` once; per thread count, one discarded call, then ``trials`` timed new users."""
-    import torch
-
     from metarec import Recommender
 
     t0 = time.perf_counter()
@@ -112,10 +117,9 @@ def measure(run: Path, threads: tuple[int, ...], trials: int, seed: int = 0) -> 
         ratings = np.clip(np.round(rng.uniform(lo, hi, N_RATINGS)), lo, hi)
         return list(zip(rec.item_ids[codes].tolist(), ratings.tolist()))
 
-    before = torch.get_num_threads()
     try:
         for n in threads:
-            torch.set_num_threads(n)
+            rec.threads = n  # as Recommender.load(run, threads=n)
             rec.adapt(new_user()).recommend(K)  # the first call: excluded
             total, adapt, recommend = [], [], []
             for _ in range(trials):
@@ -132,7 +136,7 @@ def measure(run: Path, threads: tuple[int, ...], trials: int, seed: int = 0) -> 
             out[str(n)] = {"p50_ms": _pct(total, 50), "p99_ms": _pct(total, 99), "adapt_p50_ms": _pct(adapt, 50),
                            "recommend_p50_ms": _pct(recommend, 50), "trials": trials}
     finally:
-        torch.set_num_threads(before)
+        rec.threads = 1
     return out
 
 
@@ -192,6 +196,8 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=300, help="timed new users per run and thread count")
     p.add_argument("--learners", nargs="+", default=list(LEARNERS), choices=list(LEARNERS))
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--no-readme", action="store_true",
+                   help="write benchmarks/results only; print the README summary instead of updating README.md")
     args = p.parse_args()
     if args.trials < 1:
         print("serving.py: --trials must be a positive integer", file=sys.stderr)
@@ -219,7 +225,10 @@ def main() -> int:
             f"{meta['device']} ({meta['cpu']}), torch {meta['torch']}; {args.trials} new users per run and thread "
             f"count, first call excluded; 1-minute load average at the start {meta['load_average_1min']:.2f}._\n\n")
     (RESULTS / "serving.md").write_text(head + table(result["rows"], THREADS) + "\n" + NOTES)
-    update_readme("serving", readme_summary(result))
+    if args.no_readme:
+        print("README summary (not written):\n" + readme_summary(result))
+    else:
+        update_readme("serving", readme_summary(result))
     return 0
 
 

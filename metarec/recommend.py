@@ -25,6 +25,16 @@ Adapting never touches the loaded parameters (learners adapt detached copies, ke
 calls into the learner are serialised by a lock (``torch.func.functional_call`` swaps a module's
 parameters while it runs), so users can be served one after another or from several threads, each
 getting exactly what it would get alone.
+
+Speed (``benchmarks/serving.py``): the catalogue's feature rows are gathered once per loaded run, the top
+``k`` are selected without sorting the whole catalogue (same order as a stable sort: ties by item code),
+and scoring runs inside ``item_cache.serving()``, where a model may take an exact serving-only shortcut
+(``MeLU.serve``: the first layer split into user and item parts, the item part's inputs remembered).
+Each call into the learner runs with ``threads`` torch intra-op threads (``Recommender.load(run,
+threads=n)``, default 1; set for the call and restored after; ``None``: torch's own setting): one call is
+small work, and on a machine whose cores other processes also use, a second intra-op thread made calls
+several to tens of times slower in ``benchmarks/serving.py``'s measurements (2 cores), while saving about a
+third at 100,000 items when the cores were free.
 """
 
 from __future__ import annotations
@@ -32,7 +42,8 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from numbers import Real
 from pathlib import Path
 from typing import Any
@@ -43,6 +54,7 @@ import torch
 from metarec.data.episodes import Support
 from metarec.errors import ConfigError, MetarecError
 from metarec.data.features import Features
+from metarec.models.item_cache import serving
 
 __all__ = ["AdaptedUser", "Recommender"]
 
@@ -56,7 +68,7 @@ class Recommender:
     """A finished run's learner, ready to adapt to new users. Build it with :meth:`load`."""
 
     def __init__(self, run_dir: Path, cfg, datamodule, learner, checkpoint: Path | None,
-                 codebook: dict | None = None) -> None:
+                 codebook: dict | None = None, threads: int | None = 1) -> None:
         self.run_dir = run_dir
         self.codebook = codebook  # the run's value codebook (None: a run older than codebooks)
         self.config = cfg
@@ -83,12 +95,17 @@ class Recommender:
         self._user_multi_fields = list(ds.users.multihot_fields)
         # functional_call swaps a module's parameters while it runs: one learner call at a time
         self._lock = threading.Lock()
+        self.threads = _check_threads(threads)  # torch intra-op threads per call (None: torch's setting)
+        self._catalogue: tuple[torch.Tensor, Features] | None = None  # every item's codes and features
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def load(cls, run_dir: str | Path) -> Recommender:
+    def load(cls, run_dir: str | Path, threads: int | None = 1) -> Recommender:
         """The learner of the finished run in ``run_dir``, on its own split, with its best checkpoint
-        (else ``checkpoints/last.ckpt``), in eval mode."""
+        (else ``checkpoints/last.ckpt``), in eval mode. ``threads``: torch intra-op threads for each
+        ``adapt``/``predict``/``recommend`` call (set for the call, restored after; default 1); ``None``:
+        whatever torch is set to."""
+        threads = _check_threads(threads)
         import yaml
         from omegaconf import DictConfig, OmegaConf
         from omegaconf.errors import OmegaConfBaseException
@@ -151,7 +168,7 @@ class Recommender:
         learner.eval()
         from metarec.codebook import read_codebook
 
-        return cls(run, cfg, dm, learner, ckpt, read_codebook(run))
+        return cls(run, cfg, dm, learner, ckpt, read_codebook(run), threads)
 
     # ---------------------------------------------------------------- helpers
     def item_code(self, item: Any) -> int | None:
@@ -188,6 +205,27 @@ class Recommender:
 
     def _items(self, codes: torch.Tensor) -> Features:
         return Features(self._item_cat[codes], self._item_multi[codes])
+
+    def catalogue(self) -> tuple[torch.Tensor, Features]:
+        """Every item's codes ``[1, n_items]`` and features, gathered once (the same tensors every call:
+        callers must not modify them)."""
+        if self._catalogue is None:
+            ids = torch.arange(self.n_items)[None]
+            self._catalogue = ids, self._items(ids)
+        return self._catalogue
+
+    @contextmanager
+    def _call(self) -> Iterator[None]:
+        """One call into the learner: the lock, serving mode, and the thread setting."""
+        with self._lock, serving():
+            before = torch.get_num_threads()
+            if self.threads is not None and self.threads != before:
+                torch.set_num_threads(self.threads)
+            try:
+                yield
+            finally:
+                if torch.get_num_threads() != before:
+                    torch.set_num_threads(before)
 
     def _user(self, user_features: Mapping[str, Any] | None) -> Features:
         cat = torch.zeros(len(self._user_cat_fields), dtype=torch.long)
@@ -278,17 +316,21 @@ class Recommender:
             codes, labels = self.datamodule.negatives.for_new_user(codes, labels, self.datamodule.split_config.seed)
         ids = torch.from_numpy(codes)[None]
         support = Support(ids, self._items(ids), torch.from_numpy(labels)[None], torch.ones_like(ids, dtype=torch.bool))
-        with self._lock, torch.enable_grad():
+        with self._call(), torch.enable_grad():
             state = self.learner.adapt(self._one(user), support)
         return AdaptedUser(self, user, codes_np, values_np, state)
 
-    def _scores(self, u: AdaptedUser, codes: np.ndarray, rank: bool = False) -> np.ndarray:
-        """Raw outputs (``rank``: ranking scores) of item ``codes`` for the adapted user ``u``: predicted
-        ratings (unclipped) or logits under implicit feedback."""
-        ids = torch.as_tensor(codes, dtype=torch.long)[None]
+    def _scores(self, u: AdaptedUser, codes: np.ndarray | None, rank: bool = False) -> np.ndarray:
+        """Raw outputs (``rank``: ranking scores) of item ``codes`` (``None``: the whole catalogue) for the
+        adapted user ``u``: predicted ratings (unclipped) or logits under implicit feedback."""
         score = self.learner.rank_score if rank else self.learner.score
-        with self._lock, torch.no_grad():
-            return score(u.state, ids, self._items(ids))[0].detach().float().numpy()
+        if codes is None:
+            ids, items = self.catalogue()
+        else:
+            ids = torch.as_tensor(codes, dtype=torch.long)[None]
+            items = self._items(ids)
+        with self._call(), torch.no_grad():
+            return score(u.state, ids, items)[0].detach().float().numpy()
 
     def _prediction(self, raw: np.ndarray, clip: bool) -> np.ndarray:
         """Raw scores -> what users read: probabilities (implicit feedback) or ratings, clipped if asked."""
@@ -324,14 +366,32 @@ class AdaptedUser:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise MetarecError(f"k must be a positive integer, got {k!r}")
         rec = self.recommender
-        codes = np.arange(rec.n_items)
-        raw = rec._scores(self, codes, rank=True).astype(np.float64)
+        raw = rec._scores(self, None, rank=True).astype(np.float64)
         if exclude_seen:
             raw[self.seen] = -np.inf
-        order = np.argsort(-raw, kind="stable")
-        order = order[np.isfinite(raw[order])][: int(k)]
+        order = top_k(raw, int(k))
         if rec.learner.predicts_ratings:
             values = rec._prediction(rec._scores(self, order), clip=True)
         else:
             values = raw[order]
         return [(rec.item_ids[c].item(), rec.item_titles[c], float(v)) for c, v in zip(order, values)]
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest finite ``scores``, largest first, ties by index: the first ``k`` finite
+    entries of a stable descending sort, without sorting everything (only the entries that reach the
+    k-th largest value are sorted)."""
+    idx = np.flatnonzero(np.isfinite(scores))
+    neg = -scores[idx]
+    if k < len(idx):
+        keep = neg <= np.partition(neg, k - 1)[k - 1]  # every entry reaching the k-th largest (ties too)
+        idx, neg = idx[keep], neg[keep]
+    return idx[np.argsort(neg, kind="stable")][:k]
+
+
+def _check_threads(threads: Any) -> int | None:
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise MetarecError(f"threads must be a positive integer or None, got {threads!r}")
+    return int(threads)

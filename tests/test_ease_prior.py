@@ -150,3 +150,11 @@ def test_fism_cf_trains_the_gate_and_options_are_checked() -> None:
                        ({"cf_scale": 0.0}, "cf_scale must be"), ({"cf_lr_scale": float("nan")}, "cf_lr_scale must be")):
         with pytest.raises(ConfigError, match=match):
             _cf_learner(**bad)
+
+
+def test_a_catalogue_too_large_for_the_dense_matrix_is_one_line(monkeypatch) -> None:
+    import metarec.learners.ease_prior as ep
+
+    monkeypatch.setattr(ep, "MAX_BYTES", 4 * 10 * 10)  # 12 covered items > 10
+    with pytest.raises(ConfigError, match="keeps EASE's item x item matrix dense: 12 covered items"):
+        EasePrior(nn.Identity(), toy_ctx(_pool(), N_ITEMS), L2)

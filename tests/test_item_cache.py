@@ -109,3 +109,21 @@ def test_training_gradients_and_small_item_sets_never_use_it() -> None:
     batched = Features(items.categorical.expand(2, N, 1), items.multihot.expand(2, N, 5))
     _score(learner, u.expand(2, -1), batched)  # several tasks (evaluation batches): not remembered
     assert calls == [N, N, 10, 10, N]
+
+
+def test_the_very_same_item_tensors_skip_the_comparison_until_written(monkeypatch) -> None:
+    learner, calls = _learner()
+    u = _user(learner)
+    items = _catalogue()
+    first = _score(learner, u, items)
+    compared = []
+    equal = torch.equal
+    monkeypatch.setattr(torch, "equal", lambda a, b: compared.append(1) or equal(a, b))
+    calls.clear()
+    torch.testing.assert_close(_score(learner, u, items), first, rtol=0, atol=0)
+    assert calls == [] and compared == []  # the same objects, unwritten: known without comparing
+    items.multihot[0, 0].copy_(1.0 - items.multihot[0, 0])  # written in place: compared, recomputed
+    got = _score(learner, u, items)
+    assert compared and calls == [N]
+    with torch.no_grad():
+        torch.testing.assert_close(got, _fresh(learner, u, items), rtol=0, atol=0)

@@ -230,6 +230,28 @@ def test_recommend_ranks_every_item(recs) -> None:
     everything = user.recommend(10_000)
     assert len(everything) == rec.n_items - 3 and {5, 17, 42}.isdisjoint(i for i, _, _ in everything)
     assert len(user.recommend(10_000, exclude_seen=False)) == rec.n_items
+
+
+def test_calls_run_with_their_thread_setting_and_restore_torchs(runs, recs, monkeypatch) -> None:
+    rec = recs["head"]
+    seen = []
+    score = rec.learner.rank_score
+    monkeypatch.setattr(rec.learner, "rank_score", lambda *a: seen.append(torch.get_num_threads()) or score(*a))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        user = rec.adapt([(5, 5.0)])
+        assert rec.threads == 1  # the default
+        top = user.recommend(3)
+        rec.threads = None  # torch's own setting
+        assert user.recommend(3) == top
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        rec.threads = 1
+        torch.set_num_threads(before)
+    assert rec.catalogue()[1] is rec.catalogue()[1]  # gathered once
+    with pytest.raises(MetarecError, match="threads must be a positive integer or None, got 0"):
+        Recommender.load(runs["head"], threads=0)
     with pytest.raises(MetarecError, match="k must be"):
         user.recommend(0)
 

@@ -30,8 +30,11 @@ import torch
 from torch import nn
 
 from metarec.data.episodes import Support
+from metarec.errors import ConfigError
 from metarec.learners.base import LearnerContext
 from metarec.models.base import BaseRecommender
+
+MAX_BYTES = 4 * 2**30  # P (C x C, float32) above this is refused with one line
 
 
 class EasePrior(nn.Module):
@@ -43,6 +46,11 @@ class EasePrior(nn.Module):
         self.l2 = float(ease.chosen_l2)
         self.l2_scores = dict(ease.l2_scores)
         self.ctx = ctx
+        c = len(ease.covered)
+        if c * c * 4 > MAX_BYTES:
+            raise ConfigError(f"learner {ctx.label}: cf_prior=ease keeps EASE's item x item matrix dense: {c:,} covered "
+                              f"items need {c * c * 4 / 2**30:.1f} GiB (limit {MAX_BYTES / 2**30:.0f} GiB); use "
+                              f"cf_prior=none, or fewer items (data.split.min_ratings, a smaller catalogue)")
         v, w = ease.V, ease.w
         p = np.eye(len(ease.covered)) / self.l2 - (v * w) @ v.T
         self.register_buffer("P", torch.as_tensor(p, dtype=torch.float32), persistent=False)

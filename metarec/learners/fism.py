@@ -52,6 +52,7 @@ from metarec.errors import ConfigError
 from metarec.learners.base import LearnerContext, MetaLearner
 from metarec.learners.ease_prior import EasePrior
 from metarec.models.base import BaseRecommender
+from metarec.models.item_cache import ItemSideCache
 
 
 @dataclass
@@ -103,6 +104,7 @@ class FISM(MetaLearner):
             raise ConfigError("learner.rank_loss=full needs the catalogue's item features (LearnerContext.all_items "
                               "and new_item_mask); use learner.rank_loss=inbatch")
         self.cfg = cfg
+        self._item_cache = ItemSideCache()  # serving: the catalogue's item side, kept while nothing changes
         self.dim = model.head[0].dim
         self.pool = nn.Linear(self.dim, self.dim, bias=False)  # P
         self.rated = nn.Linear(self.dim, self.dim, bias=False)  # R (explicit ratings)
@@ -167,14 +169,19 @@ class FISM(MetaLearner):
         w = torch.exp(self.cf_pop[0] + self.cf_pop[1] * torch.log1p(n)).unsqueeze(-1)
         return self.gate(n).unsqueeze(-1) * e + w * self.logq
 
-    def _outputs(self, u: torch.Tensor, items: Features, rank: bool) -> torch.Tensor:
+    def _item_side(self, items: Features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The user-independent item parts: ``v [T, N, dim]``, ``b [T, N, 1]``, the ranking item term."""
         m = self.model
         f = m.item_encoder(items)
-        v, b = m.item_tower(f), m.item_bias(f)  # [T, N, dim], [T, N, 1]
+        return m.item_tower(f), m.item_bias(f), self.rank_item(f).squeeze(-1) if self.separate_rank else None
+
+    def _outputs(self, u: torch.Tensor, items: Features, rank: bool) -> torch.Tensor:
+        m = self.model
+        v, b, r = self._item_cache(self, items, self._item_side)  # one pass per catalogue when serving
         u = u.unsqueeze(-2)
         out = m.head[-1](torch.cat([u * v, b], dim=-1)).squeeze(-1)
         if rank and self.separate_rank:
-            out = out + (self.rank_user(u) * v).sum(-1) + self.rank_item(f).squeeze(-1)
+            out = out + (self.rank_user(u) * v).sum(-1) + r
         return out
 
     def score(self, state, item_ids: torch.Tensor, items: Features) -> torch.Tensor:

@@ -65,6 +65,12 @@ class BaseRecommender(nn.Module):
         ids = {id(p) for n, p in module.named_parameters() if keep is None or keep(n)}
         return [n for n, p in self.named_parameters() if id(p) in ids]
 
+    def serve(self, params: dict[str, torch.Tensor], user: Features, items: Features) -> torch.Tensor | None:
+        """A serving-only shortcut for ``forward`` with per-task ``params`` (model parameter names ->
+        ``[T, *shape]``) on users ``[T, ...]`` and items ``[T, N, ...]``, or ``None`` (the default): score
+        the usual way. Executors consult it when scoring (see ``MeLU.serve``)."""
+        return None
+
     def set_output_bias(self, value: float) -> None:
         """Start the output at ``value`` (e.g. the mean training rating) so training starts centred."""
         last = [m for m in self.head.modules() if isinstance(m, nn.Linear)][-1]

@@ -10,17 +10,44 @@ a support or a top-k) with exactly the features seen last time (compared element
 every parameter of the owner is the same tensor, storage and in-place version as then (an optimiser
 step or ``load_state_dict`` bumps the version). Otherwise it computes, and remembers the result only
 when the conditions hold. It holds one copy of the remembered items' features and of the result.
-The result is shared between calls: callers must not modify it in place.
+The result is shared between calls: callers must not modify it in place. When the items are the very
+tensors of last time (same objects, not modified in place since), the element-by-element comparison is
+skipped (``Recommender`` passes the same catalogue tensors on every call).
+
+``serving()`` marks a block as serving (``Recommender`` scoring a user); models may then take exact
+serving-only shortcuts (``MeLU.serve``) that training and evaluation never take, so their numbers stay
+bit for bit what they were.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from metarec.data.features import Features
+
+
+_SERVING = threading.local()
+
+
+@contextmanager
+def serving() -> Iterator[None]:
+    """Mark the block (in this thread) as serving: see :func:`is_serving`."""
+    before = getattr(_SERVING, "on", False)
+    _SERVING.on = True
+    try:
+        yield
+    finally:
+        _SERVING.on = before
+
+
+def is_serving() -> bool:
+    """Whether this thread is inside :func:`serving` (``Recommender`` scoring items for a user)."""
+    return getattr(_SERVING, "on", False)
 
 
 class ItemSideCache:
@@ -29,6 +56,7 @@ class ItemSideCache:
         self._params: tuple | None = None
         self._items: Features | None = None
         self._value: Any = None
+        self._source: tuple | None = None  # the very item tensors of last time and their versions
 
     @staticmethod
     def _param_key(owner: nn.Module) -> tuple:
@@ -39,8 +67,15 @@ class ItemSideCache:
         return (not owner.training and not torch.is_grad_enabled() and len(shape) >= 2
                 and shape[:-2].numel() == 1 and shape[-2] >= self.min_items)
 
+    @staticmethod
+    def _source_key(items: Features) -> tuple:
+        return (items.categorical, items.categorical._version, items.multihot, items.multihot._version)
+
     def _same_items(self, items: Features) -> bool:
-        old = self._items
+        old, src = self._items, self._source
+        if old is not None and src is not None and src[0] is items.categorical and src[2] is items.multihot \
+                and src[1] == items.categorical._version and src[3] == items.multihot._version:
+            return True  # the same tensors, not written since
         return old is not None and all(
             a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
             for a, b in ((old.categorical, items.categorical), (old.multihot, items.multihot))
@@ -56,7 +91,8 @@ class ItemSideCache:
         value = fn(items)
         self._params, self._value = key, value
         self._items = Features(items.categorical.clone(), items.multihot.clone())
+        self._source = self._source_key(items)
         return value
 
     def clear(self) -> None:
-        self._params = self._items = self._value = None
+        self._params = self._items = self._value = self._source = None

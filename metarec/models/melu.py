@@ -4,6 +4,11 @@ Every categorical field gets an embedding of size ``embed_dim``; every multi-hot
 bias-free linear map divided by the number of active values (the mean of its value embeddings).
 All field vectors are concatenated; the decision layers are FC(hidden[0]) - ReLU - ... - Linear(1).
 Only the decision layers adapt per user in MeLU (scope ``head``).
+
+Serving (``MeLU.serve``, only inside ``item_cache.serving()``) scores a catalogue without the
+concatenation: the first decision layer is linear in ``[e_u; e_i]``, so ``W [e_u; e_i] + b =
+(W_u e_u + b) + W_i e_i``; the user part is one vector per user, and the item field vectors ``e_i`` are
+remembered per catalogue while the item encoder does not adapt. Training and evaluation never take it.
 """
 
 from __future__ import annotations
@@ -11,11 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from metarec.data.schema import FeatureSchema
 from metarec.data.features import Features
 from metarec.models.base import BaseRecommender
+from metarec.models.item_cache import ItemSideCache, is_serving
+
+SERVE_CHUNK = 8192  # items per pass through the head when serving: temporaries stay small and in cache
 
 
 @dataclass
@@ -79,6 +89,7 @@ class MeLU(BaseRecommender):
             width = h
         layers.append(nn.Linear(width, 1))
         self.head = nn.Sequential(*layers)
+        self._item_cache = ItemSideCache()  # serving: the catalogue's item field vectors
 
     def body(self, user: Features, item: Features) -> torch.Tensor:
         return self.combine(self.user_encoder(user), self.item_encoder(item))
@@ -89,3 +100,63 @@ class MeLU(BaseRecommender):
         while u.dim() < i.dim():  # user features [T, F] broadcast over item positions [T, L, F]
             u = u.unsqueeze(-2)
         return torch.cat([u.expand(*i.shape[:-1], u.shape[-1]), i], dim=-1)
+
+    def serve(self, params: dict[str, torch.Tensor], user: Features, items: Features) -> torch.Tensor | None:
+        """Serving only (inside ``item_cache.serving()``, eval mode, no grad; else ``None``): outputs ``[T, N]``
+        for users ``[T, ...]`` and items ``[T, N, ...]``, equal to ``forward`` with each task's adapted
+        ``params`` (model parameter names -> ``[T, *shape]``; the rest are the model's own) up to float
+        rounding. The first layer is split into its user and item parts (no ``[N, fields * dim]``
+        concatenation, the user part once per task); the item field vectors come from memory while no
+        item-encoder parameter adapts (every scope but ``all``); the items go through the head in chunks."""
+        head = self.head
+        if not is_serving() or self.training or torch.is_grad_enabled() or items.categorical.dim() != 3:
+            return None
+        if not (len(head) and type(head[0]) is nn.Linear):
+            return None
+        own = dict(self.named_parameters())
+        if not set(params) <= set(own):
+            return None
+        du = self.user_encoder.out_dim
+        rest = list(head.named_children())[1:]
+        item_adapts = any(n.startswith("item_encoder.") for n in params)
+        outs: list[torch.Tensor] = []
+        for t in range(items.categorical.shape[0]):
+            p = {**own, **{n: v[t] for n, v in params.items()}}
+            u = Features(user.categorical[t], user.multihot[t])
+            eu = self._encode(self.user_encoder, "user_encoder.", p, params, u)  # [Du]
+            w, b = p["head.0.weight"], p.get("head.0.bias")
+            hu = eu @ w[:, :du].T
+            if b is not None:
+                hu = hu + b
+            wi = w[:, du:].T
+            cat, multi = items.categorical[t], items.multihot[t]
+            if not item_adapts:  # [N, Di] from memory; with a single task, the caller's very tensors (the
+                # cache then knows them without comparing them)
+                whole = items if items.categorical.shape[0] == 1 else Features(cat[None], multi[None])
+                ei = self._item_cache(self.item_encoder, whole, self.item_encoder)[0]
+            chunks = []
+            for s in range(0, cat.shape[0], SERVE_CHUNK):
+                if item_adapts:  # this chunk's item field vectors with the task's item encoder
+                    x = self._encode(self.item_encoder, "item_encoder.", p, params,
+                                     Features(cat[s : s + SERVE_CHUNK], multi[s : s + SERVE_CHUNK]))
+                else:
+                    x = ei[s : s + SERVE_CHUNK]
+                h = torch.addmm(hu, x, wi)
+                for name, layer in rest:
+                    if type(layer) is nn.Linear:
+                        h = F.linear(h, p[f"head.{name}.weight"], p.get(f"head.{name}.bias"))
+                    elif type(layer) is nn.ReLU:
+                        h = h.relu_()  # a temporary of ours
+                    else:
+                        inner = {n: p[f"head.{name}.{n}"] for n, _ in layer.named_parameters()}
+                        h = functional_call(layer, inner, (h,)) if inner else layer(h)
+                chunks.append(h.squeeze(-1))
+            outs.append(torch.cat(chunks) if len(chunks) > 1 else chunks[0])
+        return torch.stack(outs)
+
+    @staticmethod
+    def _encode(encoder: FieldEncoder, prefix: str, p: dict, adapted: dict, x: Features) -> torch.Tensor:
+        """``encoder(x)`` with the task's parameters ``p`` (its own when none of them adapts)."""
+        if any(n.startswith(prefix) for n in adapted):
+            return functional_call(encoder, {n[len(prefix):]: v for n, v in p.items() if n.startswith(prefix)}, (x,))
+        return encoder(x)

@@ -14,6 +14,7 @@ from metarec.learners.base import task_loss
 from metarec.learners.executors.rules import InnerRule
 from metarec.data.features import Features
 from metarec.models.base import BaseRecommender
+from metarec.models.item_cache import is_serving
 
 
 def clip_by_global_norm(grads: list, max_norm: float | None) -> list:
@@ -67,6 +68,12 @@ class Executor:
         self.names = [n for n in self.all_names if keep is None or keep(n)]  # adapted per task
         self._adapted = set(self.names)
         self.partial = len(self.names) < len(self.all_names)
+        self.model = model
+
+    def model_names(self) -> dict[str, str]:
+        """The adapted module's parameter names -> the same parameters' names in the model."""
+        full = {id(p): n for n, p in self.model.named_parameters()}
+        return {n: full[id(p)] for n, p in self.module.named_parameters() if id(p) in full}
 
     def rates(self) -> dict[str, Any]:
         """The inner rate of each adapted parameter (the rule's)."""
@@ -107,7 +114,14 @@ class Executor:
         return dict(zip(self.names, phis))
 
     def score(self, params: dict[str, torch.Tensor], user: Features, items: Features) -> torch.Tensor:
-        """Outputs ``[T, N]`` for items ``[T, N, ...]`` with each task's adapted ``params`` (from ``adapt``)."""
+        """Outputs ``[T, N]`` for items ``[T, N, ...]`` with each task's adapted ``params`` (from ``adapt``);
+        when serving, through the model's own shortcut where it has one (``BaseRecommender.serve``)."""
+        if is_serving():  # Recommender scoring a user (never during training or evaluation)
+            names = self.model_names()
+            if all(n in names for n in params):
+                out = self.model.serve({names[n]: v for n, v in params.items()}, user, items)
+                if out is not None:
+                    return out
         fixed = {n: p.detach() for n, p in self.fixed_params().items()}
 
         def one(params: dict, user: Features, items: Features) -> torch.Tensor:

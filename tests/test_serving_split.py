@@ -1,0 +1,169 @@
+"""Serving shortcuts: ``MeLU.serve`` (the first layer split into user and item parts, item field vectors
+remembered per catalogue) equals the usual scoring path for every gradient learner and scope, is taken only
+inside ``item_cache.serving()``; ``recommend.top_k`` equals a stable full sort."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metarec.data.episodes import Support
+from metarec.data.features import Features
+from metarec.data.schema import CategoricalField, FeatureSchema, MultiHotField
+from metarec.learners import LearnerContext, build_learner
+from metarec.learners.baselines import FineTuneConfig
+from metarec.learners.maml import MAMLConfig
+from metarec.learners.metasgd import MetaSGDConfig
+from metarec.models import MeLU, MeLUConfig
+from metarec.models.item_cache import is_serving, serving
+from metarec.recommend import top_k
+
+N = 3000  # a catalogue: more than one serving chunk of the head is not needed, but more than min_items is
+SCHEMA = FeatureSchema(
+    user_categorical=(CategoricalField("g", 3), CategoricalField("age", 5)),
+    user_multihot=(MultiHotField("likes", 4),),
+    item_categorical=(CategoricalField("item_id", N + 1), CategoricalField("year", 7)),
+    item_multihot=(MultiHotField("genre", 6),),
+)
+LEARNERS = {
+    "maml_head": ("maml", MAMLConfig(scope="head", inner_lr=0.5, inner_steps=2)),
+    "maml_all": ("maml", MAMLConfig(scope="all", inner_lr=0.5)),
+    "anil": ("maml", MAMLConfig(scope="output", inner_lr=0.5)),
+    "metasgd": ("metasgd", MetaSGDConfig(scope="all", inner_lr=0.5)),
+    "finetune": ("finetune", FineTuneConfig(scope="all", finetune_lr=0.5, finetune_steps=2)),
+}
+
+
+def _learner(name: str):
+    torch.manual_seed(0)
+    model = MeLU(SCHEMA, MeLUConfig(embed_dim=8, hidden=[16, 8]))
+    kind, cfg = LEARNERS[name]
+    learner = build_learner(kind, model, LearnerContext((1.0, 5.0), 3.0, ["warm"], ["user_cold"]), cfg)
+    return learner.eval()
+
+
+def _catalogue(n: int = N, tasks: int = 1) -> Features:
+    g = torch.Generator().manual_seed(1)
+    cat = torch.stack([torch.arange(1, n + 1), torch.randint(0, 7, (n,), generator=g)], -1)
+    multi = (torch.rand(n, 6, generator=g) < 0.3).float()
+    return Features(cat[None].expand(tasks, -1, -1).clone(), multi[None].expand(tasks, -1, -1).clone())
+
+
+def _users(tasks: int = 1) -> Features:
+    cat = torch.tensor([[1, 2], [2, 4], [0, 1]])[:tasks]
+    multi = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 0], [0, 1, 1, 1]])[:tasks]
+    return Features(cat, multi)
+
+
+def _adapt(learner, tasks: int = 1):
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, N, (tasks, 6), generator=g)
+    items = _catalogue()
+    support_items = Features(items.categorical[0][ids], items.multihot[0][ids])
+    ratings = torch.randint(1, 6, (tasks, 6), generator=g).float()
+    support = Support(ids, support_items, ratings, torch.ones(tasks, 6, dtype=torch.bool))
+    with torch.enable_grad():
+        return learner.adapt(_users(tasks), support)
+
+
+def _ranked(learner, state, items: Features) -> torch.Tensor:
+    with torch.no_grad():
+        return learner.rank_score(state, None, items)
+
+
+@pytest.mark.parametrize("name", list(LEARNERS))
+@pytest.mark.parametrize("tasks", [1, 2])
+def test_serving_split_equals_the_usual_path(name, tasks, monkeypatch) -> None:
+    learner = _learner(name)
+    state = _adapt(learner, tasks)
+    items = _catalogue(tasks=tasks)
+    usual = _ranked(learner, state, items)
+    took = []
+    serve = learner.model.serve
+    monkeypatch.setattr(learner.model, "serve", lambda *a: took.append(1) or serve(*a))
+    with serving():
+        assert is_serving()
+        fast = _ranked(learner, state, items)
+        again = _ranked(learner, state, items)  # (from memory under head/output)
+        few = _ranked(learner, state, Features(items.categorical[:, :7], items.multihot[:, :7]))
+    assert not is_serving()
+    assert len(took) == 3 and fast.shape == usual.shape == (tasks, N)
+    torch.testing.assert_close(fast, usual, rtol=0, atol=1e-5)
+    torch.testing.assert_close(again, fast, rtol=0, atol=0)
+    torch.testing.assert_close(few, usual[:, :7], rtol=0, atol=1e-5)
+    assert torch.equal(_ranked(learner, _adapt(learner, tasks), items), usual)  # the usual path is untouched
+
+
+def test_serve_is_only_taken_when_serving_without_gradients() -> None:
+    learner = _learner("maml_head")
+    user, params = _adapt(learner)
+    model, items = learner.model, _catalogue()
+    names = {f"head.{n}": v for n, v in params.items()}
+    torch.set_grad_enabled(False)
+    try:
+        _serve_cases(model, names, user, items)
+    finally:
+        torch.set_grad_enabled(True)
+
+
+def _serve_cases(model, names, user, items) -> None:
+    assert model.serve(names, user, items) is None  # not serving: training and evaluation never take it
+    with serving():
+        assert model.serve(names, user, items) is not None
+        assert model.serve({"nope": names["head.0.weight"]}, user, items) is None
+        with torch.enable_grad():
+            assert model.serve(names, user, items) is None
+        model.train()
+        assert model.serve(names, user, items) is None
+
+
+@pytest.mark.parametrize("name", ["maml_head", "maml_all"])
+def test_item_field_vectors_are_remembered_only_while_the_item_encoder_is_fixed(name, monkeypatch) -> None:
+    learner = _learner(name)
+    state = _adapt(learner)
+    items = _catalogue()
+    encoder = learner.model.item_encoder
+    calls = []
+    forward = type(encoder).forward
+    monkeypatch.setattr(type(encoder), "forward",
+                        lambda self, x: (calls.append(1) if self is encoder else None) or forward(self, x))
+    with serving():
+        first = _ranked(learner, state, items)
+        second = _ranked(learner, state, items)
+        with torch.no_grad():  # the encoder's parameters change: computed again
+            encoder.categorical[1].weight.add_(0.5)
+        changed = _ranked(learner, state, items)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    torch.testing.assert_close(changed, _ranked(learner, state, items), rtol=0, atol=1e-5)
+    if name == "maml_head":  # the item encoder does not adapt: one pass per catalogue
+        assert not torch.allclose(changed, first)
+        assert len(calls) == 2 + 1  # first, after the change, and the usual path's own
+    else:  # it adapts per user (the state holds the user's copy): every call, never from memory
+        torch.testing.assert_close(changed, first, rtol=0, atol=0)
+        assert len(calls) == 3 + 1
+
+
+def test_serving_marks_only_its_thread() -> None:
+    import threading
+
+    seen = []
+    with serving():
+        t = threading.Thread(target=lambda: seen.append(is_serving()))
+        t.start()
+        t.join()
+        assert is_serving()
+    assert seen == [False] and not is_serving()
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 19, 20, 25])
+def test_top_k_equals_a_stable_full_sort(k) -> None:
+    rng = np.random.default_rng(k)
+    for _ in range(50):
+        scores = rng.integers(0, 5, 20).astype(np.float64)  # many ties
+        scores[rng.random(20) < 0.2] = -np.inf
+        scores[rng.random(20) < 0.1] = np.nan
+        scores[rng.random(20) < 0.05] = np.inf
+        order = np.argsort(-scores, kind="stable")
+        expected = order[np.isfinite(scores[order])][:k]
+        np.testing.assert_array_equal(top_k(scores, k), expected)
