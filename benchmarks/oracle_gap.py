@@ -6,7 +6,12 @@ The data (``data=synthetic``, whole-star ratings) come from a known linear-Gauss
 is computable (``metarec/data/oracle.py``): the **posterior oracle** knows the true item vectors, biases
 and the feature prior and updates on the task's support; the **prior oracle** uses only the user's
 features. A ratio of 1.00 to the posterior oracle is the best any learner can do; a ratio to the prior
-oracle above 1 means the learner did not even use the features as well as the truth allows.
+oracle above 1 means the learner did not even use the features as well as the truth allows. The ratings are
+whole stars and the oracle predicts whole stars (the absolute-error optimum); the row *real-valued posterior
+oracle* is the same posterior's median before rounding, the best a learner predicting real-valued ratings
+can reach (``learner.rating_grid=true`` makes ``ridge`` predict whole stars). On user-cold, the row *oracle
+with fitted items* (``oracle_fit.py``) replaces the true item vectors and biases by a fit of the true model
+family to the training users' ratings: how far finite training data alone keep a correct learner from 1.00×.
 
 Learners run on both base models (``melu`` MLP and the dot-product ``twotower``, which matches the
 generating model). ``--tuned DIR`` uses the best configs of ``metarec tune`` studies (validation users
@@ -32,6 +37,7 @@ from pathlib import Path
 
 import torch
 from bench_utils import run_model_groups, update_readme
+from oracle_fit import fit_items, fitted_mae, training_ratings
 
 from metarec.compare import ALL
 from metarec.config import compose, data_config, validate
@@ -48,22 +54,28 @@ DATA = ["data=synthetic", "data.params.round_ratings=true"]
 COMMON = ["trainer.enable_progress_bar=false"]
 GROUPS = [
     ("melu", ["global", "finetune", "maml", "metasgd", "amortised"]),
-    ("twotower", ["global", "finetune", "maml", "ridge"]),
+    ("twotower", ["global", "finetune", "maml", "ridge", "ridge@rating_grid=true"]),
 ]
 
 
-def oracles(overrides: list[str]) -> tuple[dict, dict, dict]:
-    """Posterior and prior oracle MAE per scenario on the split ``overrides`` make, and users per scenario."""
+def oracles(overrides: list[str]) -> tuple[dict, dict, dict, dict, dict]:
+    """Posterior, prior and real-valued posterior oracle MAE per scenario on the split ``overrides`` make, the
+    oracle with fitted items (user-cold only: the other scenarios' items or users are in training), and
+    users per scenario."""
     cfg = validate(compose(overrides))
     dm = ColdStartDataModule(data_config(cfg.data), seed=int(cfg.seed))
     dm.setup()
     truth = synthetic_truth(SyntheticConfig(**cfg.data.params))
-    post, prior, users = {}, {}, {}
+    post, prior, real, fitted, users = {}, {}, {}, {}, {}
+    items = fit_items(truth, *training_ratings(dm.dataset, dm.split), truth.item_vectors.shape[0])
     for s in dm.scenarios:
         tasks = dm.test_tasks(s)
         post[s], prior[s], users[s] = (oracle_mae(truth, dm.dataset, tasks),
                                        oracle_mae(truth, dm.dataset, tasks, posterior=False), len(tasks))
-    return post, prior, users
+        real[s] = oracle_mae(truth, dm.dataset, tasks, whole_stars=False)
+        if s == "user_cold":
+            fitted[s] = fitted_mae(truth, items, dm.dataset, tasks)
+    return post, prior, real, fitted, users
 
 
 def run_groups(work: Path, seeds: list[str], data: list[str], smoke: bool, tuned: str | None):
@@ -71,14 +83,16 @@ def run_groups(work: Path, seeds: list[str], data: list[str], smoke: bool, tuned
     for model, learners in GROUPS:
         overrides = [*data, *COMMON, f"model={model}"]
         if smoke:
-            learners = ["global", "maml"] if model == "melu" else ["ridge"]
+            learners = ["global", "maml"] if model == "melu" else ["ridge", "ridge@rating_grid=true"]
             overrides += ["trainer.max_epochs=1", "trainer.limit_train_batches=3"]
         groups.append((model, learners, overrides))
-    best = {m: load_tuned(Path(tuned) / m, learners) for m, learners, _ in groups} if tuned else None
+    # variants (``ridge@rating_grid=true``) run on their learner's tuned settings, the variant's winning
+    best = {m: load_tuned(Path(tuned) / m, sorted({l.split("@")[0] for l in learners}))
+            for m, learners, _ in groups} if tuned else None
     return run_model_groups(work, groups, seeds, ["3"], best)  # one support size: the oracle is at full support
 
 
-def table(stats, labels, post, prior, scenarios) -> list[str]:
+def table(stats, labels, post, prior, real, fitted, scenarios) -> list[str]:
     """MAE ± CI and its ratio to the posterior oracle per scenario; best learner per column in bold."""
     header = ["learner"] + [f"{s} MAE (× oracle)" for s in scenarios]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
@@ -97,6 +111,10 @@ def table(stats, labels, post, prior, scenarios) -> list[str]:
         lines.append(f"| {l} | " + " | ".join(cells) + " |")
     lines.append("| *prior oracle (features only)* | " + " | ".join(
         f"{prior[s]:.4f} ({prior[s] / post[s]:.2f}×)" for s in scenarios) + " |")
+    lines.append("| *real-valued posterior oracle (not rounded)* | " + " | ".join(
+        f"{real[s]:.4f} ({real[s] / post[s]:.2f}×)" for s in scenarios) + " |")
+    lines.append("| *oracle with fitted items (user-cold)* | " + " | ".join(
+        f"{fitted[s]:.4f} ({fitted[s] / post[s]:.2f}×)" if s in fitted else "–" for s in scenarios) + " |")
     lines.append("| *posterior oracle (features + support)* | " + " | ".join(f"{post[s]:.4f} (1.00×)" for s in scenarios) + " |")
     return lines
 
@@ -124,13 +142,13 @@ def main() -> int:
     data = [*DATA, "data.params.n_users=200"] if args.smoke else DATA
     seeds = ["0"] if args.smoke else args.seeds
     t0 = time.perf_counter()
-    post, prior, users = oracles(data)
+    post, prior, real, fitted, users = oracles(data)
     stats, labels, n_runs, hashes = run_groups(work, seeds, data, args.smoke, args.tuned)
     if len(hashes) != 1:
         print(f"the groups ran on different splits ({sorted(hashes)})", file=sys.stderr)
         return 1
     scenarios = [s for s in SCENARIOS if s in post]
-    lines = table(stats, labels, post, prior, scenarios)
+    lines = table(stats, labels, post, prior, real, fitted, scenarios)
     summary = verdict(stats, labels, post, prior)
     print("\n".join(lines) + "\n\n" + summary)
     if args.smoke:

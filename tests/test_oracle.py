@@ -63,3 +63,21 @@ def test_posterior_oracle_beats_the_prior_oracle_and_a_constant() -> None:
     # more support, better oracle
     short = [dataclasses.replace(t, support_items=t.support_items[:2], support_ratings=t.support_ratings[:2]) for t in tasks]
     assert post < oracle_mae(truth, ds, short) < prior
+
+
+def test_real_valued_oracle_is_the_unrounded_median_and_loses_on_whole_stars() -> None:
+    """``whole_stars=False`` on rounded data: the same posterior median before rounding (rounding it gives the
+    whole-star oracle), real-valued, and a worse absolute error than the whole-star prediction."""
+    cfg = _cfg(round_ratings=True)
+    ds, truth = synthetic(cfg), synthetic_truth(cfg)
+    r = ds.ratings
+    tasks = []
+    for u, g in r.groupby("user"):
+        items, ratings = g.item.to_numpy(), g.rating.to_numpy()
+        tasks.append(Task(int(u), items[:8], ratings[:8], items[8:], ratings[8:]))
+    t = tasks[0]
+    stars = posterior_predict(truth, t.user, t.support_items, t.support_ratings, t.query_items)
+    real = posterior_predict(truth, t.user, t.support_items, t.support_ratings, t.query_items, whole_stars=False)
+    np.testing.assert_array_equal(np.round(real), stars)
+    assert not np.allclose(real, np.round(real)) and ((real >= 1) & (real <= 5)).all()
+    assert oracle_mae(truth, ds, tasks) < oracle_mae(truth, ds, tasks, whole_stars=False)

@@ -33,10 +33,10 @@ MIN_NOISE = 1e-3  # a noiseless model still gets a proper (very narrow) likeliho
 BISECTION_STEPS = 40
 
 
-def _transform(truth: SyntheticTruth, latent: np.ndarray) -> np.ndarray:
+def _transform(truth: SyntheticTruth, latent: np.ndarray, whole_stars: bool = True) -> np.ndarray:
     lo, hi = truth.rating_range
     out = np.clip(latent, lo, hi)
-    return np.round(out) if truth.rounded else out
+    return np.round(out) if truth.rounded and whole_stars else out
 
 
 def _log_interval(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -100,17 +100,19 @@ def _mixture_median(means: np.ndarray, weights: np.ndarray, sigma: float) -> np.
 
 def posterior_predict(
     truth: SyntheticTruth, user: int, support_items: np.ndarray, support_ratings: np.ndarray,
-    query_items: np.ndarray, samples: int = 2000, seed: int = 0,
+    query_items: np.ndarray, samples: int = 2000, seed: int = 0, whole_stars: bool = True,
 ) -> np.ndarray:
     """Bayes-optimal (absolute error) predictions of ``user``'s ratings of ``query_items`` given the support.
 
-    ``user`` and items index ``truth`` (generation order). Monte-Carlo error shrinks with ``samples``."""
+    ``user`` and items index ``truth`` (generation order). Monte-Carlo error shrinks with ``samples``.
+    ``whole_stars=False`` (rounded data): the predictive median of the clipped rating *before* rounding, the
+    best a predictor of real-valued ratings can do (a reference for learners that do not predict whole stars)."""
     rng = np.random.default_rng(seed)
     support_items = np.asarray(support_items, dtype=np.int64)
     p, w = _posterior_samples(truth, user, support_items, np.asarray(support_ratings, np.float64), samples, rng)
     q = truth.item_vectors[np.asarray(query_items, dtype=np.int64)]
     means = truth.offset + truth.item_bias[query_items][None, :] + p @ q.T
-    return _transform(truth, _mixture_median(means, w, max(truth.noise, MIN_NOISE)))
+    return _transform(truth, _mixture_median(means, w, max(truth.noise, MIN_NOISE)), whole_stars)
 
 
 def prior_predict(truth: SyntheticTruth, user: int, query_items: np.ndarray) -> np.ndarray:
@@ -119,15 +121,18 @@ def prior_predict(truth: SyntheticTruth, user: int, query_items: np.ndarray) -> 
     return _transform(truth, truth.offset + truth.item_bias[query_items] + q @ truth.prior_mean[user])
 
 
-def oracle_mae(truth: SyntheticTruth, ds: RecDataset, tasks: list[Task], posterior: bool = True) -> float:
-    """The oracle's query MAE over ``tasks`` (codes of ``ds``), averaged per user like the learners' MAE."""
+def oracle_mae(truth: SyntheticTruth, ds: RecDataset, tasks: list[Task], posterior: bool = True,
+               whole_stars: bool = True) -> float:
+    """The oracle's query MAE over ``tasks`` (codes of ``ds``), averaged per user like the learners' MAE
+    (``whole_stars``: see :func:`posterior_predict`)."""
     per_user = []
     for t in tasks:
         user = int(ds.user_ids[t.user]) - 1  # synthetic ids are 1..n in generation order
         support = ds.item_ids[t.support_items] - 1
         query = ds.item_ids[t.query_items] - 1
         if posterior:
-            pred = posterior_predict(truth, user, support, t.support_ratings, query, seed=int(t.user))
+            pred = posterior_predict(truth, user, support, t.support_ratings, query, seed=int(t.user),
+                                     whole_stars=whole_stars)
         else:
             pred = prior_predict(truth, user, query)
         per_user.append(np.abs(pred - t.query_ratings).mean())
