@@ -85,3 +85,24 @@ def test_fit_reports_full_ranking_metrics_per_scenario(tmp_path):
                     if scen in ("warm", "user_cold"):
                         assert np.isfinite(v)
         assert record["metrics"][f"{stage}/user_cold/full_recall@20"] >= record["metrics"][f"{stage}/user_cold/full_recall@5"]
+
+
+@pytest.mark.parametrize("learner", ["maml", "amortised", "itemknn"])
+def test_catalogue_scores_in_chunks_equal_one_pass(tmp_path, monkeypatch, learner):
+    """Full ranking scores the catalogue in chunks of (task, item) pairs: the same scores as one pass."""
+    import metarec.learners.base as base
+    from metarec.models.base import Features
+
+    cfg = compose(["data.params.n_users=200", f"learner={learner}", f"run.root={tmp_path}"])
+    dm, model = build(cfg)
+    model.eval()
+    batch = next(iter(dm.test_dataloader()[0]))
+    state, _, _ = model.evaluate(batch)
+    items, t = model.ctx.all_items, batch.n_tasks
+    n = items.categorical.shape[0]
+    with torch.no_grad():
+        whole = model.rank_score(state, torch.arange(n).expand(t, n), Features(items.categorical, items.multihot).for_tasks(t))
+        monkeypatch.setattr(base, "RANK_CHUNK_ROWS", 7 * t)  # 7 items per chunk, the last one short
+        assert n % 7
+        chunked = model.catalogue_scores(state, t, batch.item_ids.device)
+    torch.testing.assert_close(chunked, whole.float(), rtol=1e-5, atol=1e-5)

@@ -120,6 +120,9 @@ def task_loss(name: str):
         raise ConfigError(f"unknown loss {name!r} (known: {', '.join(LOSSES)})") from None
 
 
+RANK_CHUNK_ROWS = 16384  # full ranking: (task, item) pairs scored per chunk (bounds the activations)
+
+
 class MetaLearner(pl.LightningModule):
     needs_training = True
     ranks_items = True  # False for learners whose scores cannot order items (no full-ranking metrics)
@@ -255,15 +258,25 @@ class MetaLearner(pl.LightningModule):
                      sync_dist=self.world_size > 1)
         ranking = self.rank_metrics if stage == "test" else self.val_rank_metrics
         if ranking:
-            items = self.ctx.all_items
-            dev = batch.item_ids.device
-            t, n = batch.n_tasks, items.categorical.shape[0]
-            ids = torch.arange(n, device=dev).expand(t, n)
-            items = Features(items.categorical.to(dev), items.multihot.to(dev)).for_tasks(t)
             with torch.no_grad():
-                scores = self.rank_score(state, ids, items).detach().float()
+                scores = self.catalogue_scores(state, batch.n_tasks, batch.item_ids.device)
             candidates, relevant = self.ranking_targets(batch, scenario)
             ranking[scenario].update(scores.masked_fill(~candidates, float("-inf")), relevant & candidates)
+
+    def catalogue_scores(self, state: Any, n_tasks: int, device: torch.device) -> torch.Tensor:
+        """``rank_score`` of every catalogue item for each task ``[T, I]`` (float32), in chunks of about
+        ``RANK_CHUNK_ROWS`` (task, item) pairs: the activations of one chunk stay small and are reused
+        instead of allocating ``[tasks, catalogue, width]`` buffers at once (Last.fm: 17.6k items)."""
+        items = self.ctx.all_items
+        n = items.categorical.shape[0]
+        cat, multi = items.categorical.to(device), items.multihot.to(device)
+        step = max(1, RANK_CHUNK_ROWS // max(n_tasks, 1))
+        out = []
+        for s in range(0, n, step):
+            ids = torch.arange(s, min(s + step, n), device=device).expand(n_tasks, -1)
+            chunk = Features(cat[s : s + step], multi[s : s + step]).for_tasks(n_tasks)
+            out.append(self.rank_score(state, ids, chunk).detach().float())
+        return torch.cat(out, dim=1) if out else torch.zeros(n_tasks, 0, device=device)
 
     def to_prediction(self, out: torch.Tensor) -> torch.Tensor:
         """Model outputs -> predictions for the rating metrics: ratings clipped to the rating range, or
