@@ -167,3 +167,24 @@ def test_top_k_equals_a_stable_full_sort(k) -> None:
         order = np.argsort(-scores, kind="stable")
         expected = order[np.isfinite(scores[order])][:k]
         np.testing.assert_array_equal(top_k(scores, k), expected)
+
+
+@pytest.mark.parametrize("name", list(LEARNERS))
+def test_serving_adapts_one_user_without_vmap_to_the_same_parameters(name, monkeypatch) -> None:
+    """One task inside ``serving()``: the executor runs its per-task function directly (no vmap) and gets
+    the vmapped path's adapted parameters; two tasks, or outside serving, still go through vmap."""
+    import metarec.learners.executors.vmap as vm
+
+    learner = _learner(name)
+    usual_user, usual = _adapt(learner)
+    calls = []
+    real_vmap = vm.vmap
+    monkeypatch.setattr(vm, "vmap", lambda *a, **kw: calls.append(1) or real_vmap(*a, **kw))
+    with serving():
+        _, fast = _adapt(learner)
+        assert not calls  # no vmap for one user
+        _adapt(learner, 2)
+        assert calls  # a batch of users keeps vmap
+    assert fast.keys() == usual.keys()
+    for n in usual:
+        torch.testing.assert_close(fast[n], usual[n], rtol=0, atol=1e-6)

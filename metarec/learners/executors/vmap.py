@@ -1,18 +1,22 @@
 """The ``vmap`` executor: the inner loop as one pure function of (parameters, support), with
 ``torch.func.functional_call`` + ``grad``, ``vmap``-ed over the padded meta-batch (masks handle ragged
 support/query lengths; ``chunk_size`` bounds memory). One backward gives the full second-order
-meta-gradient. The first linear layer of the head stays factored where it can (``factored.py``)."""
+meta-gradient. The first linear layer of the head stays factored where it can (``factored.py``). Serving
+one new user (``Recommender.adapt``, inside ``item_cache.serving()``) runs the same per-task function
+without ``vmap``, whose batching overhead is a large share of a 20-rating adaptation."""
 
 from __future__ import annotations
 
 import torch
 from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_map
 
 from metarec.data.episodes import EpisodeBatch
 from metarec.learners.executors.base import Executor, ExecutorSettings, clip_by_global_norm
 from metarec.learners.executors.factored import factorable_first_linear, factored_task
 from metarec.data.features import Features
 from metarec.models.base import BaseRecommender
+from metarec.models.item_cache import is_serving
 
 
 class VmapExecutor(Executor):
@@ -86,5 +90,12 @@ class VmapExecutor(Executor):
         params = {n: p.detach() for n, p in zip(self.names, self.adapted_params())}
         lrs = {n: (lr.detach() if torch.is_tensor(lr) else lr) for n, lr in self.rates().items()}
         fixed = {n: p.detach() for n, p in self.fixed_params().items()}
+        if batch.n_tasks == 1 and is_serving():  # one new user: the same task function, without vmap's overhead
+            x = self.prefix_features(batch, True)
+            (s_args, s_y, s_m), (q_args, q_y, q_m) = self._inputs(batch, x)
+            first = lambda tree: tree_map(lambda t: t[0], tree)  # noqa: E731
+            adapted, loss, _ = self._per_task(steps, True, lrs, fixed)(
+                params, first(s_args), s_y[0], s_m[0], first(q_args), q_y[0], q_m[0])
+            return [adapted[n].detach()[None] for n in self.names], loss.detach()
         adapted, losses, _ = self._vmapped(batch, steps, True, True, params, lrs, fixed, materialise=True)
         return [adapted[n].detach() for n in self.names], losses.detach().mean()
