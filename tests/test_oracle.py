@@ -49,14 +49,20 @@ def test_posterior_matches_the_conjugate_formula_without_clipping() -> None:
                                truth.offset + truth.item_bias[query] + truth.item_vectors[query] @ truth.prior_mean[3])
 
 
-def test_posterior_oracle_beats_the_prior_oracle_and_a_constant() -> None:
+def _rounded_tasks():
+    """Whole-star synthetic data, its truth, and one task per user: the first 8 ratings support, the rest query."""
     cfg = _cfg(round_ratings=True)
     ds, truth = synthetic(cfg), synthetic_truth(cfg)
-    r = ds.ratings
     tasks = []
-    for u, g in r.groupby("user"):
+    for u, g in ds.ratings.groupby("user"):
         items, ratings = g.item.to_numpy(), g.rating.to_numpy()
         tasks.append(Task(int(u), items[:8], ratings[:8], items[8:], ratings[8:]))
+    return ds, truth, tasks
+
+
+def test_posterior_oracle_beats_the_prior_oracle_and_a_constant() -> None:
+    ds, truth, tasks = _rounded_tasks()
+    r = ds.ratings
     post, prior = oracle_mae(truth, ds, tasks), oracle_mae(truth, ds, tasks, posterior=False)
     const = np.mean([np.abs(t.query_ratings - np.median(r.rating)).mean() for t in tasks])
     assert post < prior < const
@@ -68,13 +74,7 @@ def test_posterior_oracle_beats_the_prior_oracle_and_a_constant() -> None:
 def test_real_valued_oracle_is_the_unrounded_median_and_loses_on_whole_stars() -> None:
     """``whole_stars=False`` on rounded data: the same posterior median before rounding (rounding it gives the
     whole-star oracle), real-valued, and a worse absolute error than the whole-star prediction."""
-    cfg = _cfg(round_ratings=True)
-    ds, truth = synthetic(cfg), synthetic_truth(cfg)
-    r = ds.ratings
-    tasks = []
-    for u, g in r.groupby("user"):
-        items, ratings = g.item.to_numpy(), g.rating.to_numpy()
-        tasks.append(Task(int(u), items[:8], ratings[:8], items[8:], ratings[8:]))
+    ds, truth, tasks = _rounded_tasks()
     t = tasks[0]
     stars = posterior_predict(truth, t.user, t.support_items, t.support_ratings, t.query_items)
     real = posterior_predict(truth, t.user, t.support_items, t.support_ratings, t.query_items, whole_stars=False)
