@@ -32,6 +32,7 @@ from torch import nn
 from metarec.data.episodes import Support
 from metarec.errors import ConfigError
 from metarec.learners.base import LearnerContext
+from metarec.learners.foldin import support_positives
 from metarec.models.base import BaseRecommender
 
 MAX_BYTES = 4 * 2**30  # P (C x C, float32) above this is refused with one line
@@ -67,11 +68,7 @@ class EasePrior(nn.Module):
     # ---------------------------------------------------------------- pieces
     def positives(self, support: Support) -> torch.Tensor:
         """Bool ``[T, S]``: the support items folded in (as the ``ease`` learner folds them in)."""
-        if self.ctx.binary_labels:
-            return support.positives(True, self.ctx.relevance_threshold)
-        if self.ctx.interactions_only:
-            return support.mask.clone()
-        return support.positives(False, self.ctx.relevance_threshold)
+        return support_positives(self.ctx, support)
 
     def profile(self, item_ids: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(s [T, C], cols [T, S])``: binary covered-item rows of the kept support items and each support

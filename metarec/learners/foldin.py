@@ -97,6 +97,17 @@ def content_vectors(items: Features | None, n_items: int) -> sp.csr_matrix:
     return f.tocsr()
 
 
+def support_positives(ctx: LearnerContext, support: Support) -> torch.Tensor:
+    """Bool ``[T, S]``: the support items a fold-in counts — the label-1 entries with sampled negatives
+    (binary labels); every entry on implicit data without negatives; ratings >= ``relevance_threshold`` on
+    explicit data."""
+    if ctx.binary_labels:
+        return support.positives(True, ctx.relevance_threshold)
+    if ctx.interactions_only:
+        return support.mask.clone()
+    return support.positives(False, ctx.relevance_threshold)
+
+
 class FoldIn(MetaLearner):
     """Base of the closed-form item-item learners: interaction matrix, fold-in plumbing, content and
     popularity fallbacks. Subclasses fit their model in ``__init__`` and implement ``collaborative``."""
@@ -153,13 +164,7 @@ class FoldIn(MetaLearner):
         return cat(users), cat(items), popularity
 
     def support_positives(self, support: Support) -> torch.Tensor:
-        """Bool ``[T, S]``: the label-1 entries with sampled negatives (binary labels); every entry on
-        implicit data without negatives; ratings >= ``relevance_threshold`` on explicit data."""
-        if self.ctx.binary_labels:
-            return support.positives(True, self.ctx.relevance_threshold)
-        if self.ctx.interactions_only:
-            return support.mask.clone()
-        return support.positives(False, self.ctx.relevance_threshold)
+        return support_positives(self.ctx, support)
 
     def positive_rows(self, support: Support) -> tuple[np.ndarray, np.ndarray]:
         """(task, item code) of every support positive, duplicates removed."""
