@@ -4,6 +4,7 @@ for new items, end-to-end runs (ranking metrics only) and serving through ``meta
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -160,6 +161,21 @@ def test_bce_support_positives_are_label_one_and_implicit_supports_count_every_i
     assert explicit.support_positives(support([[(1, 4.0), (3, 3.5)]])).tolist() == [[True, False]]
 
 
+def test_fold_rated_folds_in_every_rated_support_item_on_explicit_data_only():
+    sup = support([[(1, 4.0), (3, 2.0), (0, 1.0)], [(2, 5.0)]])
+    for name, cfg in (("itemknn", ItemKNNConfig(fold="rated", popularity_tiebreak=False)),
+                      ("ease", EASEConfig(l2=2.0, fold="rated", popularity_tiebreak=False))):
+        rated = build_learner(name, nn.Identity(), toy_ctx(TOY_POOL, 5), cfg)
+        assert rated.support_positives(sup).tolist() == sup.mask.tolist()
+        relevant = build_learner(name, nn.Identity(), toy_ctx(TOY_POOL, 5), dataclasses.replace(cfg, fold="relevant"))
+        # folding in every rated item equals the relevant-items fold-in of a support where each rating is relevant
+        lifted = dataclasses.replace(sup, ratings=torch.where(sup.mask, 5.0, 0.0))
+        np.testing.assert_allclose(scores_of(rated, sup), scores_of(relevant, lifted), rtol=1e-6, atol=1e-9)
+        assert not np.allclose(scores_of(rated, sup)[0], scores_of(relevant, sup)[0])
+    implicit = build_learner("itemknn", nn.Identity(), toy_ctx(TOY_POOL, 5, loss="bce"), ItemKNNConfig(fold="rated"))
+    assert implicit.support_positives(support([[(1, 1.0), (3, 0.0)]])).tolist() == [[True, False]]  # labels rule
+
+
 def test_new_items_get_content_similarity_never_a_silent_zero():
     # items: one categorical field (item id, unique: dropped) + a 3-wide genre multi-hot
     genre = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 1]], dtype=torch.float32)
@@ -190,6 +206,8 @@ def test_bad_options_are_one_line_config_errors(tmp_path):
         assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="interactions"):
         build_learner("itemknn", nn.Identity(), toy_ctx(TOY_POOL, 5), ItemKNNConfig(interactions="some"))
+    with pytest.raises(ConfigError, match="learner.fold must be one of relevant, rated"):
+        build_learner("ease", nn.Identity(), toy_ctx(TOY_POOL, 5), EASEConfig(l2=1.0, fold="all"))
     with pytest.raises(ConfigError, match="validation users"):  # a grid but no validation users to choose on
         build_learner("ease", nn.Identity(), toy_ctx(TOY_POOL, 5), EASEConfig())
     with pytest.raises(ConfigError, match="learner.shrink") as e:  # through the command line's config

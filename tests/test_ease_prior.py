@@ -152,6 +152,60 @@ def test_fism_cf_trains_the_gate_and_options_are_checked() -> None:
             _cf_learner(**bad)
 
 
+def test_rated_fold_weighs_each_rating_level_and_starts_at_the_relevant_rule() -> None:
+    pool = _pool()
+    c = toy_ctx(pool, N_ITEMS)
+    relevant = EasePrior(nn.Identity(), c, L2)
+    rated = EasePrior(nn.Identity(), c, L2, fold="rated")
+    rows = [[(0, 1.0), (3, 2.2), (5, 4.0), (7, 5.0)], [(2, 3.0), (4, 4.6)], [(9, 1.4)]]
+    sup = support(rows)
+    users = torch.tensor([4, 60, 8])
+    torch.testing.assert_close(rated.fold_in(sup, users)[0], relevant.fold_in(sup, users)[0])  # weights start 0/1
+    assert rated.levels.tolist() == [1, 2, 3, 4, 5] and rated.level_weight.tolist() == [0, 0, 0, 1, 1]
+    with torch.no_grad():
+        rated.level_weight.copy_(torch.tensor([-0.5, 0.25, 0.5, 1.0, 2.0]))
+    got, n = (v.detach() for v in rated.fold_in(sup, users))
+    assert n.tolist() == [4.0, 2.0, 1.0]  # every rated (covered) item
+    x, cov = _x(pool), rated.covered.numpy()
+    level = {1: -0.5, 2: 0.25, 3: 0.5, 4: 1.0, 5: 2.0}
+    for t, (u, row) in enumerate(zip(users.tolist(), rows)):
+        keep = np.ones(len(pool), dtype=bool)
+        if u < len(pool):
+            keep[u] = False
+        s = np.zeros(N_ITEMS)
+        for i, r in row:
+            s[i] = level[int(np.floor(r + 0.5))]  # the nearest level
+        want = np.zeros(N_ITEMS)
+        want[cov] = s[cov] @ _closed_form_b(x[keep][:, cov], L2)
+        np.testing.assert_allclose(got[t].double().numpy(), want, rtol=1e-4, atol=1e-5)
+    # leave one out: each support item's scores are the weighted fold-in of the rest
+    with torch.no_grad():
+        e, _, rest, rest_n = rated.fold_in_leave_one_out(sup, users)
+    for t, row in enumerate(rows):
+        for j in range(len(row)):
+            without = dataclasses.replace(sup, mask=sup.mask.clone())
+            without.mask[t, j] = False
+            with torch.no_grad():
+                want, want_n = rated.fold_in(without, users)
+            torch.testing.assert_close(rest[t, j], want[t], rtol=1e-4, atol=1e-5)
+            assert rest_n[t, j] == want_n[t]
+    # implicit feedback has no rating levels: the positives fold in, as with fold=relevant
+    implicit = EasePrior(nn.Identity(), toy_ctx(pool, N_ITEMS, loss="bce"), L2, fold="rated")
+    assert implicit.fold == "relevant" and not list(implicit.parameters())
+    with pytest.raises(ConfigError, match="learner.cf_fold must be one of relevant, rated"):
+        EasePrior(nn.Identity(), c, L2, fold="all")
+
+
+def test_fism_rated_fold_learns_the_level_weights_with_the_gate() -> None:
+    ds, learner = _cf_learner(rating_weight=0.0, cf_fold="rated")
+    loss, _ = learner.meta_step(tiny_batch(ds), train=True)
+    loss.backward()
+    assert learner.cf.level_weight.grad is not None and learner.cf.level_weight.grad.abs().sum() > 0
+    groups = learner.configure_optimizers().param_groups
+    assert any(p is learner.cf.level_weight for p in groups[1]["params"])
+    assert not any(p is learner.cf.level_weight for p in groups[0]["params"])
+
+
 def test_a_catalogue_too_large_for_the_dense_matrix_is_one_line(monkeypatch) -> None:
     import metarec.learners.ease_prior as ep
 

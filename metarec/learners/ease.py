@@ -60,6 +60,7 @@ class EASEConfig:
     l2_grid: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0])
     select_by: str = "recall@10"  # recall@K | ndcg@K on the validation users
     interactions: str = "relevant"  # explicit data: relevant (rating >= data.relevance_threshold) | all
+    fold: str = "relevant"  # explicit data: fold in the support's relevant items | every rated item
     content_weight: float = 0.1  # new items: weight of their content similarity to the support positives
     popularity_tiebreak: bool = True  # rank_score: ties ordered by training popularity
 

@@ -13,9 +13,16 @@ so a support profile ``s`` (its relevant items, binary) scores the covered items
 
     s B' = s - (s P') / diag(P'),   s P' = s P + (s . P x) P x / d,   diag(P') = diag(P) + (P x)^2 / d,
 
-and the profile without one of its items ``j`` scores ``s B' - B'[j, :]`` (linear in ``s``), with
+and the profile without one of its items ``j`` scores ``s B' - s_j B'[j, :]`` (linear in ``s``), with
 ``B'[j, :] = e_j - P'[j, :] / diag(P')``. Users outside ``X`` (validation and test users) get ``x = 0``:
 plain EASE, exactly what the ``ease`` learner computes for them.
+
+The profile ``s`` (``fold``): the support's relevant items with entries 1, as ``ease`` folds them in; or
+(``fold=rated``, explicit ratings only) every rated support item with a **learned weight per rating
+level** (ratings rounded to the nearest whole level of the rating range), starting at the relevant-items
+rule (1 for levels >= ``relevance_threshold``, else 0) — at small supports most of the few ratings are
+below the threshold, and that the user rated an item at all says what they watch. On implicit feedback
+``rated`` folds in the positives, as ``relevant`` does.
 
 ``X``, the covered items and ``l2`` are the ``ease`` learner's own (``metarec.learners.ease``; ``l2``
 chosen on the validation users only, unless given). ``P`` is kept dense in float32 over the covered items:
@@ -24,6 +31,8 @@ when a run is loaded (it is not saved in checkpoints).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -38,12 +47,21 @@ from metarec.models.base import BaseRecommender
 MAX_BYTES = 4 * 2**30  # P (C x C, float32) above this is refused with one line
 
 
+FOLDS = ("relevant", "rated")
+
+
 class EasePrior(nn.Module):
-    def __init__(self, model: BaseRecommender, ctx: LearnerContext, l2: float | None = None) -> None:
+    def __init__(self, model: BaseRecommender, ctx: LearnerContext, l2: float | None = None,
+                 fold: str = "relevant") -> None:
         super().__init__()
         from metarec.learners.ease import EASE, EASEConfig
 
-        ease = EASE(model, ctx, EASEConfig(l2=l2))  # X, covered items, l2 (validation users only)
+        if fold not in FOLDS:
+            raise ConfigError(f"learner.cf_fold must be one of {', '.join(FOLDS)}, got {fold!r}")
+        if ctx.binary_labels or ctx.interactions_only:
+            fold = "relevant"  # implicit feedback: no rating levels to weigh; the positives are folded in
+
+        ease = EASE(model, ctx, EASEConfig(l2=l2))  # X, covered items, l2 (relevant fold-in, validation users only)
         self.l2 = float(ease.chosen_l2)
         self.l2_scores = dict(ease.l2_scores)
         self.ctx = ctx
@@ -64,19 +82,38 @@ class EasePrior(nn.Module):
         self.register_buffer("row_of", torch.as_tensor(row_of), persistent=False)
         self.register_buffer("X", torch.as_tensor(ease.X.toarray(), dtype=torch.bool), persistent=False)
         self.n_items = int(ctx.n_items)
+        self.fold = fold
+        if fold == "rated":  # a learned weight per rating level, from the relevant-items rule (1 if >= threshold)
+            lo, hi = ctx.rating_range
+            levels = np.arange(math.floor(lo), math.ceil(hi) + 1, dtype=np.float64)
+            self.register_buffer("levels", torch.as_tensor(levels, dtype=torch.float32), persistent=False)
+            self.level_weight = nn.Parameter(torch.as_tensor((levels >= ctx.relevance_threshold).astype(np.float32)))
 
     # ---------------------------------------------------------------- pieces
     def positives(self, support: Support) -> torch.Tensor:
-        """Bool ``[T, S]``: the support items folded in (as the ``ease`` learner folds them in)."""
-        return support_positives(self.ctx, support)
+        """Bool ``[T, S]``: the support items folded in — as the ``ease`` learner folds them in, or with
+        ``fold=rated`` every rated item."""
+        return support_positives(self.ctx, support, self.fold)
 
-    def profile(self, item_ids: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(s [T, C], cols [T, S])``: binary covered-item rows of the kept support items and each support
-        item's column (-1: not kept or not covered)."""
+    def weights(self, support: Support) -> torch.Tensor | None:
+        """``[T, S]``: with ``fold=rated``, each support item's entry in the profile, the learned weight of
+        its rating level (ratings rounded to the nearest level); else None (entries 1)."""
+        if self.fold != "rated":
+            return None
+        level = torch.bucketize(support.ratings.to(self.levels.dtype).contiguous(), (self.levels[1:] + self.levels[:-1]) / 2)
+        return self.level_weight[level]
+
+    def profile(self, item_ids: torch.Tensor, keep: torch.Tensor,
+                weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s [T, C], cols [T, S])``: covered-item rows of the kept support items (entries 1, or
+        ``weight``) and each support item's column (-1: not kept or not covered)."""
         cols = torch.where(keep, self.column[item_ids], -1)
         c = self.P.shape[0]
         s = torch.zeros(item_ids.shape[0], c + 1, device=item_ids.device, dtype=self.P.dtype)
-        s.scatter_(1, torch.where(cols >= 0, cols, c), 1.0)
+        if weight is None:
+            s = s.scatter(1, torch.where(cols >= 0, cols, c), 1.0)
+        else:
+            s = s.scatter_add(1, torch.where(cols >= 0, cols, c), weight.to(s.dtype) * (cols >= 0))
         return s[:, :c], cols
 
     def downdate(self, user_ids: torch.Tensor | None, t: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,12 +122,19 @@ class EasePrior(nn.Module):
         c = self.P.shape[0]
         if user_ids is None or self.X.shape[0] == 0:
             return self.P.new_zeros(t, c), self.P.new_ones(t)
+        x = self.training_rows(user_ids, t)
+        px = x @ self.P
+        return px, 1.0 - (x * px).sum(-1)
+
+    def training_rows(self, user_ids: torch.Tensor | None, t: int) -> torch.Tensor:
+        """``[T, C]`` (0/1, ``P``'s dtype): each task's row of ``X`` — zero for users outside ``X`` or when
+        ``user_ids`` is None."""
+        if user_ids is None or self.X.shape[0] == 0:
+            return self.P.new_zeros(t, self.P.shape[0])
         ids = user_ids.to(self.row_of.device)
         inside = (ids >= 0) & (ids < self.row_of.shape[0])
         rows = torch.where(inside, self.row_of[ids.clamp(0, max(self.row_of.shape[0] - 1, 0))], -1)
-        x = torch.where((rows >= 0).unsqueeze(-1), self.X[rows.clamp_min(0)], False).to(self.P.dtype)
-        px = x @ self.P
-        return px, 1.0 - (x * px).sum(-1)
+        return torch.where((rows >= 0).unsqueeze(-1), self.X[rows.clamp_min(0)], False).to(self.P.dtype)
 
     def scores(self, s: torch.Tensor, px: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(s B' [T, C], diag(P') [T, C])``."""
@@ -117,7 +161,7 @@ class EasePrior(nn.Module):
         """``(scores [T, I], n [T])``: each task's EASE scores of every item and its number of folded-in
         items; ``user_ids``: leave each training user's own row out of ``X`` (training episodes only)."""
         keep = self.positives(support)
-        s, cols = self.profile(support.item_ids, keep)
+        s, cols = self.profile(support.item_ids, keep, self.weights(support))
         px, d = self.downdate(user_ids, s.shape[0])
         e, _ = self.scores(s, px, d)
         return self.to_catalogue(e), (cols >= 0).sum(-1).to(e.dtype)
@@ -126,11 +170,13 @@ class EasePrior(nn.Module):
         """``(scores [T, I], n [T], rest [T, S, I], rest_n [T, S])``: as ``fold_in``, plus each support
         item's scores from the rest of the profile (equal to ``scores`` for items not folded in)."""
         keep = self.positives(support)
-        s, cols = self.profile(support.item_ids, keep)
+        weight = self.weights(support)
+        s, cols = self.profile(support.item_ids, keep, weight)
         px, d = self.downdate(user_ids, s.shape[0])
         e, diag = self.scores(s, px, d)
         n = (cols >= 0).sum(-1).to(e.dtype)
-        rest = e.unsqueeze(1) - self.rows(cols, px, d, diag)
+        rows = self.rows(cols, px, d, diag)
+        rest = e.unsqueeze(1) - (rows if weight is None else rows * weight.unsqueeze(-1))
         rest_n = n.unsqueeze(1) - (cols >= 0).to(e.dtype)
         return self.to_catalogue(e), n, self.to_catalogue(rest), rest_n
 

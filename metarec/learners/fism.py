@@ -21,11 +21,15 @@ Ranking objective (``rank_loss``), added to the pointwise query loss (weighted `
 - ``full``: a softmax over the whole catalogue of existing items (the task's support items left out),
   with FISM's leave-one-out targets as well: every relevant support item is also predicted from the
   rest of the support (its own vector taken out of the pool), so each episode teaches from all its
-  relevant items, not only the ten query ones. One item-tower pass over the catalogue per meta-step.
+  relevant items, not only the ten query ones. One item-tower pass over the catalogue per meta-step;
+- ``recall``: the same targets and catalogue, but a smooth Recall@``rank_k`` instead of the softmax
+  (``smooth_miss``: a sigmoid count of the items ranked above each target, ApproxNDCG-style). The
+  softmax likelihood also rewards lifting targets from far down the list, which popularity does well;
+  Recall@K only counts the top K, and this loss passes almost no gradient for hopeless targets.
 
 Item-item prior (``cf_prior=ease``, learner option ``fism_ease``): the ranking logits get an EASE fold-in
 term, ``logit_j += g(n) * (s B)_j`` with ``s`` the support's relevant items (as the ``ease`` learner folds
-them in), ``B`` EASE's item-item weights on the training users (``l2`` chosen on the validation users, as
+them in; ``cf_fold=rated``: every rated item, weighted by a learned weight per rating level), ``B`` EASE's item-item weights on the training users (``l2`` chosen on the validation users, as
 ``ease`` chooses it, unless ``cf_l2`` is set) and ``g(n) = exp(a) (1 + n)^b`` a learned gate of the number
 ``n`` of folded-in items (``a`` starts at ``log cf_scale``, ``b`` at 0), plus ``w(n) log q_j`` (the item's log
 training popularity, ``w(n) = exp(c) (1 + n)^d`` learned from 1) and the factor model's logits weighted ``m`` (learned, from
@@ -33,7 +37,8 @@ training popularity, ``w(n) = exp(c) (1 + n)^d`` learned from 1) and the factor 
 the neighbourhood model misses (user features, small supports) — Koren's integrated model (KDD 2008) in
 cold-start episodes. Training episodes see **leave-user-out** EASE scores (the user's own row taken out of
 ``X`` exactly; ``metarec.learners.ease_prior``), so the gate is fitted on scores of the kind a new user
-gets; rating predictions (``score``) are unchanged. Needs ``rank_loss=full``.
+gets; rating predictions (``score``) are unchanged. ``cf_knn=true`` adds ItemKNN's fold-in score of the same
+profile with its own gate ``g_k(n)`` (``metarec.learners.knn_prior``: leave-user-out similarities in training). Needs ``rank_loss=full`` or ``recall``.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from metarec.data.features import Features
 from metarec.errors import ConfigError
 from metarec.learners.base import LearnerContext, MetaLearner
 from metarec.learners.ease_prior import EasePrior
+from metarec.learners.knn_prior import KnnPrior
 from metarec.models.base import BaseRecommender
 from metarec.models.item_cache import ItemSideCache
 
@@ -59,7 +65,9 @@ from metarec.models.item_cache import ItemSideCache
 class FISMConfig:
     alpha: float = 0.5  # pooled support vectors are divided by n ** alpha (FISM's normalisation)
     rank_weight: float = 1.0  # weight of the ranking loss (rank_loss) added to the query loss
-    rank_loss: str = "full"  # full: softmax over the catalogue; inbatch: over the meta-batch's query items (log-Q corrected)
+    rank_loss: str = "full"  # full: softmax over the catalogue; recall: smooth Recall@rank_k over the catalogue; inbatch: over the meta-batch's query items (log-Q corrected)
+    rank_k: int = 10  # rank_loss=recall: the cut-off K of the smooth Recall@K
+    rank_temperature: float = 1.0  # rank_loss=recall: logit difference scale of the smooth "ranked above" count
     leave_one_out: bool = True  # rank_loss=full: also predict each relevant support item from the rest of the support
     rating_weight: float = 1.0  # weight of the pointwise query loss (mse on ratings, bce/softmax on labels)
     cf_prior: str = "none"  # none | ease: add EASE's fold-in score (leave-user-out in training) to the ranking logits
@@ -67,11 +75,15 @@ class FISMConfig:
     cf_mix: float = 0.1  # cf_prior=ease: the factor model's initial weight m in the ranking logits (learned)
     cf_lr_scale: float = 30.0  # cf_prior=ease: the gate, popularity and mix weights learn at lr * this (no decay)
     cf_l2: Optional[float] = None  # cf_prior=ease: EASE's l2; None: chosen on the validation users as `ease` does
+    cf_knn: bool = False  # cf_prior=ease: also add ItemKNN's fold-in score (its own learned gate; leave-user-out in training)
+    cf_knn_scale: float = 5.0  # cf_knn: its gate's initial scale
+    cf_fold: str = "relevant"  # cf_prior=ease: fold in the relevant support items | every rated one, weighted per rating level (learned)
     lr: float = 3e-3
     weight_decay: float = 0.0
 
 
-RANK_LOSSES = ("inbatch", "full")
+RANK_LOSSES = ("inbatch", "full", "recall")
+CATALOGUE_LOSSES = ("full", "recall")  # computed over the whole catalogue (full_softmax)
 CF_PRIORS = ("none", "ease")
 
 
@@ -94,13 +106,18 @@ class FISM(MetaLearner):
             raise ConfigError("learner.rating_weight and learner.rank_weight are both 0: nothing to train")
         if cfg.cf_prior not in CF_PRIORS:
             raise ConfigError(f"learner.cf_prior must be one of {', '.join(CF_PRIORS)}, got {cfg.cf_prior!r}")
-        if cfg.cf_prior != "none" and cfg.rank_loss != "full":
-            raise ConfigError(f"learner.cf_prior={cfg.cf_prior} needs learner.rank_loss=full")
+        if cfg.cf_prior != "none" and cfg.rank_loss not in CATALOGUE_LOSSES:
+            raise ConfigError(f"learner.cf_prior={cfg.cf_prior} needs learner.rank_loss=full or recall")
+        k = cfg.rank_k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"learner.rank_k must be an integer >= 1, got {k!r}")
+        if not (math.isfinite(cfg.rank_temperature) and cfg.rank_temperature > 0):
+            raise ConfigError(f"learner.rank_temperature must be a finite number > 0, got {cfg.rank_temperature}")
         for name in ("cf_scale", "cf_lr_scale"):
             value = getattr(cfg, name)
             if cfg.cf_prior != "none" and not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"learner.{name} must be a finite number > 0, got {value}")
-        if cfg.rank_loss == "full" and (ctx.all_items is None or ctx.new_item_mask is None):
+        if cfg.rank_loss in CATALOGUE_LOSSES and (ctx.all_items is None or ctx.new_item_mask is None):
             raise ConfigError("learner.rank_loss=full needs the catalogue's item features (LearnerContext.all_items "
                               "and new_item_mask); use learner.rank_loss=inbatch")
         self.cfg = cfg
@@ -121,7 +138,16 @@ class FISM(MetaLearner):
         counts = np.bincount(ctx.train_items[0], minlength=ctx.n_items) if ctx.train_items is not None else np.zeros(ctx.n_items)
         logq = np.log((counts + 1.0) / (counts + 1.0).sum()) if ctx.n_items else np.zeros(0)
         self.register_buffer("logq", torch.as_tensor(logq, dtype=torch.float32), persistent=False)
-        self.cf = EasePrior(model, ctx, cfg.cf_l2) if cfg.cf_prior == "ease" else None
+        self.cf = EasePrior(model, ctx, cfg.cf_l2, cfg.cf_fold) if cfg.cf_prior == "ease" else None
+        if not isinstance(cfg.cf_knn, bool):
+            raise ConfigError(f"learner.cf_knn must be true or false, got {cfg.cf_knn!r}")
+        if cfg.cf_knn and self.cf is None:
+            raise ConfigError("learner.cf_knn=true adds ItemKNN next to the EASE prior: it needs learner.cf_prior=ease")
+        if cfg.cf_knn and not (math.isfinite(cfg.cf_knn_scale) and cfg.cf_knn_scale > 0):
+            raise ConfigError(f"learner.cf_knn_scale must be a finite number > 0, got {cfg.cf_knn_scale}")
+        self.knn = KnnPrior(self.cf, ctx.label) if cfg.cf_knn else None
+        if self.knn is not None:
+            self.cf_knn_gate = nn.Parameter(torch.tensor([math.log(cfg.cf_knn_scale), 0.0]))  # g_k(n), as g(n)
         if self.cf is not None:
             self.cf_gate = nn.Parameter(torch.tensor([math.log(cfg.cf_scale), 0.0]))
             self.cf_mix = nn.Parameter(torch.tensor(float(cfg.cf_mix)))
@@ -161,13 +187,18 @@ class FISM(MetaLearner):
         if self.cf is None:
             return u
         e, n = self.cf.fold_in(support)
-        return u, self.prior_logits(e, n)
+        k = self.knn.fold_in(support)[0] if self.knn is not None else None
+        return u, self.prior_logits(e, n, k)
 
-    def prior_logits(self, e: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        """``g(n) * e + w(n) * log q``: the gated EASE scores ``e [..., I]`` of pools of ``n`` items plus
-        the weighted log training popularity (what ranks the items when the support folds in nothing)."""
+    def prior_logits(self, e: torch.Tensor, n: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+        """``g(n) * e + w(n) * log q (+ g_k(n) * k)``: the gated EASE scores ``e [..., I]`` of pools of ``n``
+        items plus the weighted log training popularity (what ranks the items when the support folds in
+        nothing), and with ``cf_knn`` the gated ItemKNN scores ``k``."""
         w = torch.exp(self.cf_pop[0] + self.cf_pop[1] * torch.log1p(n)).unsqueeze(-1)
-        return self.gate(n).unsqueeze(-1) * e + w * self.logq
+        out = self.gate(n).unsqueeze(-1) * e + w * self.logq
+        if k is not None:
+            out = out + torch.exp(self.cf_knn_gate[0] + self.cf_knn_gate[1] * torch.log1p(n)).unsqueeze(-1) * k
+        return out
 
     def _item_side(self, items: Features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The user-independent item parts: ``v [T, N, dim]``, ``b [T, N, 1]``, the ranking item term."""
@@ -271,18 +302,32 @@ class FISM(MetaLearner):
             mask = blocked.unsqueeze(1).expand_as(logits).clone()
             safe = torch.where(pos, tgt, 0)
             mask.scatter_(2, safe.unsqueeze(-1), ~pos.unsqueeze(-1) & mask.gather(2, safe.unsqueeze(-1)))
-            lse = torch.logsumexp(logits.masked_fill(mask, float("-inf")), dim=-1)
+            allowed = logits.masked_fill(mask, float("-inf"))
             picked = logits.gather(2, safe.unsqueeze(-1)).squeeze(-1)
-            losses.append(((lse - picked) * pos).sum(-1))
+            if self.cfg.rank_loss == "recall":
+                per_target = self.smooth_miss(allowed, picked)
+            else:
+                per_target = torch.logsumexp(allowed, dim=-1) - picked
+            losses.append((per_target * pos).sum(-1))
             counts.append(pos.sum(-1))
         total, count = sum(losses), sum(counts)
         has = count > 0
         return (total[has] / count[has]).mean() if has.any() else total.sum() * 0.0
 
+    def smooth_miss(self, allowed: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+        """``1 - smooth hit@K`` per target: ``r = sum_j sigmoid((l_j - l_target) / temperature)`` over the
+        allowed items other than the target (a smooth count of the items ranked above it) and
+        ``hit = sigmoid(K - 1/2 - r)`` (ApproxNDCG-style, Qin et al. 2010). Targets far outside the top K
+        pass almost no gradient: the objective is the top of the list, as Recall@K is."""
+        above = torch.sigmoid((allowed - picked.unsqueeze(-1)) / self.cfg.rank_temperature).sum(-1) - 0.5
+        return 1.0 - torch.sigmoid(self.cfg.rank_k - 0.5 - above)
+
     def configure_optimizers(self):
         if self.cf is None:
             return super().configure_optimizers()
-        scalars = [self.cf_gate, self.cf_pop, self.cf_mix]
+        scalars = [self.cf_gate, self.cf_pop, self.cf_mix, *self.cf.parameters()]
+        if self.knn is not None:
+            scalars.append(self.cf_knn_gate)
         ids = {id(p) for p in scalars}
         rest = [p for p in self.parameters() if id(p) not in ids]
         return torch.optim.Adam([{"params": rest},
@@ -293,11 +338,13 @@ class FISM(MetaLearner):
         """The gated leave-user-out EASE scores ``[T, 1, I]`` for the query targets and, with
         ``leave_one_out``, ``[T, S, I]`` for each support target from the rest of the profile."""
         support = batch.support()
-        if not self.cfg.leave_one_out:
+        loo = self.cfg.leave_one_out
+        k, k_rest = self.knn.fold_in(support, batch.user_ids, loo) if self.knn is not None else (None, None)
+        if not loo:
             e, n = self.cf.fold_in(support, batch.user_ids)
-            return [self.prior_logits(e, n).unsqueeze(1)]
+            return [self.prior_logits(e, n, k).unsqueeze(1)]
         e, n, rest, rest_n = self.cf.fold_in_leave_one_out(support, batch.user_ids)
-        return [self.prior_logits(e, n).unsqueeze(1), self.prior_logits(rest, rest_n)]
+        return [self.prior_logits(e, n, k).unsqueeze(1), self.prior_logits(rest, rest_n, k_rest)]
 
     def training_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         u = self.user_vector(batch.user, batch.support())
@@ -305,7 +352,7 @@ class FISM(MetaLearner):
         _, y, m = batch.part("query")
         loss = self.cfg.rating_weight * self.loss_fn(out, y.to(out.dtype), m).mean()
         if self.cfg.rank_weight > 0:
-            rank = self.full_softmax(batch) if self.cfg.rank_loss == "full" else self.in_batch_softmax(u, batch)
+            rank = self.full_softmax(batch) if self.cfg.rank_loss in CATALOGUE_LOSSES else self.in_batch_softmax(u, batch)
             loss = loss + self.cfg.rank_weight * rank
         return loss, out
 

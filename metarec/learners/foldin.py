@@ -15,7 +15,9 @@ Only items with at least one such training interaction ("covered" items) get a c
 
 Support positives (what is folded in): with sampled negatives (``bce``/``softmax``) the label-1
 entries; on implicit data without negatives every support item; on explicit data the support ratings
->= ``relevance_threshold``.
+>= ``relevance_threshold`` — or, with ``learner.fold=rated``, every rated support item (that the user
+rated an item at all says what they watch, whatever the rating: at small supports most of the few
+ratings are below the threshold). ``fold`` changes nothing on implicit data.
 
 Scores (``adapt`` computes each task's scores of every item once; ``score`` reads them):
 
@@ -57,6 +59,7 @@ from metarec.models.base import BaseRecommender, Features
 log = logging.getLogger(__name__)
 
 INTERACTIONS = ("relevant", "all")
+FOLDS = ("relevant", "rated")  # explicit data: fold in the support's relevant items | every rated one
 TIEBREAK = 1e-6
 
 
@@ -64,6 +67,8 @@ def check_common(cfg: Any) -> None:
     """One-line ``ConfigError`` for the options every fold-in learner has."""
     if cfg.interactions not in INTERACTIONS:
         raise ConfigError(f"learner.interactions must be one of {', '.join(INTERACTIONS)}, got {cfg.interactions!r}")
+    if cfg.fold not in FOLDS:
+        raise ConfigError(f"learner.fold must be one of {', '.join(FOLDS)}, got {cfg.fold!r}")
     w = cfg.content_weight
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w < 0:
         raise ConfigError(f"learner.content_weight must be a finite number >= 0, got {w!r}")
@@ -97,13 +102,13 @@ def content_vectors(items: Features | None, n_items: int) -> sp.csr_matrix:
     return f.tocsr()
 
 
-def support_positives(ctx: LearnerContext, support: Support) -> torch.Tensor:
+def support_positives(ctx: LearnerContext, support: Support, fold: str = "relevant") -> torch.Tensor:
     """Bool ``[T, S]``: the support items a fold-in counts — the label-1 entries with sampled negatives
-    (binary labels); every entry on implicit data without negatives; ratings >= ``relevance_threshold`` on
-    explicit data."""
+    (binary labels); every entry on implicit data without negatives; on explicit data the ratings >=
+    ``relevance_threshold``, or every rated item with ``fold="rated"``."""
     if ctx.binary_labels:
         return support.positives(True, ctx.relevance_threshold)
-    if ctx.interactions_only:
+    if ctx.interactions_only or fold == "rated":
         return support.mask.clone()
     return support.positives(False, ctx.relevance_threshold)
 
@@ -164,7 +169,7 @@ class FoldIn(MetaLearner):
         return cat(users), cat(items), popularity
 
     def support_positives(self, support: Support) -> torch.Tensor:
-        return support_positives(self.ctx, support)
+        return support_positives(self.ctx, support, self.cfg.fold)
 
     def positive_rows(self, support: Support) -> tuple[np.ndarray, np.ndarray]:
         """(task, item code) of every support positive, duplicates removed."""

@@ -36,6 +36,7 @@ class ItemKNNConfig:
     neighbours: int = 100  # similar items kept per item
     shrink: float = 10.0  # added to the cosine's denominator
     interactions: str = "relevant"  # explicit data: relevant (rating >= data.relevance_threshold) | all
+    fold: str = "relevant"  # explicit data: fold in the support's relevant items | every rated item
     content_weight: float = 0.1  # new items: weight of their content similarity to the support positives
     popularity_tiebreak: bool = True  # rank_score: ties (e.g. score 0) ordered by training popularity
 
