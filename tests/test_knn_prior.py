@@ -69,7 +69,7 @@ def test_leave_one_out_rows_are_the_fold_in_of_the_rest() -> None:
     sup = support(rows)
     users = torch.tensor([1, 3, 77, 5])
     with torch.no_grad():
-        e, rest = knn.fold_in(sup, users, leave_one_out=True)
+        e, rest = knn.fold_in(sup, users, rest_of=torch.arange(sup.item_ids.shape[1]).expand(sup.n_tasks, -1))
         torch.testing.assert_close(e, knn.fold_in(sup, users)[0])
         for t, row in enumerate(rows):
             for j in range(len(row)):
@@ -108,3 +108,19 @@ def test_a_catalogue_too_large_for_the_dense_co_occurrences_is_one_line(monkeypa
     with pytest.raises(ConfigError, match="cf_knn=true keeps the item x item co-occurrences dense: 12 covered") as e:
         KnnPrior(ease, "fism_ease")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("knn", [False, True])
+def test_leave_one_out_terms_for_the_targets_only_leave_the_loss_unchanged(monkeypatch, knn: bool) -> None:
+    """The catalogue loss forms leave-one-out terms for the support targets only; forming them for every
+    support entry (non-targets weigh 0) gives the same loss."""
+    import metarec.learners.fism as fism_module
+
+    ds, learner = _cf_learner(cf_knn=knn, cf_fold="rated", rank_loss="recall")
+    batch = tiny_batch(ds)
+    with torch.no_grad():
+        learner.cf.level_weight.copy_(torch.tensor([-0.5, 0.25, 0.5, 1.0, 2.0], dtype=learner.cf.level_weight.dtype))
+    compact = learner.full_softmax(batch)
+    every = lambda mask: torch.arange(mask.shape[1]).expand(mask.shape[0], -1)  # noqa: E731
+    monkeypatch.setattr(fism_module, "entries_of", every)
+    torch.testing.assert_close(learner.full_softmax(batch), compact)

@@ -47,6 +47,15 @@ from metarec.models.base import BaseRecommender
 MAX_BYTES = 4 * 2**30  # P (C x C, float32) above this is refused with one line
 
 
+def entries_of(mask: torch.Tensor) -> torch.Tensor:
+    """``[T, P]`` (long): the indices of each row's true entries of ``mask [T, S]``, in order, padded with
+    -1 (``P``: the most true entries of a row, at least 1). Leave-one-out terms are formed for these only —
+    under sampled negatives most support entries are negatives, which are never targets."""
+    width = max(int(mask.sum(1).max()) if mask.numel() else 0, 1)
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
+    return torch.where(mask.gather(1, order), order, -1)
+
+
 FOLDS = ("relevant", "rated")
 
 
@@ -166,15 +175,21 @@ class EasePrior(nn.Module):
         e, _ = self.scores(s, px, d)
         return self.to_catalogue(e), (cols >= 0).sum(-1).to(e.dtype)
 
-    def fold_in_leave_one_out(self, support: Support, user_ids: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """``(scores [T, I], n [T], rest [T, S, I], rest_n [T, S])``: as ``fold_in``, plus each support
-        item's scores from the rest of the profile (equal to ``scores`` for items not folded in)."""
+    def fold_in_leave_one_out(self, support: Support, user_ids: torch.Tensor | None,
+                              entries: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """``(scores [T, I], n [T], rest [T, P, I], rest_n [T, P])``: as ``fold_in``, plus the scores from
+        the rest of the profile of each support entry in ``entries [T, P]`` (indices into the support, -1:
+        padding; ``None``: every entry, ``P = S``) — equal to ``scores`` for entries not folded in."""
         keep = self.positives(support)
         weight = self.weights(support)
         s, cols = self.profile(support.item_ids, keep, weight)
         px, d = self.downdate(user_ids, s.shape[0])
         e, diag = self.scores(s, px, d)
         n = (cols >= 0).sum(-1).to(e.dtype)
+        if entries is not None:
+            pick = entries.clamp_min(0)
+            cols = torch.where(entries >= 0, cols.gather(1, pick), -1)
+            weight = None if weight is None else weight.gather(1, pick)
         rows = self.rows(cols, px, d, diag)
         rest = e.unsqueeze(1) - (rows if weight is None else rows * weight.unsqueeze(-1))
         rest_n = n.unsqueeze(1) - (cols >= 0).to(e.dtype)

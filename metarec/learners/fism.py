@@ -55,7 +55,7 @@ from metarec.data.episodes import EpisodeBatch, Support
 from metarec.data.features import Features
 from metarec.errors import ConfigError
 from metarec.learners.base import LearnerContext, MetaLearner
-from metarec.learners.ease_prior import EasePrior
+from metarec.learners.ease_prior import EasePrior, entries_of
 from metarec.learners.knn_prior import KnnPrior
 from metarec.models.base import BaseRecommender
 from metarec.models.item_cache import ItemSideCache
@@ -286,12 +286,19 @@ class FISM(MetaLearner):
         u_list = [self._pooled(u0, sum_v, sum_wv, n).unsqueeze(1)]  # [T, 1, dim]: the query's user vector
         target_list = [ids[:, s:]]
         is_target = [batch.query_mask[:, s:] & relevant[:, s:]]
-        if self.cfg.leave_one_out:
-            rest_wv = None if wv is None else sum_wv.unsqueeze(1) - wv
-            u_list.append(self._pooled(u0.unsqueeze(1), sum_v.unsqueeze(1) - v * k, rest_wv, n.unsqueeze(1) - k))
-            target_list.append(ids[:, :s])
-            is_target.append(keep & relevant[:, :s] & (n > 1.5))  # a user with one item has no "rest"
-        priors = self.training_priors(batch) if self.cf is not None else [0.0] * len(u_list)
+        entries = None
+        if self.cfg.leave_one_out:  # formed for the support targets only (never for sampled negatives)
+            targets = keep & relevant[:, :s] & (n > 1.5)  # a user with one item has no "rest"
+            entries = entries_of(targets)
+            pick, valid = entries.clamp_min(0), entries >= 0
+            along = pick.unsqueeze(-1).expand(-1, -1, v.shape[-1])
+            k_e = k.gather(1, pick.unsqueeze(-1)) * valid.unsqueeze(-1)
+            rest_wv = None if wv is None else sum_wv.unsqueeze(1) - wv.gather(1, along) * valid.unsqueeze(-1)
+            u_list.append(self._pooled(u0.unsqueeze(1), sum_v.unsqueeze(1) - v.gather(1, along) * k_e, rest_wv,
+                                       n.unsqueeze(1) - k_e))
+            target_list.append(ids[:, :s].gather(1, pick))
+            is_target.append(targets.gather(1, pick) & valid)
+        priors = self.training_priors(batch, entries) if self.cf is not None else [0.0] * len(u_list)
         losses, counts = [], []
         catalogue = self.catalogue_items(ids.device)  # once per meta-step, for the query and leave-one-out targets
         for u, tgt, pos, prior in zip(u_list, target_list, is_target, priors):
@@ -334,16 +341,20 @@ class FISM(MetaLearner):
                                  {"params": scalars, "lr": self.lr * self.cfg.cf_lr_scale, "weight_decay": 0.0}],
                                 lr=self.lr, weight_decay=self.weight_decay)
 
-    def training_priors(self, batch: EpisodeBatch) -> list[torch.Tensor]:
-        """The gated leave-user-out EASE scores ``[T, 1, I]`` for the query targets and, with
-        ``leave_one_out``, ``[T, S, I]`` for each support target from the rest of the profile."""
+    def training_priors(self, batch: EpisodeBatch, entries: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The gated leave-user-out prior scores ``[T, 1, I]`` for the query targets and, with
+        ``leave_one_out``, ``[T, P, I]`` for each support entry of ``entries [T, P]`` (indices into the
+        support, -1: padding; ``None``: every support entry) from the rest of the profile."""
         support = batch.support()
         loo = self.cfg.leave_one_out
-        k, k_rest = self.knn.fold_in(support, batch.user_ids, loo) if self.knn is not None else (None, None)
+        if loo and entries is None:
+            entries = torch.arange(batch.n_support, device=support.item_ids.device).expand(batch.n_tasks, -1)
+        rest_of = entries if loo else None
+        k, k_rest = self.knn.fold_in(support, batch.user_ids, rest_of) if self.knn is not None else (None, None)
         if not loo:
             e, n = self.cf.fold_in(support, batch.user_ids)
             return [self.prior_logits(e, n, k).unsqueeze(1)]
-        e, n, rest, rest_n = self.cf.fold_in_leave_one_out(support, batch.user_ids)
+        e, n, rest, rest_n = self.cf.fold_in_leave_one_out(support, batch.user_ids, entries)
         return [self.prior_logits(e, n, k).unsqueeze(1), self.prior_logits(rest, rest_n, k_rest)]
 
     def training_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:

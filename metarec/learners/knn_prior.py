@@ -13,7 +13,8 @@ scores of the kind a new user gets (the neighbour sets ``N(j)`` stay those of al
 approximation, the only place the user's row still counts). Validation and test users get exactly the
 ``itemknn`` learner's fold-in. Only the support items' rows are formed (``[T, S, C]``); ``G`` is dense
 float32 over the covered items (``C^2 x 4`` bytes plus a ``C^2`` neighbour mask), rebuilt when a run is
-loaded.
+loaded. Only the folded-in entries' rows are formed, and the leave-one-out rows only for the entries asked
+for (the training targets; never the sampled negatives).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import nn
 
 from metarec.data.episodes import Support
 from metarec.errors import ConfigError
-from metarec.learners.ease_prior import MAX_BYTES, EasePrior
+from metarec.learners.ease_prior import MAX_BYTES, EasePrior, entries_of
 from metarec.learners.itemknn import ItemKNNConfig, cosine_neighbours
 
 
@@ -63,19 +64,24 @@ class KnnPrior(nn.Module):
         return sim * (self.mask[safe] & (cols >= 0).unsqueeze(-1))
 
     def fold_in(self, support: Support, user_ids: torch.Tensor | None = None,
-                leave_one_out: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(scores [T, I], rest [T, S, I] or None)``: each task's ItemKNN scores of the catalogue for the
-        EASE prior's profile (leave-user-out for training users), and with ``leave_one_out`` each support
-        item's scores from the rest of the profile."""
+                rest_of: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(scores [T, I], rest [T, P, I] or None)``: each task's ItemKNN scores of the catalogue for the
+        EASE prior's profile (leave-user-out for training users), and for each support entry of ``rest_of
+        [T, P]`` (indices into the support, -1: padding) the scores from the rest of the profile."""
         ease = self.ease[0]
         keep = ease.positives(support)
         cols = torch.where(keep, ease.column[support.item_ids], -1)
         weight = ease.weights(support)
         w = (cols >= 0).to(ease.P.dtype) if weight is None else weight.to(ease.P.dtype) * (cols >= 0)
-        rows = self.rows(cols, ease.training_rows(user_ids, support.n_tasks))
-        contrib = rows * w.unsqueeze(-1)
-        scores = contrib.sum(1)
-        rest = ease.to_catalogue(scores.unsqueeze(1) - contrib) if leave_one_out else None
+        x = ease.training_rows(user_ids, support.n_tasks)
+
+        def contributions(entries: torch.Tensor) -> torch.Tensor:  # [T, P, C]: w_i sim(i, :) per entry
+            pick = entries.clamp_min(0)
+            picked = torch.where(entries >= 0, cols.gather(1, pick), -1)
+            return self.rows(picked, x) * (w.gather(1, pick) * (entries >= 0)).unsqueeze(-1)
+
+        scores = contributions(entries_of(cols >= 0)).sum(1)  # only the folded-in entries' rows are formed
+        rest = None if rest_of is None else ease.to_catalogue(scores.unsqueeze(1) - contributions(rest_of))
         return ease.to_catalogue(scores), rest
 
 
