@@ -124,3 +124,19 @@ def test_leave_one_out_terms_for_the_targets_only_leave_the_loss_unchanged(monke
     every = lambda mask: torch.arange(mask.shape[1]).expand(mask.shape[0], -1)  # noqa: E731
     monkeypatch.setattr(fism_module, "entries_of", every)
     torch.testing.assert_close(learner.full_softmax(batch), compact)
+
+
+def test_smooth_recall_loss_matches_a_hand_computation() -> None:
+    ds, learner = _cf_learner(rank_loss="recall", rank_k=2, rank_temperature=0.5)
+    allowed = torch.tensor([[[3.0, 1.0, float("-inf"), 0.0, 2.0]]], dtype=torch.float64)
+    picked = torch.tensor([[1.0]], dtype=torch.float64)  # the target is the item with logit 1.0
+    sig = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
+    above = sig((3 - 1) / 0.5) + sig(0.0) + 0.0 + sig((0 - 1) / 0.5) + sig((2 - 1) / 0.5) - 0.5
+    want = 1.0 - sig(2 - 0.5 - above)
+    assert learner.smooth_miss(allowed, picked).item() == pytest.approx(want, rel=1e-12)
+    for bad, match in (({"rank_k": 0}, "rank_k must be an integer >= 1"),
+                       ({"rank_temperature": 0.0}, "rank_temperature must be"),
+                       ({"cf_fold": "all"}, "cf_fold must be one of relevant, rated"),
+                       ({"rank_loss": "inbatch"}, "needs learner.rank_loss=full or recall")):
+        with pytest.raises(ConfigError, match=match):
+            _cf_learner(**bad)

@@ -1,4 +1,4 @@
-"""EASE fold-in scores as a differentiable-free prior term for a meta-trained ranker (``fism cf_prior=ease``).
+"""EASE fold-in scores as a prior term of a meta-trained ranker (``fism cf_prior=ease``).
 
 A learner that adds an item-item fold-in score to its own ranking logits must not be meta-trained on
 scores that have already seen the episode: EASE's weights ``B`` are fitted on the training users' rows, so

@@ -29,16 +29,17 @@ Ranking objective (``rank_loss``), added to the pointwise query loss (weighted `
 
 Item-item prior (``cf_prior=ease``, learner option ``fism_ease``): the ranking logits get an EASE fold-in
 term, ``logit_j += g(n) * (s B)_j`` with ``s`` the support's relevant items (as the ``ease`` learner folds
-them in; ``cf_fold=rated``: every rated item, weighted by a learned weight per rating level), ``B`` EASE's item-item weights on the training users (``l2`` chosen on the validation users, as
-``ease`` chooses it, unless ``cf_l2`` is set) and ``g(n) = exp(a) (1 + n)^b`` a learned gate of the number
+them in; ``cf_fold=rated``: every rated item, weighted by a learned weight per rating level), ``B``
+EASE's item-item weights on the training users (``l2`` chosen on the validation users, as ``ease`` chooses it, unless ``cf_l2`` is set) and ``g(n) = exp(a) (1 + n)^b`` a learned gate of the number
 ``n`` of folded-in items (``a`` starts at ``log cf_scale``, ``b`` at 0), plus ``w(n) log q_j`` (the item's log
 training popularity, ``w(n) = exp(c) (1 + n)^d`` learned from 1) and the factor model's logits weighted ``m`` (learned, from
 ``cf_mix``): training starts near EASE with popularity instead of from a random model. The factor model then learns what
 the neighbourhood model misses (user features, small supports) — Koren's integrated model (KDD 2008) in
 cold-start episodes. Training episodes see **leave-user-out** EASE scores (the user's own row taken out of
 ``X`` exactly; ``metarec.learners.ease_prior``), so the gate is fitted on scores of the kind a new user
-gets; rating predictions (``score``) are unchanged. ``cf_knn=true`` adds ItemKNN's fold-in score of the same
-profile with its own gate ``g_k(n)`` (``metarec.learners.knn_prior``: leave-user-out similarities in training). Needs ``rank_loss=full`` or ``recall``.
+gets; rating predictions (``score``) are unchanged. ``cf_knn=true`` adds ItemKNN's fold-in score of the
+same profile with its own gate ``g_k(n)`` (``metarec.learners.knn_prior``: leave-user-out similarities in
+training). Needs ``rank_loss=full`` or ``recall``.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from metarec.data.episodes import EpisodeBatch, Support
 from metarec.data.features import Features
 from metarec.errors import ConfigError
 from metarec.learners.base import LearnerContext, MetaLearner
-from metarec.learners.ease_prior import EasePrior, entries_of
+from metarec.learners.ease_prior import FOLDS, EasePrior, entries_of
 from metarec.learners.knn_prior import KnnPrior
 from metarec.models.base import BaseRecommender
 from metarec.models.item_cache import ItemSideCache
@@ -104,6 +105,8 @@ class FISM(MetaLearner):
             raise ConfigError(f"learner.rank_loss must be one of {', '.join(RANK_LOSSES)}, got {cfg.rank_loss!r}")
         if cfg.rating_weight == 0 and cfg.rank_weight == 0:
             raise ConfigError("learner.rating_weight and learner.rank_weight are both 0: nothing to train")
+        if cfg.cf_fold not in FOLDS:
+            raise ConfigError(f"learner.cf_fold must be one of {', '.join(FOLDS)}, got {cfg.cf_fold!r}")
         if cfg.cf_prior not in CF_PRIORS:
             raise ConfigError(f"learner.cf_prior must be one of {', '.join(CF_PRIORS)}, got {cfg.cf_prior!r}")
         if cfg.cf_prior != "none" and cfg.rank_loss not in CATALOGUE_LOSSES:
@@ -118,8 +121,8 @@ class FISM(MetaLearner):
             if cfg.cf_prior != "none" and not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"learner.{name} must be a finite number > 0, got {value}")
         if cfg.rank_loss in CATALOGUE_LOSSES and (ctx.all_items is None or ctx.new_item_mask is None):
-            raise ConfigError("learner.rank_loss=full needs the catalogue's item features (LearnerContext.all_items "
-                              "and new_item_mask); use learner.rank_loss=inbatch")
+            raise ConfigError(f"learner.rank_loss={cfg.rank_loss} needs the catalogue's item features "
+                              "(LearnerContext.all_items and new_item_mask); use learner.rank_loss=inbatch")
         self.cfg = cfg
         self._item_cache = ItemSideCache()  # serving: the catalogue's item side, kept while nothing changes
         self.dim = model.head[0].dim
