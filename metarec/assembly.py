@@ -16,6 +16,7 @@ from metarec.config import data_config, to_object
 from metarec.data.datamodule import VAL_SCENARIO, ColdStartDataModule
 from metarec.errors import ConfigError, MetarecError
 from metarec.learners import LEARNERS, LearnerContext, MetaLearner
+from metarec.learners.base import rating_values
 from metarec.models import MODELS
 from metarec.monitor import monitor_for
 
@@ -47,12 +48,19 @@ def build(cfg: DictConfig) -> tuple[ColdStartDataModule, MetaLearner]:
         rating_range, base = tuple(ds.rating_range), dm.train_rating_mean()
         model.set_output_bias(base)
     monitor = monitor_for(cfg.trainer.monitor, dm.loss, cfg.data.ranking_ks)
+    train_items = dm.split.train_ratings()
+    grid = None
+    if cfg.data.rating_grid:
+        if dm.loss != "mse":
+            raise ConfigError("data.rating_grid=true needs explicit ratings; these data are 0/1 labels "
+                              f"(data.negatives, loss {dm.loss}). Set data.rating_grid=false")
+        grid = rating_values(train_items[1])
     ctx = LearnerContext(
         rating_range=rating_range,
         train_rating_mean=base,
         val_scenarios=[VAL_SCENARIO],
         test_scenarios=dm.scenarios,
-        train_items=dm.split.train_ratings(),
+        train_items=train_items,
         train_pool=dm.split.train_pool,
         validation_batches=dm.val_dataloader,
         n_items=ds.n_items,
@@ -67,6 +75,7 @@ def build(cfg: DictConfig) -> tuple[ColdStartDataModule, MetaLearner]:
         relevance_threshold=float(cfg.data.relevance_threshold),
         interactions_only=bool(getattr(ds, "implicit", False)),
         loss=dm.loss,
+        rating_grid=grid,
     )
     entry = LEARNERS.get(cfg.learner.name)
     learner = entry.factory(model, ctx, to_object(cfg.learner, entry.config_cls))

@@ -5,7 +5,8 @@
 Syntax: ``LEARNER@key=value[,key=value...]``. A key without a dot is a learner setting (``inner_steps``
 means ``learner.inner_steps``); dotted keys may name settings of the ``learner``, ``model`` and
 ``trainer`` sections (``maml@model.embed_dim=16``), and the data settings that shape only the training
-episodes (``TRAINING_DATA``: ``fism@data.train_support=loguniform``). Every other data setting and the
+episodes or only the predictions (``PER_VARIANT_DATA``: ``fism@data.train_support=loguniform``,
+``maml@data.rating_grid=true``). Every other data setting and the
 seeds are shared by the whole grid (one split, the same evaluation episodes) and cannot vary. Values are YAML, as in overrides; a comma inside brackets belongs to the
 value (``maml@model.hidden=[64,32]``). The text of the variant names its run folders, so it may only hold
 letters, digits and ``_ . - + = , @ [ ]``.
@@ -18,7 +19,8 @@ import re
 from metarec.errors import ConfigError
 
 SECTIONS = ("learner", "model", "trainer")  # the sections a variant may set
-TRAINING_DATA = ("data.train_support", "data.item_id_dropout", "data.meta_batch_size")  # and these data keys
+# and these data keys: they change neither the split nor the evaluation episodes
+PER_VARIANT_DATA = ("data.train_support", "data.item_id_dropout", "data.meta_batch_size", "data.rating_grid")
 SYNTAX = "LEARNER@key=value[,key=value], e.g. maml@inner_steps=5 or maml@model.embed_dim=16"
 _SAFE = re.compile(r"[A-Za-z0-9_.+=,@\[\]-]+")
 
@@ -64,9 +66,9 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
         if "." not in key:
             key = f"learner.{key}"
         section = key.split(".", 1)[0]
-        if section not in SECTIONS and key not in TRAINING_DATA:
+        if section not in SECTIONS and key not in PER_VARIANT_DATA:
             raise ConfigError(f"{where}: {key} cannot differ between the learners of one grid (a variant sets "
-                              f"{', '.join(s + '.*' for s in SECTIONS)} and {', '.join(TRAINING_DATA)}; "
+                              f"{', '.join(s + '.*' for s in SECTIONS)} and {', '.join(PER_VARIANT_DATA)}; "
                               "the split, evaluation and seeds are shared)")
         if key == "learner.name":
             raise ConfigError(f"{where}: learner.name is the learner option itself; put another learner in --learners")

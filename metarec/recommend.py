@@ -333,10 +333,13 @@ class Recommender:
             return score(u.state, ids, items)[0].detach().float().numpy()
 
     def _prediction(self, raw: np.ndarray, clip: bool) -> np.ndarray:
-        """Raw scores -> what users read: probabilities (implicit feedback) or ratings, clipped if asked."""
-        if self.implicit:
-            return 1.0 / (1.0 + np.exp(-raw.astype(np.float64)))
-        return np.clip(raw, *self.rating_range) if clip else raw
+        """Raw scores -> what users read: the learner's predictions, exactly as evaluation makes them
+        (``MetaLearner.to_prediction``: probabilities under implicit feedback; ratings clipped to the rating
+        range, and on the rating grid with ``data.rating_grid``), or the raw ratings with ``clip=False``."""
+        if not (self.implicit or clip):
+            return raw
+        with torch.no_grad():
+            return self.learner.to_prediction(torch.from_numpy(raw.astype(np.float64))).numpy()
 
 
 class AdaptedUser:

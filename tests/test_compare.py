@@ -408,6 +408,7 @@ def test_variant_syntax(monkeypatch, tmp_path: Path) -> None:
     assert parse_variant("maml@model.hidden=[64,32],inner_lr=0.1") == ("maml", ["model.hidden=[64,32]", "learner.inner_lr=0.1"])
     # data settings that shape only the training episodes may vary; the split's may not
     assert parse_variant("fism@data.train_support=loguniform") == ("fism", ["data.train_support=loguniform"])
+    assert parse_variant("maml@data.rating_grid=true") == ("maml", ["data.rating_grid=true"])  # predictions only
     for bad, message in [("maml@", "not key=value"), ("maml@steps", "not key=value"), ("@lr=1", "no learner"),
                          ("maml@data.params.n_users=9", "cannot differ"),
                          ("maml@data.split.query_size=5", "cannot differ"), ("maml@data.eval_support_sizes=[1]", "cannot differ"),

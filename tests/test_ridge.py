@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 from test_learners import ctx, tiny_batch, tiny_dataset
@@ -104,35 +103,3 @@ def test_meta_training_reaches_the_precision_and_lowers_the_query_loss() -> None
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first.item()
-
-
-def test_rating_grid_predicts_the_nearest_training_rating_and_keeps_the_order() -> None:
-    """``rating_grid``: each prediction is the nearest rating value of the training data (to the clipped
-    prediction) up to ``TIE_SHARE`` times the distance, the predictions keep the real-valued ones' order, and
-    training is unchanged."""
-    from metarec.learners.ridge import TIE_SHARE
-
-    ds = tiny_dataset()
-    context = dataclasses.replace(ctx(ds), train_items=(None, np.array([4.0, 1.0, 2.5, 2.5, 1.0])))  # grid 1, 2.5, 4
-    plain, grid = _learner(ds, context), _learner(ds, context, rating_grid=True)
-    out = torch.tensor([-3.0, 1.2, 1.8, 2.2, 3.2, 3.3, 4.4, 7.0], dtype=torch.float64)
-    real = plain.to_prediction(out)
-    pred = grid.to_prediction(out)
-    torch.testing.assert_close(real, out.clamp(1.0, 5.0))
-    nearest = torch.tensor([1.0, 1.0, 2.5, 2.5, 2.5, 4.0, 4.0, 4.0], dtype=torch.float64)
-    assert ((pred - nearest).abs() <= TIE_SHARE * (real - nearest).abs() + 1e-12).all()
-    assert torch.equal(torch.argsort(pred), torch.argsort(real))
-    assert ((pred[1:] > pred[:-1]) == (real[1:] > real[:-1])).all()
-    batch = tiny_batch(ds)  # the training objective (real-valued outputs) does not depend on the option
-    torch.testing.assert_close(grid.training_loss(batch)[0], plain.training_loss(batch)[0])
-
-
-def test_rating_grid_needs_ratings_on_a_grid() -> None:
-    ds = tiny_dataset()
-    real_valued = dataclasses.replace(ctx(ds), train_items=(None, np.linspace(1, 5, 100)))
-    with pytest.raises(ConfigError, match="rating_grid=false"):
-        _learner(ds, real_valued, rating_grid=True)
-    _learner(ds, real_valued)  # off: real-valued ratings are fine
-    binary = dataclasses.replace(real_valued, rating_range=(0.0, 1.0), loss="bce")
-    probabilities = _learner(ds, binary, rating_grid=True).to_prediction(torch.zeros(2))
-    assert probabilities.tolist() == [0.5, 0.5]  # 0/1 labels: probabilities, no grid

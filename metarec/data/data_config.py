@@ -37,6 +37,11 @@ class DataConfig:
     hide_new_item_ids: bool = True
     item_id_dropout: float = 0.0  # training: hide each item's id with this probability (learn to use content)
     train_support: str = "full"  # training episodes' support: full (every non-query rating) | loguniform (cut, see below)
+    # rating metrics and Recommender.predict: snap every learner's clipped prediction to the nearest rating
+    # value of the training data (whole stars, half stars). With a symmetric predictive distribution that is
+    # the absolute-error optimum (the median of a rounded rating is the rounded median): MAE falls, RMSE
+    # rises, the order of the predictions is kept. Explicit ratings on a grid only.
+    rating_grid: bool = False
 
     def __post_init__(self) -> None:
         if self.train_support not in TRAIN_SUPPORT:

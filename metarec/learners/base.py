@@ -61,11 +61,34 @@ class LearnerContext:
     relevance_threshold: float = 4.0  # a query rating >= this is a relevant item (explicit feedback)
     interactions_only: bool = False  # the data are interactions, not ratings: every query item is relevant
     loss: str = "mse"  # mse: ratings; bce | softmax: binary labels with sampled negatives, the model outputs logits
+    rating_grid: Any = None  # data.rating_grid: the sorted rating values predictions snap to (``rating_values``)
 
     @property
     def binary_labels(self) -> bool:
         """Whether ratings are 0/1 labels (sampled negatives) and the model outputs logits."""
         return self.loss != "mse"
+
+
+TIE_SHARE = 1e-3  # rating grid: share of the rounding remainder kept (order-preserving; <= 0.0005 on whole stars)
+MAX_GRID = 20  # rating grid: at most this many distinct training ratings make a grid (else they are real-valued)
+
+
+def rating_values(ratings: Any) -> torch.Tensor:
+    """The distinct rating values of the training ratings, sorted (``data.rating_grid``); ``ConfigError``
+    when they are not a grid (more than ``MAX_GRID`` values, or none)."""
+    values = torch.unique(torch.as_tensor(ratings if ratings is not None else [], dtype=torch.float64))
+    if not 1 <= len(values) <= MAX_GRID:
+        raise ConfigError(f"data.rating_grid=true needs ratings on a grid (at most {MAX_GRID} distinct values, "
+                          f"e.g. whole stars); the training data have {len(values)}. Set data.rating_grid=false")
+    return values.float()
+
+
+def snap_to_grid(pred: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Each prediction's nearest grid value, plus ``TIE_SHARE`` of the remainder so that the order of the
+    predictions (the query ranking metrics) stays that of the real-valued ones."""
+    grid = grid.to(pred.device, pred.dtype)
+    nearest = grid[torch.bucketize(pred, (grid[1:] + grid[:-1]) / 2)]
+    return nearest + TIE_SHARE * (pred - nearest)
 
 
 def squared_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -279,11 +302,14 @@ class MetaLearner(pl.LightningModule):
         return torch.cat(out, dim=1) if out else torch.zeros(n_tasks, 0, device=device)
 
     def to_prediction(self, out: torch.Tensor) -> torch.Tensor:
-        """Model outputs -> predictions for the rating metrics: ratings clipped to the rating range, or
-        probabilities (sigmoid of the logits) under ``bce``."""
+        """Model outputs -> predictions, for the rating metrics and for ``Recommender.predict``: ratings
+        clipped to the rating range (with ``data.rating_grid``, then snapped to the nearest rating value of
+        the training data: ``snap_to_grid``), or probabilities (sigmoid of the logits) under binary labels.
+        The same for every learner, so that no learner gets a rounding the others do not."""
         if self.ctx.binary_labels:
             return torch.sigmoid(out)
-        return out.clamp(*self.ctx.rating_range)
+        pred = out.clamp(*self.ctx.rating_range)
+        return pred if self.ctx.rating_grid is None else snap_to_grid(pred, self.ctx.rating_grid)
 
     # ------------------------------------------------------------ full ranking
     def ranking_targets(self, batch: EpisodeBatch, scenario: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,9 +20,7 @@ output layer and ``lambda``, so the item vectors are learned for exactly this fo
 user is one item-tower pass over the support and one ``dim x dim`` solve; scoring the catalogue is one
 matrix product. On data drawn from a linear-Gaussian preference model this has the form of the Bayes
 posterior mean (exact given the true item vectors and prior: ``benchmarks/oracle_gap.py`` measures how
-close the learned ones get). Needs ``model=twotower``. With ``rating_grid`` the rating predictions are
-the nearest value of the training ratings' grid (whole stars): the absolute-error optimum the oracle also
-predicts; ranking scores are unchanged.
+close the learned ones get). Needs ``model=twotower``.
 """
 
 from __future__ import annotations
@@ -41,20 +39,12 @@ from metarec.models.base import BaseRecommender
 from metarec.models.item_cache import ItemSideCache
 
 
-TIE_SHARE = 1e-3  # rating_grid: share of the rounding remainder kept (order-preserving; <= 0.0005 on whole stars)
-MAX_GRID = 20  # rating_grid: at most this many distinct training ratings make a grid (else they are real-valued)
-
-
 @dataclass
 class RidgeConfig:
     prior_precision: float = 1.0  # initial lambda (per coordinate, relative to the noise variance)
     learn_precision: bool = True  # meta-learn lambda (else fixed at prior_precision)
     lr: float = 1e-3
     weight_decay: float = 0.0
-    # predict on the rating grid (whole stars, half stars): round the clipped prediction to the nearest rating
-    # value of the training data. With a symmetric predictive distribution that is the absolute-error optimum
-    # (the median of a rounded rating is the rounded median): MAE falls, RMSE rises. Rating metrics only.
-    rating_grid: bool = False
 
 
 class Ridge(MetaLearner):
@@ -67,7 +57,6 @@ class Ridge(MetaLearner):
         if not (math.isfinite(cfg.prior_precision) and cfg.prior_precision > 0):
             raise ConfigError(f"learner.prior_precision must be a finite number > 0, got {cfg.prior_precision}")
         self.cfg = cfg
-        self._grid = rating_grid(ctx) if cfg.rating_grid and not ctx.binary_labels else None
         self.dim = model.head[0].dim
         log_lam = torch.full((self.dim,), math.log(cfg.prior_precision))
         self.log_precision = nn.Parameter(log_lam, requires_grad=cfg.learn_precision)
@@ -109,16 +98,6 @@ class Ridge(MetaLearner):
         x, offset = self._item_cache(self, items, self._items)  # user-independent: one pass per catalogue
         return (x * state.unsqueeze(-2)).sum(-1) + offset
 
-    def to_prediction(self, out: torch.Tensor) -> torch.Tensor:
-        """Clipped ratings; with ``rating_grid`` the nearest grid value, plus ``TIE_SHARE`` of the remainder so
-        the order of the predictions (query ranking metrics) stays that of the real-valued ones."""
-        pred = super().to_prediction(out)
-        if self._grid is None:
-            return pred
-        grid = self._grid.to(pred.device, pred.dtype)
-        nearest = grid[torch.bucketize(pred, (grid[1:] + grid[:-1]) / 2)]
-        return nearest + TIE_SHARE * (pred - nearest)
-
     def training_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         u = self.adapt(batch.user, batch.support())
         out = self.score(u, *batch.query())
@@ -126,14 +105,4 @@ class Ridge(MetaLearner):
         return self.loss_fn(out, y.to(out.dtype), m).mean(), out
 
 
-def rating_grid(ctx: LearnerContext) -> torch.Tensor:
-    """The distinct rating values of the training data, sorted; ``ConfigError`` when they are not a grid."""
-    ratings = None if ctx.train_items is None else ctx.train_items[1]
-    values = torch.unique(torch.as_tensor(ratings if ratings is not None else [], dtype=torch.float64))
-    if not 1 <= len(values) <= MAX_GRID:
-        raise ConfigError(f"learner.rating_grid=true needs ratings on a grid (at most {MAX_GRID} distinct values, "
-                          f"e.g. whole stars); the training data have {len(values)}. Set learner.rating_grid=false")
-    return values.float()
-
-
-__all__ = ["Ridge", "RidgeConfig", "rating_grid"]
+__all__ = ["Ridge", "RidgeConfig"]
