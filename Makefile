@@ -24,6 +24,7 @@ bench-smoke: setup
 	$(VENV)/bin/python benchmarks/ranking_vs_cf.py --smoke
 	$(VENV)/bin/python benchmarks/oracle_gap.py --smoke
 	$(VENV)/bin/python benchmarks/convergence.py --smoke
+	$(VENV)/bin/python benchmarks/tuned_ml100k.py --smoke
 	$(VENV)/bin/python benchmarks/large_models_ml100k.py --smoke
 	$(VENV)/bin/python benchmarks/transformer_cost.py --smoke
 	$(VENV)/bin/python benchmarks/speed.py --smoke
