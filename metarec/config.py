@@ -183,6 +183,25 @@ def literal(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create(_escaped(OmegaConf.to_container(cfg, resolve=False)))
 
 
+# settings that moved since run folders were saved: old key -> new key. A saved config.yaml is read with
+# them moved, so that runs made by earlier versions still load, resume, report and compare.
+MOVED = {"learner.rating_grid": "data.rating_grid"}  # ridge's own option became every learner's
+
+
+def upgrade_saved(cfg: DictConfig) -> DictConfig:
+    """A run folder's saved config with the settings of ``MOVED`` carried to their new keys (an explicit
+    new key wins)."""
+    for old, new in MOVED.items():
+        section, key = old.split(".", 1)
+        sec = cfg.get(section)
+        if isinstance(sec, DictConfig) and key in sec:
+            value = sec[key]
+            del sec[key]
+            if OmegaConf.select(cfg, new) is None:
+                OmegaConf.update(cfg, new, value, force_add=True)
+    return cfg
+
+
 def _option_file(roots: list[Path], group: str, option: str) -> Path:
     known = group_options(group, roots)
     if option not in known:  # also refuses names like ../defaults

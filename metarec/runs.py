@@ -278,7 +278,7 @@ def config_difference(run_dir: Path, cfg, ignored: tuple[str, ...] = RESULT_NEUT
     import yaml
     from omegaconf import OmegaConf
 
-    from metarec.config import literal, validate
+    from metarec.config import literal, upgrade_saved, validate
     from metarec.errors import MetarecError
 
     try:
@@ -286,7 +286,8 @@ def config_difference(run_dir: Path, cfg, ignored: tuple[str, ...] = RESULT_NEUT
     except (OSError, yaml.YAMLError) as e:
         raise MetarecError(f"run {run_dir} has no readable config.yaml ({e})") from None
     try:
-        old = OmegaConf.to_container(validate(literal(OmegaConf.create(old if isinstance(old, dict) else {}))), resolve=True)
+        old = OmegaConf.create(old if isinstance(old, dict) else {})
+        old = OmegaConf.to_container(validate(upgrade_saved(literal(old))), resolve=True)
     except MetarecError as e:
         raise MetarecError(f"run {run_dir} has a config.yaml this version cannot read ({e})") from None
 

@@ -4,15 +4,17 @@ evaluation and in serving alike (``MetaLearner.to_prediction``)."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from test_learners import ctx, tiny_batch, tiny_dataset
 
 from metarec.cli import main
-from metarec.config import compose
+from metarec.config import compose, validate
 from metarec.errors import ConfigError
 from metarec.learners import build_learner
 from metarec.learners.base import TIE_SHARE, rating_values, snap_to_grid
@@ -20,6 +22,7 @@ from metarec.learners.maml import MAMLConfig
 from metarec.learners.ridge import RidgeConfig
 from metarec.models import MeLU, MeLUConfig, TwoTower, TwoTowerConfig
 from metarec.recommend import Recommender
+from metarec.runs import config_difference
 from metarec.train import fit
 
 OUT = torch.tensor([-3.0, 1.2, 1.8, 2.2, 3.2, 3.3, 4.4, 7.0], dtype=torch.float64)
@@ -86,6 +89,18 @@ def test_fit_and_serve_on_the_grid(tmp_path: Path) -> None:
         else:
             assert off.max() > 0.01  # real-valued
             np.testing.assert_allclose(pred, np.clip(raw, 1, 5), rtol=1e-6)
+
+
+    # a run folder saved before the option moved (ridge's `learner.rating_grid`) still loads, compares, reports
+    old = tmp_path / "old"
+    shutil.copytree(runs["true"], old)
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    del saved["data"]["rating_grid"]
+    saved["learner"]["rating_grid"] = True
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert Recommender.load(old).learner.ctx.rating_grid.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert config_difference(old, validate(compose([*common, "run.name=true", "data.rating_grid=true"]))) is None
+    assert config_difference(old, validate(compose([*common, "run.name=true"])))[0] == "data.rating_grid"
 
 
 @pytest.mark.parametrize("extra, message", [
