@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 NAME = "tuned_ml100k"
 TARGET = 0.80
-DATA = ["data=movielens100k"]
+DATA = ["data=movielens100k", "trainer.max_epochs=100"]  # an epoch cap early stopping ends runs well before
 COMMON = ["trainer.enable_progress_bar=false"]
 GROUPS = [
     ("melu", ["global", "finetune", "maml", "metasgd", "amortised"]),
