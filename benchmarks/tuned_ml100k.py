@@ -8,7 +8,8 @@ and ``amortised`` on the ``melu`` MLP; ``global``, ``finetune``, ``maml`` and ``
 ``--rating-grid`` to have every learner predict whole stars (``data.rating_grid=true``, the same rule for
 all) in tuning and testing. Targets checked in the verdict: the best tuned meta-learner's user-cold MAE
 <= 0.80, and every tuned meta-learner below the best tuned ``global``. Writes
-``benchmarks/results/tuned_ml100k.md`` and the README block ``tuned_ml100k``.
+``benchmarks/results/tuned_ml100k.md`` and the README block ``tuned_ml100k`` (with ``--rating-grid``:
+``tuned_ml100k_grid``).
 
     METAREC_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/tuned_ml100k.py [--trials 10] [--seeds 0 1 2]
 
@@ -145,8 +146,9 @@ def main() -> int:
              "(validation users only; the same budget for every learner), mean ± 95% CI half-width over seeds.")
     RESULTS.mkdir(exist_ok=True)
     body = "\n".join([intro, "", *lines, "", summary, "", footer])
-    (RESULTS / f"{NAME}.md").write_text(f"# Tuned learners on MovieLens-100K\n\n{body}\n")
-    update_readme(NAME, body)
+    name = f"{NAME}_grid" if args.rating_grid else NAME
+    (RESULTS / f"{name}.md").write_text(f"# Tuned learners on MovieLens-100K ({grid})\n\n{body}\n")
+    update_readme(name, body)
     return 0
 
 
