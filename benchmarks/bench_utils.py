@@ -22,7 +22,8 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _cell(st) -> str:
+def cell(st) -> str:
+    """``mean ± 95% CI half-width`` of a summary stat; the mean alone for one seed; ``–`` for none."""
     if st is None or st.n == 0:
         return "–"
     return f"{st.mean:.4f} ± {st.half_width:.4f}" if st.n > 1 else f"{st.mean:.4f}"  # one seed: no interval
@@ -38,7 +39,7 @@ def scenario_table(stats: dict, learners: list[str], scenarios: list[str], metri
     """One row per learner, one column per (scenario, metric), full support; best per column in bold."""
     header = ["learner"] + [f"{s} {m.replace('full_', '')}" for s in scenarios for m in metrics]
     columns = [[stats.get((l, ALL, s, m)) for l in learners] for s in scenarios for m in metrics]
-    rendered = [_bold_best([_cell(st) for st in col], [st.mean if st and st.n else None for st in col]) for col in columns]
+    rendered = [_bold_best([cell(st) for st in col], [st.mean if st and st.n else None for st in col]) for col in columns]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for i, learner in enumerate(learners):
         lines.append(f"| {learner} | " + " | ".join(col[i] for col in rendered) + " |")
@@ -50,7 +51,7 @@ def curve_table(stats: dict, learners: list[str], scenario: str, metric: str, si
     keys = [*sizes, ALL]
     header = ["learner"] + [f"K={k}" if k != ALL else "full support" for k in keys]
     columns = [[stats.get((l, k, scenario, metric)) for l in learners] for k in keys]
-    rendered = [_bold_best([_cell(st) for st in col], [st.mean if st and st.n else None for st in col]) for col in columns]
+    rendered = [_bold_best([cell(st) for st in col], [st.mean if st and st.n else None for st in col]) for col in columns]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for i, learner in enumerate(learners):
         lines.append(f"| {learner} | " + " | ".join(col[i] for col in rendered) + " |")

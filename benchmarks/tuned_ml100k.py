@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_utils import run_model_groups, update_readme
+from bench_utils import cell, run_model_groups, update_readme
 
 from metarec.compare import ALL
 from metarec.tune import make_tune_spec, tune
@@ -73,7 +73,7 @@ def table(stats, labels, best) -> list[str]:
         cells = []
         for metric in ("mae", "rmse"):
             st = stats.get((l, ALL, SCENARIO, metric))
-            text = "–" if st is None else _pm(st)
+            text = cell(st)
             cells.append(f"**{text}**" if metric == "mae" and st is not None and st.mean == top else text)
         learner, model = l.rsplit(" (", 1)
         settings = " ".join(f"`{short(o)}`" for o in best[model.rstrip(")")].get(learner, [])) or "(defaults)"
@@ -90,10 +90,6 @@ def short(override: str) -> str:
         return override
 
 
-def _pm(st) -> str:
-    return f"{st.mean:.4f} ± {st.half_width:.4f}" if st.n > 1 else f"{st.mean:.4f}"  # one seed: no interval
-
-
 def verdict(stats, labels) -> str:
     mae = {l: stats[(l, ALL, SCENARIO, "mae")] for l in labels if (l, ALL, SCENARIO, "mae") in stats}
     meta = [l for l in mae if l.split(" (")[0] not in BASELINES]
@@ -104,7 +100,7 @@ def verdict(stats, labels) -> str:
     ref = min(globals_, key=lambda l: mae[l].mean)
     losers = [l for l in meta if mae[l].mean >= mae[ref].mean]
     overlap = [l for l in meta if l not in losers and mae[l].mean + mae[l].half_width >= mae[ref].mean - mae[ref].half_width]
-    return (f"Best tuned meta-learner: {best}, user-cold MAE {_pm(mae[best])} "
+    return (f"Best tuned meta-learner: {best}, user-cold MAE {cell(mae[best])} "
             f"(target <= {TARGET:.2f}: {'met' if mae[best].mean <= TARGET else 'missed'}). Best tuned global: {ref} "
             f"{mae[ref].mean:.4f}; meta-learners not below it: {', '.join(losers) or 'none'}"
             + (f"; below it but within its 95% interval: {', '.join(overlap)}." if overlap else "."))
