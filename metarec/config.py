@@ -188,9 +188,14 @@ def literal(cfg: DictConfig) -> DictConfig:
 MOVED = {"learner.rating_grid": "data.rating_grid"}  # ridge's own option became every learner's
 
 
+def validate_saved(saved: DictConfig) -> DictConfig:
+    """A run folder's saved config, validated against today's schema (options added since take their
+    defaults): every ``${...}`` kept as text, the settings of ``MOVED`` carried to their new keys first."""
+    return validate(upgrade_saved(literal(saved)))
+
+
 def upgrade_saved(cfg: DictConfig) -> DictConfig:
-    """A run folder's saved config with the settings of ``MOVED`` carried to their new keys (an explicit
-    new key wins)."""
+    """``cfg`` with the settings of ``MOVED`` carried to their new keys (an explicit new key wins)."""
     for old, new in MOVED.items():
         section, key = old.split(".", 1)
         sec = cfg.get(section)

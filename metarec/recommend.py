@@ -110,7 +110,7 @@ class Recommender:
         from omegaconf import DictConfig, OmegaConf
         from omegaconf.errors import OmegaConfBaseException
 
-        from metarec.config import as_text, literal, upgrade_saved, validate
+        from metarec.config import as_text, validate_saved
         from metarec.runs import METRICS_FILE
         from metarec.assembly import build, check_checkpoint, quiet_lightning
 
@@ -136,7 +136,7 @@ class Recommender:
             raise ConfigError(f"{run / 'config.yaml'}: {_first_line(e)}") from None
         if not isinstance(raw, DictConfig):
             raise ConfigError(f"{run / 'config.yaml'}: expected a mapping at the top level")
-        cfg = validate(upgrade_saved(literal(raw)))  # a `${...}` the run kept as text stays text
+        cfg = validate_saved(raw)  # a `${...}` the run kept as text stays text
         cfg.data.manifest = as_text(str(manifest.resolve()))
         quiet_lightning()
         dm, learner = build(cfg)

@@ -145,7 +145,7 @@ def _run_config(run_dir: Path):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from metarec.config import literal, upgrade_saved, validate
+    from metarec.config import validate_saved
 
     try:
         raw = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
@@ -154,7 +154,7 @@ def _run_config(run_dir: Path):
     if not isinstance(raw, dict):
         raise DataError("its config.yaml is not a mapping")
     try:
-        return validate(upgrade_saved(literal(OmegaConf.create(raw))))
+        return validate_saved(OmegaConf.create(raw))
     except (MetarecError, OmegaConfBaseException, ValueError, TypeError) as e:
         raise DataError(f"a config.yaml this version cannot read ({str(e).splitlines()[0]})") from None
 

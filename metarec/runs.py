@@ -278,7 +278,7 @@ def config_difference(run_dir: Path, cfg, ignored: tuple[str, ...] = RESULT_NEUT
     import yaml
     from omegaconf import OmegaConf
 
-    from metarec.config import literal, upgrade_saved, validate
+    from metarec.config import validate_saved
     from metarec.errors import MetarecError
 
     try:
@@ -286,8 +286,8 @@ def config_difference(run_dir: Path, cfg, ignored: tuple[str, ...] = RESULT_NEUT
     except (OSError, yaml.YAMLError) as e:
         raise MetarecError(f"run {run_dir} has no readable config.yaml ({e})") from None
     try:
-        old = OmegaConf.create(old if isinstance(old, dict) else {})
-        old = OmegaConf.to_container(validate(upgrade_saved(literal(old))), resolve=True)
+        saved = OmegaConf.create(old if isinstance(old, dict) else {})
+        old = OmegaConf.to_container(validate_saved(saved), resolve=True)
     except MetarecError as e:
         raise MetarecError(f"run {run_dir} has a config.yaml this version cannot read ({e})") from None
 

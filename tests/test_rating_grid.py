@@ -67,7 +67,8 @@ def test_a_grid_needs_at_most_twenty_distinct_ratings() -> None:
 
 def test_fit_and_serve_on_the_grid(tmp_path: Path) -> None:
     """A run with ``data.rating_grid=true`` reports MAE on whole stars, and ``Recommender.predict`` serves
-    the same snapped predictions (``clip=False``: the raw ratings); the same run without it does not snap."""
+    the same snapped predictions (``clip=False``: the raw ratings); the same run without it does not snap. A
+    run folder saved with the former ``learner.rating_grid`` loads and compares as ``data.rating_grid``."""
     common = ["data.params.n_users=120", "data.params.round_ratings=true", "trainer.max_epochs=1",
               "trainer.enable_progress_bar=false", f"run.root={tmp_path}"]
     runs = {g: fit(compose([*common, f"run.name={g}", f"data.rating_grid={g}"])) for g in ("true", "false")}
@@ -89,7 +90,6 @@ def test_fit_and_serve_on_the_grid(tmp_path: Path) -> None:
         else:
             assert off.max() > 0.01  # real-valued
             np.testing.assert_allclose(pred, np.clip(raw, 1, 5), rtol=1e-6)
-
 
     # a run folder saved before the option moved (ridge's `learner.rating_grid`) still loads, compares, reports
     old = tmp_path / "old"
