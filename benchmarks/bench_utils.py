@@ -11,6 +11,23 @@ from pathlib import Path
 from metarec.compare import ALL, compare, make_spec, result_rows, summarize
 
 
+FOLDER_OPTIONS = ("--work", "--tuned", "--out")  # their values are this machine's paths: footers say DIR
+
+
+def command_line(script: str, argv: list[str] | None = None) -> str:
+    """``python benchmarks/<script> <arguments>`` as a footer names it, folder arguments written ``DIR``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = []
+    for i, a in enumerate(args):
+        if i > 0 and args[i - 1] in FOLDER_OPTIONS:
+            out.append("DIR")
+        elif a.split("=", 1)[0] in FOLDER_OPTIONS and "=" in a:
+            out.append(a.split("=", 1)[0] + "=DIR")
+        else:
+            out.append(a)
+    return " ".join([f"python benchmarks/{script}", *out])
+
+
 def read_rows(path: Path) -> list[dict]:
     """The rows of a compare ``results.csv``, values as floats and support sizes as ints (or ``ALL``)."""
     rows = []

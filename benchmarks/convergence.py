@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from bench_utils import fmt_table, update_readme
+from bench_utils import command_line, fmt_table, update_readme
 
 from metarec.compare import compare, make_spec
 from metarec.config import compose, validate
@@ -162,7 +162,7 @@ def main() -> int:
         n_runs, n_flat = n_runs + len(curves), n_flat + sum(c.plateaued for c in curves)
         sections += [f"### {title}", "", *lines, "",
                      f"![validation MAE by epoch]({IMAGES}{NAME}_{name}.png)", ""]
-    command = "python benchmarks/convergence.py " + " ".join(sys.argv[1:])
+    command = command_line("convergence.py")
     summary = f"{n_flat} of {n_runs} runs had plateaued when training stopped."
     footer = (f"_Produced by `{command}`, seeds {', '.join(args.seeds)}; this call took "
               f"{(time.perf_counter() - t0) / 60:.1f} min (finished runs are not redone), torch {torch.__version__}, "

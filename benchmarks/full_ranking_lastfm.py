@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_utils import curve_table, scenario_table, update_readme
+from bench_utils import command_line, curve_table, scenario_table, update_readme
 
 from metarec.compare import ALL, compare, make_spec, result_rows, summarize
 
@@ -64,7 +64,7 @@ def main() -> int:
             print(f"no full_recall@10 for {missing}", file=sys.stderr)
             return 1
         return 0
-    command = "python benchmarks/full_ranking_lastfm.py " + " ".join(sys.argv[1:])
+    command = command_line("full_ranking_lastfm.py")
     seeds = ", ".join(str(s) for s in spec.seeds)
     footer = (
         f"_Produced by `{command}`: {len(result['records'])} runs, seeds {seeds}; this call took "

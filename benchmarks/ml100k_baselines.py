@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_utils import update_readme
+from bench_utils import command_line, update_readme
 
 from metarec.config import compose
 from metarec.report import markdown_table, mean_std
@@ -88,7 +88,7 @@ def main() -> int:
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     meta = {
-        "command": "python benchmarks/ml100k_baselines.py " + " ".join(sys.argv[1:]),
+        "command": command_line("ml100k_baselines.py"),
         "seconds": round(elapsed, 1),
         "torch": torch.__version__,
         "python": platform.python_version(),

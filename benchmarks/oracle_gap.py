@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_utils import run_model_groups, update_readme
+from bench_utils import command_line, run_model_groups, update_readme
 from oracle_fit import fit_items, fitted_mae, training_ratings
 
 from metarec.compare import ALL
@@ -161,7 +161,7 @@ def main() -> int:
             print(f"no user_cold MAE for {missing}", file=sys.stderr)
             return 1
         return 0
-    command = "python benchmarks/oracle_gap.py " + " ".join(sys.argv[1:])
+    command = command_line("oracle_gap.py")
     budget = f"tuned configs from `{args.tuned}`" if args.tuned else "default configs (no tuning)"
     footer = (f"_Produced by `{command}`: {n_runs} runs ({budget}), seeds {', '.join(seeds)}, split "
               f"{next(iter(hashes))[:12]}, users per scenario {', '.join(f'{s} {users[s]}' for s in scenarios)}; "

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_utils import update_readme
+from bench_utils import command_line, update_readme
 
 from metarec.compare import ALL, compare, make_spec, result_rows, summarize
 
@@ -90,7 +90,7 @@ def main() -> int:
     for path in result["outputs"]:
         if path.suffix in (".png", ".csv"):
             shutil.copy(path, figures / path.name)
-    command = "python benchmarks/quality_ml100k.py " + " ".join(sys.argv[1:])
+    command = command_line("quality_ml100k.py")
     footer = (
         f"_Produced by `{command}`: {len(result['records'])} runs; this call took {elapsed / 60:.1f} min "
         f"(finished runs are not redone), torch {torch.__version__}, Python {platform.python_version()}, "

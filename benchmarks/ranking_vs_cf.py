@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_utils import curve_table, run_model_groups, scenario_table, update_readme
+from bench_utils import command_line, curve_table, run_model_groups, scenario_table, update_readme
 
 from metarec.compare import ALL
 
@@ -113,7 +113,7 @@ def main() -> int:
         part = [f"### {title}", "", *table, "", verdict, "", "Recall@10 by support size K:", "", *curve, ""]
         sections += part
         readme += part + [f"_{n_runs} runs, split {next(iter(hashes))[:12]}._", ""]
-    command = "python benchmarks/ranking_vs_cf.py " + " ".join(sys.argv[1:])
+    command = command_line("ranking_vs_cf.py")
     footer = (f"_Produced by `{command}`, seeds {', '.join(args.seeds)}; this call took "
               f"{(time.perf_counter() - t0) / 60:.1f} min (finished runs are not redone), torch {torch.__version__}, "
               f"Python {platform.python_version()}, {torch.get_num_threads()} CPU threads._")

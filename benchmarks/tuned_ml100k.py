@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_utils import cell, run_model_groups, update_readme
+from bench_utils import cell, command_line, run_model_groups, update_readme
 
 from metarec.compare import ALL
 from metarec.tune import make_tune_spec, tune
@@ -132,7 +132,7 @@ def main() -> int:
             print(f"no {SCENARIO} MAE for {missing}", file=sys.stderr)
             return 1
         return 0
-    command = "python benchmarks/tuned_ml100k.py " + " ".join(sys.argv[1:])
+    command = command_line("tuned_ml100k.py")
     grid = "every learner predicts whole stars (`data.rating_grid=true`)" if args.rating_grid else "real-valued predictions"
     footer = (f"_Produced by `{command}`: {trials} trials per learner, then {n_runs} runs, seeds {', '.join(seeds)}, "
               f"split {next(iter(hashes))[:12]}; {grid}; this call took {(time.perf_counter() - t0) / 60:.1f} min "
