@@ -97,14 +97,15 @@ def test_leave_one_out_scores_are_the_fold_in_of_the_rest() -> None:
             assert rest_n[t, j] == want_n[t]
 
 
-def _cf_learner(**cfg):
+def _cf_learner(validation_batches=None, **cfg):
     ds = tiny_dataset()
     from metarec.data.episodes import FeatureTables
 
     r = ds.ratings
     pool = {int(u): (g.item.to_numpy(), g.rating.to_numpy()) for u, g in r.groupby("user")}
     c = dataclasses.replace(ctx(ds), all_items=FeatureTables(ds).items(torch.arange(8)),
-                            new_item_mask=torch.tensor([False] * 7 + [True]), train_pool=pool)
+                            new_item_mask=torch.tensor([False] * 7 + [True]), train_pool=pool,
+                            validation_batches=validation_batches)
     c.all_items.multihot = c.all_items.multihot.double()
     torch.manual_seed(0)
     model = TwoTower(ds.schema, TwoTowerConfig(embed_dim=4, dim=4, user_hidden=[8], item_hidden=[8])).double()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_cf_baselines import scores_of, support, toy_ctx
 from test_ease_prior import L2, N_ITEMS, _cf_learner, _pool, _rows
-from test_learners import tiny_batch
+from test_learners import tiny_batch, tiny_dataset
 from torch import nn
 
 from metarec.errors import ConfigError
@@ -43,19 +43,27 @@ def test_plain_fold_in_equals_the_itemknn_learner(fold: str) -> None:
     np.testing.assert_allclose(got.double().numpy(), scores_of(learner, sup), rtol=1e-5, atol=1e-6)
 
 
-def test_a_training_user_gets_similarities_without_their_row() -> None:
+@pytest.mark.parametrize("neighbours", [N_ITEMS, 3, 1])
+def test_a_training_user_gets_similarities_without_their_row(neighbours: int) -> None:
+    """Every co-occurring pair a neighbour: the whole leave-user-out fold-in is ItemKNN refitted without the
+    user. Fewer neighbours: exact on the columns of the user's own items (the training targets), whose
+    neighbour sets are recomputed without the user."""
     pool = _pool()
-    _, knn = _priors(pool, N_ITEMS)  # every co-occurring pair is a neighbour: the leave-user-out is exact
+    _, knn = _priors(pool, neighbours)
     rows = _rows(np.random.default_rng(5))
     sup = support(rows)
     users = torch.tensor([2, 40, 9, 17])  # 40: not a training user
     got, _ = knn.fold_in(sup, users)
+    checked = 0
     for t, u in enumerate(users.tolist()):
         rest_pool = {k: v for k, v in pool.items() if k != u}
         alone = build_learner("itemknn", nn.Identity(), toy_ctx(rest_pool, N_ITEMS),
-                              ItemKNNConfig(neighbours=N_ITEMS, shrink=2.0, popularity_tiebreak=False))
+                              ItemKNNConfig(neighbours=neighbours, shrink=2.0, popularity_tiebreak=False))
         want = scores_of(alone, support([rows[t]]))[0]
-        np.testing.assert_allclose(got[t].double().numpy(), want, rtol=1e-5, atol=1e-6)
+        own = np.arange(N_ITEMS) if neighbours == N_ITEMS or u not in pool else pool[u][0][pool[u][1] >= 4.0]
+        np.testing.assert_allclose(got[t].double().numpy()[own], want[own], rtol=1e-5, atol=1e-6)
+        checked += int((want[own] != 0).sum())
+    assert checked > 0
     plain, _ = knn.fold_in(sup)
     assert not torch.allclose(got[0], plain[0])
     torch.testing.assert_close(got[1], plain[1])
@@ -76,6 +84,11 @@ def test_leave_one_out_rows_are_the_fold_in_of_the_rest() -> None:
                 without = dataclasses.replace(sup, mask=sup.mask.clone())
                 without.mask[t, j] = False
                 torch.testing.assert_close(rest[t, j], knn.fold_in(without, users)[0][t], rtol=1e-5, atol=1e-6)
+        s = sup.item_ids.shape[1]  # any order of entries, with -1 padding: the same rows, padding = no change
+        order = torch.cat([torch.arange(s - 1, -1, -1), torch.tensor([-1])]).expand(sup.n_tasks, -1)
+        _, shuffled = knn.fold_in(sup, users, rest_of=order)
+        torch.testing.assert_close(shuffled[:, :s], rest.flip(1))
+        torch.testing.assert_close(shuffled[:, s], e)
 
 
 def test_fism_adds_the_gated_knn_term_and_trains_its_gate() -> None:
@@ -136,7 +149,98 @@ def test_smooth_recall_loss_matches_a_hand_computation() -> None:
     assert learner.smooth_miss(allowed, picked).item() == pytest.approx(want, rel=1e-12)
     for bad, match in (({"rank_k": 0}, "rank_k must be an integer >= 1"),
                        ({"rank_temperature": 0.0}, "rank_temperature must be"),
+                       ({"rank_norm": "max"}, "rank_norm must be one of none, std"),
                        ({"cf_fold": "all"}, "cf_fold must be one of relevant, rated"),
                        ({"rank_loss": "inbatch"}, "needs learner.rank_loss=full or recall")):
         with pytest.raises(ConfigError, match=match):
             _cf_learner(**bad)
+
+
+def test_scale_free_smooth_recall_measures_differences_in_standard_deviations() -> None:
+    """``rank_norm=std``: the hand computation with each list's differences divided by the standard
+    deviation of its allowed logits; the loss is unchanged when every logit is scaled (so the learned gates
+    are not pushed up for sharpness), and blocked (-inf) items give finite gradients."""
+    ds, learner = _cf_learner(rank_loss="recall", rank_k=2, rank_temperature=0.5, rank_norm="std")
+    logits = [3.0, 1.0, float("-inf"), 0.0, 2.0]
+    allowed = torch.tensor([[logits]], dtype=torch.float64)
+    picked = torch.tensor([[1.0]], dtype=torch.float64)
+    sd = np.std([3.0, 1.0, 0.0, 2.0], ddof=1)
+    sig = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
+    above = sum(sig((v - 1.0) / sd / 0.5) for v in (3.0, 1.0, 0.0, 2.0)) - 0.5
+    want = 1.0 - sig(2 - 0.5 - above)
+    assert learner.smooth_miss(allowed, picked).item() == pytest.approx(want, rel=1e-12)
+    for scale in (0.01, 7.0, 1e4):
+        got = learner.smooth_miss(allowed * scale, picked * scale).item()
+        assert got == pytest.approx(want, rel=1e-9)
+    plain = dataclasses.replace(learner.cfg, rank_norm="none")
+    learner.cfg, scaled = plain, learner.smooth_miss(allowed * 10, picked * 10).item()
+    assert scaled != pytest.approx(learner.smooth_miss(allowed, picked).item(), rel=1e-3)  # without it: not scale-free
+    learner.cfg = dataclasses.replace(plain, rank_norm="std")
+    x = allowed.clone().requires_grad_(True)
+    p = picked.clone().requires_grad_(True)
+    learner.smooth_miss(x, p).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad[0, 0, 2] == 0 and torch.isfinite(p.grad).all()
+    batch = tiny_batch(ds)
+    loss = learner.full_softmax(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(learner.cf_gate.grad).all()
+
+
+def test_loo_targets_caps_the_support_targets_per_task_at_random() -> None:
+    from metarec.learners.fism import FISM
+
+    torch.manual_seed(3)
+    mask = torch.rand(50, 12) < 0.6
+    for cap in (1, 4, 12):
+        kept = FISM.at_most(mask, cap)
+        assert not (kept & ~mask).any()
+        torch.testing.assert_close(kept.sum(1), mask.sum(1).clamp_max(cap))
+    firsts = {tuple(FISM.at_most(mask, 2)[0].nonzero().flatten().tolist()) for _ in range(20)}
+    assert len(firsts) > 1  # a fresh draw each step
+    ds, learner = _cf_learner(rank_loss="recall", cf_knn=True)
+    batch = tiny_batch(ds)
+    every = learner.full_softmax(batch)
+    learner.cfg = dataclasses.replace(learner.cfg, loo_targets=100)  # above every task's count: the same loss
+    torch.testing.assert_close(learner.full_softmax(batch), every)
+    learner.cfg = dataclasses.replace(learner.cfg, loo_targets=1)
+    assert torch.isfinite(learner.full_softmax(batch))
+    for bad in (0, 2.5, True):
+        with pytest.raises(ConfigError, match="loo_targets must be an integer >= 1 or null"):
+            _cf_learner(loo_targets=bad)
+
+
+@pytest.mark.parametrize("knn", [False, True])
+def test_cf_start_validation_starts_the_gates_at_the_best_prior_mix_on_the_validation_users(knn: bool) -> None:
+    from metarec.data.scenarios import VAL_SCENARIO
+    from metarec.learners.fism import KNN_STARTS, POP_STARTS
+    from metarec.metrics.full_ranking import full_ranking
+
+    ds = tiny_dataset()
+    batch = tiny_batch(ds)
+    batch.ratings = torch.tensor([[5.0, 4.0, 1.0, 0.0, 0.0, 5.0, 4.0, 0.0], [2.0, 5.0, 4.0, 5.0, 1.0, 4.0, 5.0, 3.0]],
+                                 dtype=batch.ratings.dtype)[:, : batch.ratings.shape[1]]
+    _, fixed = _cf_learner(cf_knn=knn)
+    _, learner = _cf_learner(validation_batches=lambda: [batch], cf_knn=knn, cf_start="validation")
+    grid = [(a, c) for a in (KNN_STARTS if knn else (0.0,)) for c in POP_STARTS]
+    assert list(learner.start_scores) == grid
+    sup = batch.support()
+    with torch.no_grad():
+        e, n = fixed.cf.fold_in(sup)
+        k = fixed.knn.fold_in(sup)[0] if knn else None
+        candidates, relevant = fixed.ranking_targets(batch, VAL_SCENARIO)
+        for (a, c), got in learner.start_scores.items():  # each offset's prior-only Recall@10, by hand
+            logits = fixed.prior_logits(e, n, k, knn_offset=a, pop_offset=c).masked_fill(~candidates, float("-inf"))
+            values = full_ranking(logits, relevant & candidates, 10, "recall")
+            assert got == pytest.approx(float(values[~values.isnan()].mean()))
+    best = max(learner.start_scores.values())
+    a, c = next(key for key, v in learner.start_scores.items() if v == best)  # ties: the earlier one
+    assert learner.cf_pop[0].item() == pytest.approx(fixed.cf_pop[0].item() + c)
+    if knn:
+        assert learner.cf_knn_gate[0].item() == pytest.approx(fixed.cf_knn_gate[0].item() + a)
+    torch.testing.assert_close(learner.cf_gate, fixed.cf_gate)  # EASE's gate is the reference: unchanged
+    with pytest.raises(ConfigError, match="cf_start=validation needs the validation users"):
+        _cf_learner(cf_start="validation")
+    with pytest.raises(ConfigError, match="cf_start must be one of fixed, validation"):
+        _cf_learner(cf_start="val")
+    with pytest.raises(ConfigError, match="cf_start=validation .* needs learner.cf_prior=ease"):
+        _cf_learner(validation_batches=lambda: [batch], cf_start="validation", cf_prior="none", rank_loss="full")

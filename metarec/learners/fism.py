@@ -26,6 +26,10 @@ Ranking objective (``rank_loss``), added to the pointwise query loss (weighted `
   (``smooth_miss``: a sigmoid count of the items ranked above each target, ApproxNDCG-style). The
   softmax likelihood also rewards lifting targets from far down the list, which popularity does well;
   Recall@K only counts the top K, and this loss passes almost no gradient for hopeless targets.
+  ``rank_norm=std`` measures logit differences in standard deviations of each list, so the loss cannot
+  be lowered by scaling the logits up (which otherwise drives the learned gates of ``cf_prior`` up until
+  the sigmoids saturate); ``loo_targets`` caps the leave-one-out targets per task (a random subset each
+  step: the catalogue terms cost time in proportion to their number).
 
 Item-item prior (``cf_prior=ease``, learner option ``fism_ease``): the ranking logits get an EASE fold-in
 term, ``logit_j += g(n) * (s B)_j`` with ``s`` the support's relevant items (as the ``ease`` learner folds
@@ -39,7 +43,9 @@ cold-start episodes. Training episodes see **leave-user-out** EASE scores (the u
 ``X`` exactly; ``metarec.learners.ease_prior``), so the gate is fitted on scores of the kind a new user
 gets; rating predictions (``score``) are unchanged. ``cf_knn=true`` adds ItemKNN's fold-in score of the
 same profile with its own gate ``g_k(n)`` (``metarec.learners.knn_prior``: leave-user-out similarities in
-training). Needs ``rank_loss=full`` or ``recall``.
+training). ``cf_start=validation`` starts ``g_k`` and ``w`` at the offsets (a small grid) whose prior-only
+ranking has the best Recall@``rank_k`` on the validation users, as ``ease`` chooses its l2. Needs
+``rank_loss=full`` or ``recall``.
 """
 
 from __future__ import annotations
@@ -69,7 +75,9 @@ class FISMConfig:
     rank_loss: str = "full"  # full: softmax over the catalogue; recall: smooth Recall@rank_k over the catalogue; inbatch: over the meta-batch's query items (log-Q corrected)
     rank_k: int = 10  # rank_loss=recall: the cut-off K of the smooth Recall@K
     rank_temperature: float = 1.0  # rank_loss=recall: logit difference scale of the smooth "ranked above" count
+    rank_norm: str = "none"  # rank_loss=recall: none | std: logit differences in units of each list's standard deviation (scale-free)
     leave_one_out: bool = True  # rank_loss=full: also predict each relevant support item from the rest of the support
+    loo_targets: Optional[int] = None  # leave_one_out: at most this many support targets per task and step, drawn at random (None: all)
     rating_weight: float = 1.0  # weight of the pointwise query loss (mse on ratings, bce/softmax on labels)
     cf_prior: str = "none"  # none | ease: add EASE's fold-in score (leave-user-out in training) to the ranking logits
     cf_scale: float = 20.0  # cf_prior=ease: the gate's initial scale exp(a)
@@ -79,6 +87,7 @@ class FISMConfig:
     cf_knn: bool = False  # cf_prior=ease: also add ItemKNN's fold-in score (its own learned gate; leave-user-out in training)
     cf_knn_scale: float = 5.0  # cf_knn: its gate's initial scale
     cf_fold: str = "relevant"  # cf_prior=ease: fold in the relevant support items | every rated one, weighted per rating level (learned)
+    cf_start: str = "fixed"  # cf_prior=ease: fixed: the gates start at cf_scale, cf_knn_scale, popularity 1 | validation: ItemKNN's and popularity's start chosen on the validation users
     lr: float = 3e-3
     weight_decay: float = 0.0
 
@@ -86,6 +95,12 @@ class FISMConfig:
 RANK_LOSSES = ("inbatch", "full", "recall")
 CATALOGUE_LOSSES = ("full", "recall")  # computed over the whole catalogue (full_softmax)
 CF_PRIORS = ("none", "ease")
+CF_STARTS = ("fixed", "validation")
+# cf_start=validation: offsets (nats) of ItemKNN's gate and of the popularity weight from their fixed start;
+# the first of each is the fixed start itself (ties go to it)
+KNN_STARTS = (0.0, -2.0, -4.0, -6.0)
+POP_STARTS = (0.0, -3.0, -6.0)
+RANK_NORMS = ("none", "std")
 
 
 class FISM(MetaLearner):
@@ -114,8 +129,13 @@ class FISM(MetaLearner):
         k = cfg.rank_k
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"learner.rank_k must be an integer >= 1, got {k!r}")
+        cap = cfg.loo_targets
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ConfigError(f"learner.loo_targets must be an integer >= 1 or null (every target), got {cap!r}")
         if not (math.isfinite(cfg.rank_temperature) and cfg.rank_temperature > 0):
             raise ConfigError(f"learner.rank_temperature must be a finite number > 0, got {cfg.rank_temperature}")
+        if cfg.rank_norm not in RANK_NORMS:
+            raise ConfigError(f"learner.rank_norm must be one of {', '.join(RANK_NORMS)}, got {cfg.rank_norm!r}")
         for name in ("cf_scale", "cf_lr_scale"):
             value = getattr(cfg, name)
             if cfg.cf_prior != "none" and not (math.isfinite(value) and value > 0):
@@ -156,6 +176,55 @@ class FISM(MetaLearner):
             self.cf_mix = nn.Parameter(torch.tensor(float(cfg.cf_mix)))
             self.cf_pop = nn.Parameter(torch.tensor([0.0, 0.0]))  # w(n) = exp(c) (1 + n)^d on log popularity
             self.save_hyperparameters({"cf_l2": self.cf.l2})
+        if cfg.cf_start not in CF_STARTS:
+            raise ConfigError(f"learner.cf_start must be one of {', '.join(CF_STARTS)}, got {cfg.cf_start!r}")
+        if cfg.cf_start == "validation" and self.cf is None:
+            raise ConfigError("learner.cf_start=validation chooses where the item-item prior's gates start: it needs "
+                              "learner.cf_prior=ease")
+        self.start_scores: dict[tuple[float, float], float] = {}
+        if cfg.cf_start == "validation":
+            self.choose_start()
+
+    def choose_start(self) -> None:
+        """``cf_start=validation``: the offsets (``KNN_STARTS`` x ``POP_STARTS``) of ItemKNN's gate and the
+        popularity weight whose prior-only ranking (the factor model left out) has the best Recall@``rank_k``
+        on the validation users, as ``ease`` chooses its l2 — the start of training, which is then learned.
+        Fixed gates can start far from the mix the data favour (on Last.fm ItemKNN's fold-in, which ranks
+        below EASE's, dominates the fixed start), and the ranking loss moves them slowly."""
+        from metarec.data.scenarios import VAL_SCENARIO
+        from metarec.metrics.full_ranking import full_ranking
+
+        batches = self.ctx.validation_batches
+        if batches is None:
+            raise ConfigError(f"learner {self.ctx.label}: cf_start=validation needs the validation users; "
+                              "set learner.cf_start=fixed")
+        knn = KNN_STARTS if self.knn is not None else (0.0,)
+        grid = [(a, c) for a in knn for c in POP_STARTS]
+        sums, count = np.zeros(len(grid)), 0
+        with torch.no_grad():
+            for batch in batches():
+                support = batch.support()
+                e, n = self.cf.fold_in(support)
+                k = self.knn.fold_in(support)[0] if self.knn is not None else None
+                candidates, relevant = self.ranking_targets(batch, VAL_SCENARIO)
+                relevant = relevant & candidates
+                for g, (a, c) in enumerate(grid):
+                    logits = self.prior_logits(e, n, k, knn_offset=a, pop_offset=c)
+                    values = full_ranking(logits.masked_fill(~candidates, float("-inf")), relevant, self.cfg.rank_k, "recall")
+                    counted = ~torch.isnan(values)
+                    sums[g] += float(values[counted].sum())
+                    count += int(counted.sum()) if g == 0 else 0
+        if count == 0:
+            raise ConfigError(f"learner {self.ctx.label}: no validation user has a relevant query item to choose "
+                              "cf_start on; set learner.cf_start=fixed")
+        means = sums / count
+        self.start_scores = {key: float(m) for key, m in zip(grid, means)}
+        a, c = grid[int(np.argmax(means))]
+        with torch.no_grad():
+            if self.knn is not None:
+                self.cf_knn_gate[0] += a
+            self.cf_pop[0] += c
+        self.save_hyperparameters({"cf_start_offsets": [a, c]})
 
     def gate(self, n: torch.Tensor) -> torch.Tensor:
         """``g(n) = exp(a) (1 + n)^b`` for numbers of folded-in items ``n`` (broadcasting)."""
@@ -193,14 +262,17 @@ class FISM(MetaLearner):
         k = self.knn.fold_in(support)[0] if self.knn is not None else None
         return u, self.prior_logits(e, n, k)
 
-    def prior_logits(self, e: torch.Tensor, n: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+    def prior_logits(self, e: torch.Tensor, n: torch.Tensor, k: torch.Tensor | None = None,
+                     knn_offset: float = 0.0, pop_offset: float = 0.0) -> torch.Tensor:
         """``g(n) * e + w(n) * log q (+ g_k(n) * k)``: the gated EASE scores ``e [..., I]`` of pools of ``n``
         items plus the weighted log training popularity (what ranks the items when the support folds in
-        nothing), and with ``cf_knn`` the gated ItemKNN scores ``k``."""
-        w = torch.exp(self.cf_pop[0] + self.cf_pop[1] * torch.log1p(n)).unsqueeze(-1)
+        nothing), and with ``cf_knn`` the gated ItemKNN scores ``k``; the offsets are added to the log
+        scales of ``g_k`` and ``w`` (``choose_start`` tries them)."""
+        w = torch.exp(self.cf_pop[0] + pop_offset + self.cf_pop[1] * torch.log1p(n)).unsqueeze(-1)
         out = self.gate(n).unsqueeze(-1) * e + w * self.logq
         if k is not None:
-            out = out + torch.exp(self.cf_knn_gate[0] + self.cf_knn_gate[1] * torch.log1p(n)).unsqueeze(-1) * k
+            gate = torch.exp(self.cf_knn_gate[0] + knn_offset + self.cf_knn_gate[1] * torch.log1p(n))
+            out = out + gate.unsqueeze(-1) * k
         return out
 
     def _item_side(self, items: Features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -273,7 +345,8 @@ class FISM(MetaLearner):
     def full_softmax(self, batch: EpisodeBatch) -> torch.Tensor:
         """The catalogue softmax: for each task, mean over its targets of ``lse(allowed) - s_target``;
         targets are the relevant query items (user vector from the whole support) and, with
-        ``leave_one_out``, the relevant pooled support items (user vector from the rest of the support).
+        ``leave_one_out``, the relevant pooled support items (user vector from the rest of the support;
+        at most ``loo_targets`` of them per task, at random).
         Allowed: existing items that are not pooled support items (a target's own item stays allowed)."""
         u0, v, keep, weight = self._support_parts(batch.user, batch.support())
         s = batch.n_support
@@ -292,6 +365,8 @@ class FISM(MetaLearner):
         entries = None
         if self.cfg.leave_one_out:  # formed for the support targets only (never for sampled negatives)
             targets = keep & relevant[:, :s] & (n > 1.5)  # a user with one item has no "rest"
+            if self.cfg.loo_targets is not None:
+                targets = self.at_most(targets, self.cfg.loo_targets)
             entries = entries_of(targets)
             pick, valid = entries.clamp_min(0), entries >= 0
             along = pick.unsqueeze(-1).expand(-1, -1, v.shape[-1])
@@ -324,12 +399,37 @@ class FISM(MetaLearner):
         has = count > 0
         return (total[has] / count[has]).mean() if has.any() else total.sum() * 0.0
 
+    @staticmethod
+    def at_most(mask: torch.Tensor, cap: int) -> torch.Tensor:
+        """``mask [T, S]`` with at most ``cap`` true entries per row kept, a uniformly random subset (each
+        meta-step draws anew; the cost of the catalogue terms grows with the number of targets)."""
+        if mask.shape[1] <= cap:
+            return mask
+        draw = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, 2.0)
+        kth = draw.kthvalue(cap, dim=1, keepdim=True).values
+        return mask & (draw <= kth)
+
     def smooth_miss(self, allowed: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
         """``1 - smooth hit@K`` per target: ``r = sum_j sigmoid((l_j - l_target) / temperature)`` over the
         allowed items other than the target (a smooth count of the items ranked above it) and
         ``hit = sigmoid(K - 1/2 - r)`` (ApproxNDCG-style, Qin et al. 2010). Targets far outside the top K
-        pass almost no gradient: the objective is the top of the list, as Recall@K is."""
-        above = torch.sigmoid((allowed - picked.unsqueeze(-1)) / self.cfg.rank_temperature).sum(-1) - 0.5
+        pass almost no gradient: the objective is the top of the list, as Recall@K is.
+
+        The count sharpens as the logits grow, so with learned scales (the prior's gates) this loss alone
+        drives them up until the sigmoids saturate and the gradient is gone — training then jumps between
+        whichever term dominates. ``rank_norm=std`` measures the differences in units of each list's
+        standard deviation over its allowed items (not detached): the loss no longer depends on the
+        logits' overall scale, only on their order and relative spacing, and ``rank_temperature`` is in
+        those units."""
+        finite = torch.isfinite(allowed)  # blocked items are -inf: left out (and no 0 * inf in the backward pass)
+        values = allowed.masked_fill(~finite, 0.0)
+        diff = values - picked.unsqueeze(-1)
+        if self.cfg.rank_norm == "std":
+            count = finite.sum(-1, keepdim=True).clamp_min(2)
+            mean = values.sum(-1, keepdim=True) / count
+            var = ((values - mean).square() * finite).sum(-1, keepdim=True) / (count - 1)
+            diff = diff / (var + 1e-12).sqrt()
+        above = (torch.sigmoid(diff / self.cfg.rank_temperature) * finite).sum(-1) - 0.5
         return 1.0 - torch.sigmoid(self.cfg.rank_k - 0.5 - above)
 
     def configure_optimizers(self):
