@@ -421,14 +421,15 @@ class FISM(MetaLearner):
         standard deviation over its allowed items (not detached): the loss no longer depends on the
         logits' overall scale, only on their order and relative spacing, and ``rank_temperature`` is in
         those units."""
-        finite = torch.isfinite(allowed)  # blocked items are -inf: left out (and no 0 * inf in the backward pass)
+        if self.cfg.rank_norm != "std":  # blocked items are -inf: sigmoid 0, gradient 0
+            above = torch.sigmoid((allowed - picked.unsqueeze(-1)) / self.cfg.rank_temperature).sum(-1) - 0.5
+            return 1.0 - torch.sigmoid(self.cfg.rank_k - 0.5 - above)
+        finite = torch.isfinite(allowed)  # blocked items left out (dividing -inf by the deviation: 0 * inf backward)
         values = allowed.masked_fill(~finite, 0.0)
-        diff = values - picked.unsqueeze(-1)
-        if self.cfg.rank_norm == "std":
-            count = finite.sum(-1, keepdim=True).clamp_min(2)
-            mean = values.sum(-1, keepdim=True) / count
-            var = ((values - mean).square() * finite).sum(-1, keepdim=True) / (count - 1)
-            diff = diff / (var + 1e-12).sqrt()
+        count = finite.sum(-1, keepdim=True).clamp_min(2)
+        mean = values.sum(-1, keepdim=True) / count
+        var = ((values - mean).square() * finite).sum(-1, keepdim=True) / (count - 1)
+        diff = (values - picked.unsqueeze(-1)) / (var + 1e-12).sqrt()
         above = (torch.sigmoid(diff / self.cfg.rank_temperature) * finite).sum(-1) - 0.5
         return 1.0 - torch.sigmoid(self.cfg.rank_k - 0.5 - above)
 

@@ -84,7 +84,7 @@ class KnnPrior(nn.Module):
         width = int(own.sum(1).max())
         order = torch.argsort((~own).to(torch.int8), dim=1, stable=True)[:, :width]  # [T, U]: own columns first
         has = own.gather(1, order)
-        j = order  # the recomputed columns
+        j = order  # the recomputed columns (padded with others where a user holds fewer)
         xj = x.gather(1, j)  # 1 where has
         g = self.G[j] - x.unsqueeze(1) * xj.unsqueeze(-1)  # [T, U, C]: co-occurrence of l with j, without the user
         norm = torch.sqrt((self.counts - x).clamp_min(0).unsqueeze(1) * (self.counts[j] - xj).clamp_min(0).unsqueeze(-1)) + self.shrink
@@ -95,8 +95,8 @@ class KnnPrior(nn.Module):
         values, index = torch.sort(sim, dim=-1, descending=True, stable=True)  # ties: lower index first
         v_k, i_k = values[..., k - 1 : k], index[..., k - 1 : k]  # [T, U, 1]: the last neighbour
         s_i = sim.gather(2, safe.unsqueeze(1).expand(-1, width, -1))  # [T, U, S]: support item i in column j
-        ids = safe.unsqueeze(1)
-        member = torch.isfinite(s_i) & ((s_i > v_k) | ((s_i == v_k) & (ids <= i_k)) | torch.isinf(v_k))
+        # fewer than k valid entries: v_k is -inf and every valid (finite) entry is a neighbour
+        member = torch.isfinite(s_i) & ((s_i > v_k) | ((s_i == v_k) & (safe.unsqueeze(1) <= i_k)))
         target = torch.where(has, j, c).unsqueeze(1).expand(-1, safe.shape[1], -1)  # padding: a spare column
         out = torch.cat([mask, mask.new_zeros(*mask.shape[:2], 1)], dim=-1)
         out.scatter_(2, target, member.transpose(1, 2))
