@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -75,28 +76,114 @@ def curve_table(stats: dict, learners: list[str], scenario: str, metric: str, si
     return lines
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _block_pattern(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- BEGIN {re.escape(name)} -->\n)(.*?)(<!-- END {re.escape(name)} -->)", re.S)
+
+
+def read_block(text: str, name: str) -> str | None:
+    """The text between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` in ``text`` (None: no markers)."""
+    m = _block_pattern(name).search(text)
+    return m.group(2).removesuffix("\n") if m else None
+
+
+def replace_block(text: str, name: str, block: str) -> str | None:
+    """``text`` with the block ``name`` replaced by ``block`` (None: ``text`` has no such markers)."""
+    pattern = _block_pattern(name)
+    if not pattern.search(text):
+        return None
+    return pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(3), text, count=1)
+
+
 def update_readme(name: str, block: str) -> None:
     """Replace the README text between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` with ``block``."""
-    readme = Path(__file__).resolve().parent.parent / "README.md"
-    src = readme.read_text()
-    pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
-    if pattern.search(src):
-        readme.write_text(pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), src))
-    else:
+    new = replace_block(README.read_text(), name, block)
+    if new is None:
         print(f"README has no {name} markers; not updated", file=sys.stderr)
+    else:
+        README.write_text(new)
+
+
+def merge_blocks(old: str | None, blocks: dict[str, str], order: list[str], placeholder) -> str:
+    """One ``<!-- BEGIN key -->`` block per key of ``order``: the new ``blocks``, else the block of ``old``
+    (text holding earlier results), else ``placeholder(key)`` — so a benchmark run on one part (one data set)
+    keeps the parts it did not run."""
+    out = []
+    for key in order:
+        body = blocks.get(key)
+        if body is None and old is not None:
+            body = read_block(old, key)
+        out += [f"<!-- BEGIN {key} -->", body if body is not None else placeholder(key), f"<!-- END {key} -->", ""]
+    return "\n".join(out).rstrip("\n")
+
+
+KEPT_FILES = ("config.yaml", "metrics.json")  # what compare needs to reuse a finished run (no checkpoints)
+MANIFEST = "split_manifest.json"
+
+
+def _copy_missing(pairs) -> int:
+    n = 0
+    for src, dst in pairs:
+        if src.is_file() and not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(dst.name + ".tmp")
+            shutil.copyfile(src, tmp)
+            tmp.replace(dst)
+            n += 1
+    return n
+
+
+def _finished_runs(root: Path) -> list[Path]:
+    return sorted(d for d in (root / "runs").glob("*") if (d / "metrics.json").is_file())
+
+
+def restore_runs(store: Path, out: Path) -> int:
+    """Copy the kept records of finished runs (``KEPT_FILES``, and the split manifest) from ``store`` into
+    compare's folder ``out`` where absent: compare then reuses those runs instead of redoing them.
+    Returns the number of runs restored."""
+    runs = _finished_runs(store)
+    _copy_missing([(store / MANIFEST, out / MANIFEST)])
+    _copy_missing([(d / f, out / "runs" / d.name / f) for d in runs for f in KEPT_FILES])  # metrics.json last
+    return len(runs)
+
+
+def keep_runs(out: Path, store: Path) -> int:
+    """Copy each finished run's ``KEPT_FILES`` (and the split manifest) from ``out`` into ``store`` — a few kB
+    per run, small enough to commit, so a benchmark longer than one sitting resumes in the next. Returns the
+    number of runs newly kept."""
+    new = [d for d in _finished_runs(out) if not (store / "runs" / d.name / "metrics.json").exists()]
+    _copy_missing([(out / MANIFEST, store / MANIFEST)])
+    _copy_missing([(d / f, store / "runs" / d.name / f) for d in new for f in KEPT_FILES])  # metrics.json last
+    return len(new)
 
 
 def run_model_groups(work: Path, groups: list[tuple[str, list[str], list[str]]], seeds: list[str],
-                     sizes: list[str], tuned: dict[str, dict] | None = None) -> tuple[dict, list[str], int, set]:
+                     sizes: list[str], tuned: dict[str, dict] | None = None,
+                     store: Path | None = None) -> tuple[dict, list[str], int, set]:
     """Each ``(base model, learners, overrides)`` group through ``compare`` in ``work/<model>`` (``tuned``:
     per model, the learners' tuned overrides); returns stats keyed by ``"learner (model)"``, those labels,
-    the number of runs and the split hashes seen (one hash: every group ran on the same split)."""
+    the number of runs and the split hashes seen (one hash: every group ran on the same split).
+    ``store``: a folder of kept run records (``keep_runs``), per model in ``store/<model>``: restored into
+    ``work`` first, and each finished run is kept there as soon as its learner's seeds are done."""
     stats, labels, n_runs, hashes = {}, [], 0, set()
+    echo = lambda line: print(line, flush=True)  # noqa: E731
     for model, learners, overrides in groups:
         spec = make_spec(work / model, learners, seeds, sizes, overrides)
         if tuned:
             spec.tuned = tuned[model]
-        result = compare(spec, echo=lambda line: print(line, flush=True))
+        if store is not None:
+            restored = restore_runs(store / model, work / model)
+            if restored:
+                print(f"{model}: {restored} finished runs restored from {store / model}", flush=True)
+            for learner in spec.learners:  # one learner at a time: its runs are kept before the next starts
+                one = make_spec(work / model, [learner], seeds, sizes, overrides)
+                if tuned:
+                    one.tuned = tuned[model]
+                compare(one, echo=echo)
+                keep_runs(work / model, store / model)
+        result = compare(spec, echo=echo)
         n_runs += len(result["records"])
         hashes |= {r["split_hash"] for r in result["records"]}
         for key, st in summarize(result_rows(result["records"], spec.out)).items():

@@ -14,7 +14,8 @@ README block ``ranking_vs_cf``.
 
     METAREC_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/ranking_vs_cf.py [--data ml100k lastfm]
 
-Resumable (runs live in ``--work``); ``--smoke`` runs a few learners for a few meta-batches on synthetic
+Resumable (runs live in ``--work``; each finished run's config.yaml and metrics.json are also kept in
+``--store``, committed, so that a benchmark longer than one sitting resumes from them); ``--smoke`` runs a few learners for a few meta-batches on synthetic
 data in a temp folder and writes nothing under benchmarks/results.
 """
 
@@ -29,13 +30,15 @@ import time
 from pathlib import Path
 
 import torch
-from bench_utils import command_line, curve_table, run_model_groups, scenario_table, update_readme
+from bench_utils import (README, command_line, curve_table, merge_blocks, read_block, run_model_groups, scenario_table,
+                         update_readme)
 
 from metarec.compare import ALL
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 NAME = "ranking_vs_cf"
+STORE = RESULTS / f"{NAME}_runs"  # kept run records, per data set and base model (bench_utils.keep_runs)
 SIZES = ["1", "3", "5", "10", "20"]
 METRICS = ["full_recall@10", "full_ndcg@10", "full_hitrate@10"]
 # every trained learner keeps the epoch with the best validation-user Recall@10 (the job measured here)
@@ -55,8 +58,20 @@ GROUPS = [
     ("twotower", ["global", "finetune", "maml", "fism", f"fism_ease@{LOGU}"]),
 ]
 
+TITLES = {"ml100k": "MovieLens-100K (explicit; relevant = rating >= 4)", "lastfm": "Last.fm 2K (implicit; sampled softmax)"}
+INTRO = ("User-cold full ranking: after adapting to the support, every existing item except the support's "
+         "(positive) items is ranked; mean ± 95% CI half-width over seeds; best per column in bold. Each data set's "
+         "section comes from its own call (`--data NAME` rewrites that section only).")
 
-def run_data(name: str, work: Path, seeds: list[str], smoke: bool) -> tuple[dict, list[str], int, set]:
+
+def placeholder(block: str) -> str:
+    """A data set's section before its first run."""
+    name = block.removeprefix(f"{NAME}_")
+    return f"### {TITLES[name]}\n\n_Not run yet: `python benchmarks/ranking_vs_cf.py --data {name} --work DIR`._"
+
+
+def run_data(name: str, work: Path, seeds: list[str], smoke: bool,
+             store: Path | None = None) -> tuple[dict, list[str], int, set]:
     """Both groups on data set ``name``; stats keyed by ``"learner (model)"``."""
     groups, sizes = [], SIZES
     for model, learners in GROUPS:
@@ -71,7 +86,7 @@ def run_data(name: str, work: Path, seeds: list[str], smoke: bool) -> tuple[dict
                          "trainer.enable_progress_bar=false"]
             sizes = ["3"]
         groups.append((model, learners, overrides))
-    return run_model_groups(work / name, groups, seeds, sizes)
+    return run_model_groups(work / name, groups, seeds, sizes, store=None if store is None else store / name)
 
 
 def main() -> int:
@@ -79,14 +94,19 @@ def main() -> int:
     p.add_argument("--work", default=f"runs/{NAME}", help="output folder of the comparisons (runs, checkpoints)")
     p.add_argument("--seeds", nargs="+", default=["0", "1", "2"])
     p.add_argument("--data", nargs="+", default=list(DATA), choices=list(DATA))
+    p.add_argument("--store", default=str(STORE.relative_to(HERE.parent)),
+                   help="folder of kept run records (each finished run's config.yaml and metrics.json, committed): "
+                        "restored into --work first, so a call resumes where an earlier one stopped; 'none': off")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp()) if args.smoke else Path(args.work)
-    t0 = time.perf_counter()
-    sections, readme = [], []
+    blocks = {}
     for name in (["smoke"] if args.smoke else args.data):
+        t_data = time.perf_counter()
+        store = None if args.smoke or args.store == "none" else Path(args.store)
+        kept = 0 if store is None else len(list((store / name).glob("*/runs/*/metrics.json")))
         stats, labels, n_runs, hashes = run_data("ml100k" if args.smoke else name, work, ["0"] if args.smoke
-                                                 else args.seeds, args.smoke)
+                                                 else args.seeds, args.smoke, store)
         if len(hashes) != 1:
             print(f"{name}: the groups ran on different splits ({sorted(hashes)})", file=sys.stderr)
             return 1
@@ -108,21 +128,20 @@ def main() -> int:
         verdict = (f"Best user-cold Recall@10: {best} ({key(best).mean:.4f}); "
                    + (f"the 95% intervals of {', '.join(rivals)} overlap it." if rivals
                       else "beyond every other learner's 95% interval."))
-        title = {"ml100k": "MovieLens-100K (explicit; relevant = rating >= 4)",
-                 "lastfm": "Last.fm 2K (implicit; sampled softmax)"}[name]
-        part = [f"### {title}", "", *table, "", verdict, "", "Recall@10 by support size K:", "", *curve, ""]
-        sections += part
-        readme += part + [f"_{n_runs} runs, split {next(iter(hashes))[:12]}._", ""]
-    command = command_line("ranking_vs_cf.py")
-    footer = (f"_Produced by `{command}`, seeds {', '.join(args.seeds)}; this call took "
-              f"{(time.perf_counter() - t0) / 60:.1f} min (finished runs are not redone), torch {torch.__version__}, "
-              f"Python {platform.python_version()}, {torch.get_num_threads()} CPU threads._")
-    intro = ("User-cold full ranking: after adapting to the support, every existing item except the support's "
-             "(positive) items is ranked; mean ± 95% CI half-width over seeds; best per column in bold.")
+        footer = (f"_{n_runs} runs, split {next(iter(hashes))[:12]}; produced by `{command_line('ranking_vs_cf.py')}`, "
+                  f"seeds {', '.join(args.seeds)}; this call took {(time.perf_counter() - t_data) / 60:.1f} min on this "
+                  f"data set (finished runs are not redone{f'; {kept} runs kept from earlier calls' if kept else ''}), torch {torch.__version__}, Python "
+                  f"{platform.python_version()}, {torch.get_num_threads()} CPU threads._")
+        blocks[f"{NAME}_{name}"] = "\n".join([f"### {TITLES[name]}", "", *table, "", verdict, "",
+                                              "Recall@10 by support size K:", "", *curve, "", footer])
+    order = [f"{NAME}_{name}" for name in DATA]
+    results = RESULTS / f"{NAME}.md"
+    old_file = results.read_text() if results.exists() else None
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{NAME}.md").write_text("\n".join(["# Cold-start top-k against classic CF", "", intro, "",
-                                                   *sections, footer]) + "\n")
-    update_readme(NAME, "\n".join([intro, "", *readme, footer]))
+    body = merge_blocks(old_file, blocks, order, placeholder)
+    results.write_text("\n".join(["# Cold-start top-k against classic CF", "", INTRO, "", body]) + "\n")
+    readme = read_block(README.read_text(), NAME)
+    update_readme(NAME, "\n".join([INTRO, "", merge_blocks(readme, blocks, order, placeholder)]))
     return 0
 
 

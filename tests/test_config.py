@@ -250,7 +250,7 @@ def test_interpolation_is_never_resolved(tmp_path: Path, monkeypatch: pytest.Mon
         ("data.eval_batch_size=0", "data.eval_batch_size must be an integer >= 1, got 0"),
         ("data.num_workers=-1", "data.num_workers must be an integer >= 0, got -1"),
         ("data.item_id_dropout=.nan", "data.item_id_dropout must be a finite number in [0, 1)"),
-        ("data.train_support=sometimes", "data.train_support must be one of full, loguniform, got 'sometimes'"),
+        ("data.train_support=sometimes", "data.train_support must be one of full, loguniform, mixed, got 'sometimes'"),
         ("data.split.new_user_fraction=.nan", "data.split.new_user_fraction must be a finite number in [0, 1)"),
         ("data.params.noise=-.inf", "data.params.noise must be a finite number >= 0, got -inf"),
         ("data.params.n_users=0", "data.params.n_users must be an integer >= 1"),

@@ -271,6 +271,28 @@ def test_loguniform_train_support_cuts_training_supports_only(dm):
     assert m.train_dataloader().dataset.support == "loguniform"
 
 
+def test_mixed_train_support_keeps_about_half_the_supports_full(dm):
+    """data.train_support=mixed: a seeded coin per (seed, epoch, user) keeps the full support, else the
+    support is cut exactly as loguniform cuts it; the query does not change."""
+    full = TrainEpisodes(dm.split, dm.split_config)
+    cut = TrainEpisodes(dm.split, dm.split_config, support="loguniform")
+    mixed = TrainEpisodes(dm.split, dm.split_config, support="mixed")
+    kept, cuts = [], []
+    for e in (0, 1, 2, 3):
+        for i in range(len(full)):
+            a, b, m = full[(e, i)], cut[(e, i)], mixed[(e, i)]
+            assert np.array_equal(m.query_items, a.query_items)
+            assert _same_task(m, mixed[(e, i)])
+            is_full = _same_task(m, a)
+            assert is_full or _same_task(m, b)
+            kept.append(is_full)
+            cuts.append(len(b.support_items) < len(a.support_items))
+    kept, cuts = np.array(kept), np.array(cuts)
+    assert 0.35 < kept[cuts].mean() < 0.65  # among episodes loguniform would cut, about half stay full
+    assert (~kept & cuts).any()
+    assert _dm(train_support="mixed").train_dataloader().dataset.support == "mixed"
+
+
 def test_train_episodes_honour_support_size():
     cfg = DataConfig(
         source="synthetic", params=dict(SYN_PARAMS), split=SplitConfig(**{**SPLIT, "support_size": 3})

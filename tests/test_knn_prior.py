@@ -69,6 +69,28 @@ def test_a_training_user_gets_similarities_without_their_row(neighbours: int) ->
     torch.testing.assert_close(got[1], plain[1])
 
 
+def test_the_neighbour_thresholds_are_kept_per_training_user() -> None:
+    """own_neighbours computes a training user's thresholds once and keeps them: a later batch with another
+    support of the same users (and different batch widths) scores as a fresh prior, and as the uncached path."""
+    pool = _pool()
+    _, knn = _priors(pool, 2)
+    users = torch.tensor([2, 40, 9, 17])  # 40: not a training user, never kept
+    knn.fold_in(support(_rows(np.random.default_rng(5))), users)
+    assert set(knn._kept) == {2, 9, 17}
+    kept = {u: [t.clone() for t in v] for u, v in knn._kept.items()}
+    rows = _rows(np.random.default_rng(8))[:3]
+    sup, again = support(rows), torch.tensor([17, 9, 40])
+    got, _ = knn.fold_in(sup, again)
+    _, fresh = _priors(pool, 2)
+    torch.testing.assert_close(got, fresh.fold_in(sup, again)[0])
+    assert all(all(torch.equal(a, b) for a, b in zip(kept[u], knn._kept[u])) for u in kept)  # reused, not redone
+    ease = knn.ease[0]
+    keep = ease.positives(sup)
+    safe = torch.where(keep, ease.column[sup.item_ids], -1).clamp_min(0)
+    x = ease.training_rows(again, sup.n_tasks)
+    assert torch.equal(knn.own_neighbours(safe, x, again), knn.own_neighbours(safe, x))
+
+
 def test_leave_one_out_rows_are_the_fold_in_of_the_rest() -> None:
     ease, knn = _priors(_pool(), 4, "rated")
     with torch.no_grad():

@@ -15,8 +15,10 @@ from metarec.errors import ConfigError
 
 # full: a training episode's support is every rating of the user that is not in its query; loguniform: cut
 # to k ratings, k drawn log-uniformly from 1..n (n: the full support) per episode, seeded by (seed, epoch,
-# user) -- so meta-training sees the small supports that cold-start evaluation (eval_support_sizes) asks about.
-TRAIN_SUPPORT = ("full", "loguniform")
+# user) -- so meta-training sees the small supports that cold-start evaluation (eval_support_sizes) asks about;
+# mixed: half the episodes (a seeded coin per seed, epoch and user) full, the others loguniform -- small
+# supports are common and the full support is too (under loguniform a support near n is rare).
+TRAIN_SUPPORT = ("full", "loguniform", "mixed")
 
 
 @dataclass
@@ -36,7 +38,7 @@ class DataConfig:
     num_workers: int = 0
     hide_new_item_ids: bool = True
     item_id_dropout: float = 0.0  # training: hide each item's id with this probability (learn to use content)
-    train_support: str = "full"  # training episodes' support: full (every non-query rating) | loguniform (cut, see below)
+    train_support: str = "full"  # training episodes' support: full (every non-query rating) | loguniform (cut) | mixed (see above)
     # rating metrics and Recommender.predict: snap every learner's clipped prediction to the nearest rating
     # value of the training data (whole stars, half stars). With a symmetric predictive distribution that is
     # the absolute-error optimum (the median of a rounded rating is the rounded median): MAE falls, RMSE

@@ -84,7 +84,8 @@ class TrainEpisodes(Dataset):
         idx = self.order(epoch)[self.offsets[i] : self.offsets[i + 1]]
         cfg = self.cfg
         task = cut_task(int(self.users[i]), self.items, self.ratings, idx, cfg.query_size, cfg.support_size)
-        if self.support == "loguniform":  # the order is already random: keep the first k support ratings
+        full = self.support == "mixed" and np.random.default_rng([self.cfg.seed, epoch, task.user, 13]).random() < 0.5
+        if self.support in ("loguniform", "mixed") and not full:  # the order is already random: keep the first k
             n = len(task.support_items)
             u = np.random.default_rng([self.cfg.seed, epoch, task.user, 11]).random()
             k = min(n, max(1, int(np.exp(u * np.log(n + 1)))))
