@@ -20,8 +20,9 @@ like a built-in one. This class does the rest: logging ``train/loss``, per-scena
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterable
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -31,9 +32,9 @@ from torchmetrics import MetricCollection
 from metarec.data.episodes import EpisodeBatch, Support
 from metarec.errors import ConfigError, NonFiniteError
 from metarec.metrics import rating_metrics
-from metarec.metrics.full_ranking import full_ranking_metrics
+from metarec.metrics.full_ranking import full_ranking, full_ranking_metrics
 from metarec.data.features import Features
-from metarec.data.scenarios import new_items
+from metarec.data.scenarios import VAL_SCENARIO, new_items
 from metarec.models.base import BaseRecommender
 
 
@@ -334,6 +335,25 @@ class MetaLearner(pl.LightningModule):
             q_mask = q_mask & (batch.ratings[:, s:] >= self.ctx.relevance_threshold)
         candidates = pool.unsqueeze(0).expand(t, -1) & ~scatter(batch.item_ids[:, :s], s_mask)
         return candidates, scatter(batch.item_ids[:, s:], q_mask)
+
+    def validation_grid(self, scores: Callable[[EpisodeBatch], Iterable[torch.Tensor]], size: int, k: int,
+                        kind: str = "recall") -> tuple[np.ndarray, int]:
+        """``(means [size], users)``: for each of ``size`` candidate settings, the mean full-ranking
+        ``kind``@``k`` over the validation users (those with a relevant query item) — how learners choose a
+        setting on validation users only (``ease``'s l2, ``fism``'s ``cf_start``). ``scores(batch)`` yields the
+        ``size`` settings' scores ``[T, I]`` of one validation batch, in order; candidates and relevant items
+        are ``ranking_targets``' of the validation scenario. The caller checks ``ctx.validation_batches``."""
+        sums, users = np.zeros(size), 0
+        for batch in self.ctx.validation_batches():
+            candidates, relevant = self.ranking_targets(batch, VAL_SCENARIO)
+            relevant = relevant & candidates
+            for g, logits in enumerate(scores(batch)):
+                c, r = candidates.to(logits.device), relevant.to(logits.device)
+                values = full_ranking(logits.masked_fill(~c, float("-inf")), r, k, kind)
+                counted = ~torch.isnan(values)
+                sums[g] += float(values[counted].sum())
+                users += int(counted.sum()) if g == 0 else 0
+        return sums / max(users, 1), users
 
     def validation_step(self, batch: EpisodeBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step("val", batch, dataloader_idx)

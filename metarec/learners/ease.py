@@ -38,11 +38,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from metarec.data.scenarios import VAL_SCENARIO
 from metarec.errors import ConfigError
 from metarec.learners.base import LearnerContext
 from metarec.learners.foldin import FoldIn
-from metarec.metrics.full_ranking import full_ranking
 from metarec.models.base import BaseRecommender
 
 log = logging.getLogger(__name__)
@@ -145,29 +143,22 @@ class EASE(FoldIn):
         diags = [1.0 / l2 - v2 @ w for l2, w in zip(grid, weights)]
         del v2
         bonus = torch.as_tensor(self.popularity_bonus(), dtype=torch.float32)
-        sums = np.zeros(len(grid))
-        count = 0
-        for batch in batches():
+
+        def scores(batch):
             support = batch.support()
             tasks, items = self.positive_rows(support)
             u = self.profile(tasks, items, support.n_tasks).toarray()
             uv = u @ self.V
-            candidates, relevant = self.ranking_targets(batch, VAL_SCENARIO)
-            candidates, relevant = candidates.cpu(), (relevant & candidates).cpu()
             for g, l2 in enumerate(grid):
                 full = np.zeros((support.n_tasks, self.n_items_total))
                 if len(self.covered):
                     full[:, self.covered] = self._scores(u, uv, l2, weights[g], diags[g])
-                scores = torch.as_tensor(full, dtype=torch.float32) + bonus
-                values = full_ranking(scores.masked_fill(~candidates, float("-inf")), relevant, k, kind)
-                counted = ~torch.isnan(values)
-                sums[g] += float(values[counted].sum())
-                if g == 0:
-                    count += int(counted.sum())
+                yield torch.as_tensor(full, dtype=torch.float32) + bonus
+
+        means, count = self.validation_grid(scores, len(grid), k, kind)
         if count == 0:
             raise ConfigError(f"learner {self.ctx.label}: no validation user has a relevant query item to choose l2 "
                               f"by {self.cfg.select_by}; set learner.l2")
-        means = sums / count
         self.l2_scores = {l2: float(m) for l2, m in zip(grid, means)}
         best = grid[int(np.argmax(means))]
         log.info("%s: l2=%g chosen on %d validation users by %s (%s)", self.ctx.label, best, count, self.cfg.select_by,

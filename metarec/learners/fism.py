@@ -191,33 +191,24 @@ class FISM(MetaLearner):
         on the validation users, as ``ease`` chooses its l2 — the start of training, which is then learned.
         Fixed gates can start far from the mix the data favour (on Last.fm ItemKNN's fold-in, which ranks
         below EASE's, dominates the fixed start), and the ranking loss moves them slowly."""
-        from metarec.data.scenarios import VAL_SCENARIO
-        from metarec.metrics.full_ranking import full_ranking
-
-        batches = self.ctx.validation_batches
-        if batches is None:
+        if self.ctx.validation_batches is None:
             raise ConfigError(f"learner {self.ctx.label}: cf_start=validation needs the validation users; "
                               "set learner.cf_start=fixed")
         knn = KNN_STARTS if self.knn is not None else (0.0,)
         grid = [(a, c) for a in knn for c in POP_STARTS]
-        sums, count = np.zeros(len(grid)), 0
+
+        def scores(batch):
+            support = batch.support()
+            e, n = self.cf.fold_in(support)
+            k = self.knn.fold_in(support)[0] if self.knn is not None else None
+            for a, c in grid:
+                yield self.prior_logits(e, n, k, knn_offset=a, pop_offset=c)
+
         with torch.no_grad():
-            for batch in batches():
-                support = batch.support()
-                e, n = self.cf.fold_in(support)
-                k = self.knn.fold_in(support)[0] if self.knn is not None else None
-                candidates, relevant = self.ranking_targets(batch, VAL_SCENARIO)
-                relevant = relevant & candidates
-                for g, (a, c) in enumerate(grid):
-                    logits = self.prior_logits(e, n, k, knn_offset=a, pop_offset=c)
-                    values = full_ranking(logits.masked_fill(~candidates, float("-inf")), relevant, self.cfg.rank_k, "recall")
-                    counted = ~torch.isnan(values)
-                    sums[g] += float(values[counted].sum())
-                    count += int(counted.sum()) if g == 0 else 0
+            means, count = self.validation_grid(scores, len(grid), self.cfg.rank_k)
         if count == 0:
             raise ConfigError(f"learner {self.ctx.label}: no validation user has a relevant query item to choose "
                               "cf_start on; set learner.cf_start=fixed")
-        means = sums / count
         self.start_scores = {key: float(m) for key, m in zip(grid, means)}
         a, c = grid[int(np.argmax(means))]
         with torch.no_grad():
