@@ -166,7 +166,7 @@ def run_model_groups(work: Path, groups: list[tuple[str, list[str], list[str]]],
     per model, the learners' tuned overrides); returns stats keyed by ``"learner (model)"``, those labels,
     the number of runs and the split hashes seen (one hash: every group ran on the same split).
     ``store``: a folder of kept run records (``keep_runs``), per model in ``store/<model>``: restored into
-    ``work`` first, and each finished run is kept there as soon as its learner's seeds are done."""
+    ``work`` first, and each run is kept there as soon as it finishes."""
     stats, labels, n_runs, hashes = {}, [], 0, set()
     echo = lambda line: print(line, flush=True)  # noqa: E731
     for model, learners, overrides in groups:
@@ -177,12 +177,13 @@ def run_model_groups(work: Path, groups: list[tuple[str, list[str], list[str]]],
             restored = restore_runs(store / model, work / model)
             if restored:
                 print(f"{model}: {restored} finished runs restored from {store / model}", flush=True)
-            for learner in spec.learners:  # one learner at a time: its runs are kept before the next starts
-                one = make_spec(work / model, [learner], seeds, sizes, overrides)
-                if tuned:
-                    one.tuned = tuned[model]
-                compare(one, echo=echo)
-                keep_runs(work / model, store / model)
+            for learner in spec.learners:  # one run at a time: it is kept before the next starts
+                for seed in seeds:
+                    one = make_spec(work / model, [learner], [seed], sizes, overrides)
+                    if tuned:
+                        one.tuned = tuned[model]
+                    compare(one, echo=echo)
+                    keep_runs(work / model, store / model)
         result = compare(spec, echo=echo)
         n_runs += len(result["records"])
         hashes |= {r["split_hash"] for r in result["records"]}
