@@ -9,7 +9,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from metarec.compare import ALL, compare, make_spec, result_rows, summarize
+from metarec.compare import ALL, compare, make_spec, result_rows, run_name, summarize
+from metarec.runs import is_finished
 
 
 FOLDER_OPTIONS = ("--work", "--tuned", "--out")  # their values are this machine's paths: footers say DIR
@@ -179,6 +180,8 @@ def run_model_groups(work: Path, groups: list[tuple[str, list[str], list[str]]],
                 print(f"{model}: {restored} finished runs restored from {store / model}", flush=True)
             for learner in spec.learners:  # one run at a time: it is kept before the next starts
                 for seed in seeds:
+                    if is_finished(work / model / "runs" / run_name(learner, int(seed))):
+                        continue  # the full call below reuses it
                     one = make_spec(work / model, [learner], [seed], sizes, overrides)
                     if tuned:
                         one.tuned = tuned[model]
