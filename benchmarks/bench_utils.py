@@ -4,6 +4,7 @@ generated block into the README between its ``<!-- BEGIN name -->`` / ``<!-- END
 from __future__ import annotations
 
 import csv
+import os
 import re
 import shutil
 import sys
@@ -129,7 +130,7 @@ def _copy_missing(pairs) -> int:
     for src, dst in pairs:
         if src.is_file() and not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(dst.name + ".tmp")
+            tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")  # calls running side by side may share a store
             shutil.copyfile(src, tmp)
             tmp.replace(dst)
             n += 1
