@@ -125,13 +125,18 @@ KEPT_FILES = ("config.yaml", "metrics.json")  # what compare needs to reuse a fi
 MANIFEST = "split_manifest.json"
 
 
-def _copy_missing(pairs) -> int:
+def _copy_missing(pairs, folder: Path | None = None) -> int:
+    """Copy each ``(src, dst)`` where ``dst`` is absent; ``folder``: its path in the files' text is written
+    ``DIR`` (a run's config.yaml names the folder it was made in, a path of that machine only)."""
     n = 0
     for src, dst in pairs:
         if src.is_file() and not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
             tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")  # calls running side by side may share a store
-            shutil.copyfile(src, tmp)
+            if folder is None:
+                shutil.copyfile(src, tmp)
+            else:
+                tmp.write_text(src.read_text().replace(str(folder.resolve()), "DIR").replace(str(folder), "DIR"))
             tmp.replace(dst)
             n += 1
     return n
@@ -157,7 +162,7 @@ def keep_runs(out: Path, store: Path) -> int:
     number of runs newly kept."""
     new = [d for d in _finished_runs(out) if not (store / "runs" / d.name / "metrics.json").exists()]
     _copy_missing([(out / MANIFEST, store / MANIFEST)])
-    _copy_missing([(d / f, store / "runs" / d.name / f) for d in new for f in KEPT_FILES])  # metrics.json last
+    _copy_missing([(d / f, store / "runs" / d.name / f) for d in new for f in KEPT_FILES], out)  # metrics.json last
     return len(new)
 
 

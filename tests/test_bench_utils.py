@@ -51,6 +51,8 @@ def test_kept_run_records_let_a_fresh_work_folder_resume_without_refitting(monke
     assert kept == ["melu/runs/global-s0/config.yaml", "melu/runs/global-s0/metrics.json",
                     "melu/runs/popularity-s0/config.yaml", "melu/runs/popularity-s0/metrics.json",
                     "melu/split_manifest.json"]
+    assert all(str(tmp_path) not in (store / f).read_text() for f in kept)  # the work folder is written DIR
+    assert "DIR" in (store / "melu/runs/global-s0/config.yaml").read_text()
     (tmp_path / "w1" / "melu" / "runs" / "unfinished-s0").mkdir()
     (tmp_path / "w1" / "melu" / "runs" / "unfinished-s0" / "config.yaml").write_text("x: 1\n")
     assert bench_utils.keep_runs(tmp_path / "w1" / "melu", store / "melu") == 0
