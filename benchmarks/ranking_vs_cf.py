@@ -35,7 +35,7 @@ import torch
 from bench_utils import (README, command_line, curve_table, merge_blocks, read_block, run_model_groups, scenario_table,
                          update_readme)
 
-from metarec.compare import ALL
+from metarec.compare import ALL, run_name
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -82,10 +82,16 @@ def placeholder(block: str) -> str:
     return f"### {TITLES[name]}\n\n_Not run yet: `python benchmarks/ranking_vs_cf.py --data {name} --work DIR`._"
 
 
-def run_data(name: str, work: Path, seeds: list[str], smoke: bool,
-             store: Path | None = None) -> tuple[dict, list[str], int, set]:
-    """Both groups on data set ``name``; stats keyed by ``"learner (model)"``."""
-    groups, sizes = [], SIZES
+def kept(store: Path, model: str, learner: str, seeds: list[str]) -> bool:
+    """Whether every seed's run of ``learner`` on ``model`` is kept in ``store`` (one data set's)."""
+    return all((store / model / "runs" / run_name(learner, int(s)) / "metrics.json").is_file() for s in seeds)
+
+
+def run_data(name: str, work: Path, seeds: list[str], smoke: bool, store: Path | None = None,
+             kept_only: bool = False) -> tuple[dict, list[str], int, set, list[str]]:
+    """Both groups on data set ``name``; stats keyed by ``"learner (model)"``, and the learners left out
+    (``kept_only``: only learners whose runs are all kept in ``store`` are compared; nothing new runs)."""
+    groups, sizes, missing = [], SIZES, []
     for model, learners in GROUPS:
         overrides = [*DATA[name], *COMMON, f"model={model}"]
         if name != "ml100k":
@@ -98,8 +104,13 @@ def run_data(name: str, work: Path, seeds: list[str], smoke: bool,
                          "trainer.monitor=full_recall@10",
                          "trainer.enable_progress_bar=false"]
             sizes = ["3"]
-        groups.append((model, learners, overrides))
-    return run_model_groups(work / name, groups, seeds, sizes, store=None if store is None else store / name)
+        if kept_only:
+            missing += [f"{l} ({model})" for l in learners if not kept(store / name, model, l, seeds)]
+            learners = [l for l in learners if kept(store / name, model, l, seeds)]
+        if learners:
+            groups.append((model, learners, overrides))
+    return (*run_model_groups(work / name, groups, seeds, sizes, store=None if store is None else store / name),
+            missing)
 
 
 def main() -> int:
@@ -110,6 +121,9 @@ def main() -> int:
     p.add_argument("--store", default=str(STORE.relative_to(HERE.parent)),
                    help="folder of kept run records (each finished run's config.yaml and metrics.json, committed): "
                         "restored into --work first, so a call resumes where an earlier one stopped; 'none': off")
+    p.add_argument("--kept-only", action="store_true",
+                   help="tabulate the learners whose runs are all kept in --store, run nothing, and name the others "
+                        "(a section while a long data set is still running)")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp()) if args.smoke else Path(args.work)
@@ -118,8 +132,14 @@ def main() -> int:
         t_data = time.perf_counter()
         store = None if args.smoke or args.store == "none" else Path(args.store)
         kept = 0 if store is None else len(list((store / name).glob("*/runs/*/metrics.json")))
-        stats, labels, n_runs, hashes = run_data("ml100k" if args.smoke else name, work, ["0"] if args.smoke
-                                                 else args.seeds, args.smoke, store)
+        if args.kept_only and store is None:
+            print("--kept-only tabulates the runs kept in --store; give a store", file=sys.stderr)
+            return 2
+        stats, labels, n_runs, hashes, missing = run_data("ml100k" if args.smoke else name, work, ["0"] if args.smoke
+                                                          else args.seeds, args.smoke, store, args.kept_only)
+        if not labels:
+            print(f"{name}: no learner has all its runs kept in {store}", file=sys.stderr)
+            return 2
         if len(hashes) != 1:
             print(f"{name}: the groups ran on different splits ({sorted(hashes)})", file=sys.stderr)
             return 1
@@ -145,7 +165,9 @@ def main() -> int:
                   f"seeds {', '.join(args.seeds)}; this call took {(time.perf_counter() - t_data) / 60:.1f} min on this "
                   f"data set (finished runs are not redone{f'; {kept} runs kept from earlier calls' if kept else ''}), torch {torch.__version__}, Python "
                   f"{platform.python_version()}, {torch.get_num_threads()} CPU threads._")
-        blocks[f"{NAME}_{name}"] = "\n".join([f"### {TITLES[name]}", "", *table, "", verdict, "",
+        partial = ([f"**Partial:** not run yet (or not every seed): {', '.join(missing)}. Their runs are kept as they "
+                    f"finish; `--data {name}` without `--kept-only` completes them.", ""] if missing else [])
+        blocks[f"{NAME}_{name}"] = "\n".join([f"### {TITLES[name]}", "", *partial, *table, "", verdict, "",
                                               "Recall@10 by support size K:", "", *curve, "", footer])
     order = [f"{NAME}_{name}" for name in DATA]
     results = RESULTS / f"{NAME}.md"
