@@ -131,7 +131,7 @@ def main() -> int:
     for name in (["smoke"] if args.smoke else args.data):
         t_data = time.perf_counter()
         store = None if args.smoke or args.store == "none" else Path(args.store)
-        kept = 0 if store is None else len(list((store / name).glob("*/runs/*/metrics.json")))
+        n_kept = 0 if store is None else len(list((store / name).glob("*/runs/*/metrics.json")))
         if args.kept_only and store is None:
             print("--kept-only tabulates the runs kept in --store; give a store", file=sys.stderr)
             return 2
@@ -163,7 +163,7 @@ def main() -> int:
                       else "beyond every other learner's 95% interval."))
         footer = (f"_{n_runs} runs, split {next(iter(hashes))[:12]}; produced by `{command_line('ranking_vs_cf.py')}`, "
                   f"seeds {', '.join(args.seeds)}; this call took {(time.perf_counter() - t_data) / 60:.1f} min on this "
-                  f"data set (finished runs are not redone{f'; {kept} runs kept from earlier calls' if kept else ''}), torch {torch.__version__}, Python "
+                  f"data set (finished runs are not redone{f'; {n_kept} runs kept from earlier calls' if n_kept else ''}), torch {torch.__version__}, Python "
                   f"{platform.python_version()}, {torch.get_num_threads()} CPU threads._")
         partial = ([f"**Partial:** not run yet (or not every seed): {', '.join(missing)}. Their runs are kept as they "
                     f"finish; `--data {name}` without `--kept-only` completes them.", ""] if missing else [])
