@@ -64,3 +64,21 @@ def test_kept_run_records_let_a_fresh_work_folder_resume_without_refitting(monke
     again = bench_utils.run_model_groups(tmp_path / "w2", groups, ["0"], ["3"], store=store)
     assert again[1:] == first[1:]
     assert {k: v.mean for k, v in again[0].items()} == {k: v.mean for k, v in first[0].items()}
+
+
+def test_kept_run_records_are_not_ignored_by_git() -> None:
+    """The store lives under benchmarks/results/<name>_runs/<data>/<model>/runs/: the repository ignores
+    folders named runs/ (work folders), which must not swallow the kept records that are meant to be committed."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    repo = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    kept = "benchmarks/results/ranking_vs_cf_runs/lastfm/melu/runs/ease-s0/metrics.json"
+    work = "runs/ranking_vs_cf/lastfm/melu/runs/ease-s0/metrics.json"
+    check = lambda p: subprocess.run(["git", "check-ignore", "-q", "--no-index", p], cwd=repo).returncode  # noqa: E731
+    assert check(kept) == 1  # not ignored
+    assert check(work) == 0  # a work folder still is
