@@ -493,3 +493,12 @@ def test_every_shipped_experiment_composes_and_trains(experiment: str, tmp_path:
     cfg = compose([f"experiment={experiment}", *small])
     (record,) = finished_runs(fit(cfg))
     assert record["learner"] == cfg.choices.learner
+
+
+def test_the_light_train_support_rule_lists_what_the_data_section_accepts() -> None:
+    """config_checks keeps its own copy of data.train_support's choices (importing the data package there would
+    load numpy and pandas on every CLI start): it must equal data_config.TRAIN_SUPPORT."""
+    from metarec.config_checks import RULES
+    from metarec.data.data_config import TRAIN_SUPPORT
+
+    assert tuple(RULES["data.train_support"].choices) == TRAIN_SUPPORT
