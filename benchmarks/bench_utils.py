@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from metarec.compare import ALL, compare, make_spec, result_rows, run_name, summarize
-from metarec.runs import is_finished
+from metarec.compare_help import RUNS
+from metarec.runs import METRICS_FILE, is_finished
 
 
 FOLDER_OPTIONS = ("--work", "--tuned", "--out")  # their values are this machine's paths: footers say DIR
@@ -121,7 +122,7 @@ def merge_blocks(old: str | None, blocks: dict[str, str], order: list[str], plac
     return "\n".join(out).rstrip("\n")
 
 
-KEPT_FILES = ("config.yaml", "metrics.json")  # what compare needs to reuse a finished run (no checkpoints)
+KEPT_FILES = ("config.yaml", METRICS_FILE)  # what compare needs to reuse a finished run (no checkpoints)
 MANIFEST = "split_manifest.json"
 
 
@@ -143,7 +144,7 @@ def _copy_missing(pairs, folder: Path | None = None) -> int:
 
 
 def _finished_runs(root: Path) -> list[Path]:
-    return sorted(d for d in (root / "runs").glob("*") if (d / "metrics.json").is_file())
+    return sorted(d for d in (root / RUNS).glob("*") if is_finished(d))
 
 
 def restore_runs(store: Path, out: Path) -> int:
@@ -152,7 +153,7 @@ def restore_runs(store: Path, out: Path) -> int:
     Returns the number of runs restored."""
     runs = _finished_runs(store)
     _copy_missing([(store / MANIFEST, out / MANIFEST)])
-    _copy_missing([(d / f, out / "runs" / d.name / f) for d in runs for f in KEPT_FILES])  # metrics.json last
+    _copy_missing([(d / f, out / RUNS / d.name / f) for d in runs for f in KEPT_FILES])  # metrics.json last
     return len(runs)
 
 
@@ -160,9 +161,9 @@ def keep_runs(out: Path, store: Path) -> int:
     """Copy each finished run's ``KEPT_FILES`` (and the split manifest) from ``out`` into ``store`` — a few kB
     per run, small enough to commit, so a benchmark longer than one sitting resumes in the next. Returns the
     number of runs newly kept."""
-    new = [d for d in _finished_runs(out) if not (store / "runs" / d.name / "metrics.json").exists()]
+    new = [d for d in _finished_runs(out) if not is_finished(store / RUNS / d.name)]
     _copy_missing([(out / MANIFEST, store / MANIFEST)])
-    _copy_missing([(d / f, store / "runs" / d.name / f) for d in new for f in KEPT_FILES], out)  # metrics.json last
+    _copy_missing([(d / f, store / RUNS / d.name / f) for d in new for f in KEPT_FILES], out)  # metrics.json last
     return len(new)
 
 
@@ -186,7 +187,7 @@ def run_model_groups(work: Path, groups: list[tuple[str, list[str], list[str]]],
                 print(f"{model}: {restored} finished runs restored from {store / model}", flush=True)
             for learner in spec.learners:  # one run at a time: it is kept before the next starts
                 for seed in seeds:
-                    if is_finished(work / model / "runs" / run_name(learner, int(seed))):
+                    if is_finished(work / model / RUNS / run_name(learner, int(seed))):
                         continue  # the full call below reuses it
                     one = make_spec(work / model, [learner], [seed], sizes, overrides)
                     if tuned:

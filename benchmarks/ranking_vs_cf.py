@@ -36,6 +36,8 @@ from bench_utils import (README, command_line, curve_table, merge_blocks, read_b
                          update_readme)
 
 from metarec.compare import ALL, run_name
+from metarec.compare_help import RUNS
+from metarec.runs import is_finished
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -84,7 +86,7 @@ def placeholder(block: str) -> str:
 
 def kept(store: Path, model: str, learner: str, seeds: list[str]) -> bool:
     """Whether every seed's run of ``learner`` on ``model`` is kept in ``store`` (one data set's)."""
-    return all((store / model / "runs" / run_name(learner, int(s)) / "metrics.json").is_file() for s in seeds)
+    return all(is_finished(store / model / RUNS / run_name(learner, int(s))) for s in seeds)
 
 
 def run_data(name: str, work: Path, seeds: list[str], smoke: bool, store: Path | None = None,

@@ -132,8 +132,7 @@ class EASE(FoldIn):
     # ------------------------------------------------------------ selection
     def select_l2(self, grid: list[float]) -> float:
         """The grid value with the best ``select_by`` on the validation users (ties: the earlier one)."""
-        batches = self.ctx.validation_batches
-        if batches is None:
+        if self.ctx.validation_batches is None:
             raise ConfigError(f"learner {self.ctx.label}: choosing l2 from l2_grid needs the validation users; "
                               f"set learner.l2 instead")
         kind, k = SELECT.match(self.cfg.select_by).groups()
