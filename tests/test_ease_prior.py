@@ -80,6 +80,38 @@ def test_a_training_user_gets_ease_fitted_without_their_row() -> None:
     torch.testing.assert_close(got[2], plain[2])
 
 
+def test_an_item_only_the_training_user_holds_is_uncovered_for_them() -> None:
+    """Without the user's row, an item no other training user holds is what an uncovered item is to a new
+    user: not folded in, not counted, scored exactly 0 — not the float32 residue of the downdate, which
+    ties it to the user's own items (the leak it used to be)."""
+    pool = _pool()
+    for u, (items, ratings) in pool.items():  # item 11: relevant for user 0 only
+        ratings[items == 11] = 5.0 if u == 0 else 2.0
+    if 11 not in pool[0][0]:
+        pool[0][0][0], pool[0][1][0] = 11, 5.0
+    prior = EasePrior(nn.Identity(), toy_ctx(pool, N_ITEMS), L2)
+    alone_item = int(prior.column[11])
+    assert alone_item >= 0  # covered: user 0 holds it
+    sup = support([[(11, 5.0)], [(11, 5.0), (int(pool[0][0][1]), 5.0)], [(11, 5.0)]])
+    users = torch.tensor([0, 0, 99])
+    e, n = prior.fold_in(sup, users)
+    assert n.tolist() == [0.0, 1.0, 1.0]
+    assert torch.count_nonzero(e[0]) == 0 and e[:2, 11].eq(0).all()
+    plain, _ = prior.fold_in(sup)  # a new user holding item 11 folds it in
+    torch.testing.assert_close(e[2], plain[2])
+    x, cov = _x(pool), prior.covered.numpy()
+    others = [c for c in cov if c != 11]
+    b = _closed_form_b(x[1:][:, others], L2)  # EASE without user 0, item 11 uncovered
+    want = np.zeros(N_ITEMS)
+    s = np.zeros(N_ITEMS)
+    s[int(pool[0][0][1])] = 1
+    want[others] = s[others] @ b
+    np.testing.assert_allclose(e[1].double().numpy(), want, rtol=1e-4, atol=1e-5)
+    e2, n2, rest, rest_n = prior.fold_in_leave_one_out(sup, users)
+    torch.testing.assert_close(e2, e)
+    assert rest[:2, :, 11].eq(0).all() and rest_n[1].tolist() == [1.0, 0.0]
+
+
 def test_leave_one_out_scores_are_the_fold_in_of_the_rest() -> None:
     pool = _pool()
     prior = EasePrior(nn.Identity(), toy_ctx(pool, N_ITEMS), L2)

@@ -159,11 +159,10 @@ class KnnPrior(nn.Module):
         EASE prior's profile (leave-user-out for training users), and for each support entry of ``rest_of
         [T, P]`` (indices into the support, -1: padding) the scores from the rest of the profile."""
         ease = self.ease[0]
-        keep = ease.positives(support)
-        cols = torch.where(keep, ease.column[support.item_ids], -1)
+        x = ease.training_rows(user_ids, support.n_tasks)
+        cols = ease.columns(support.item_ids, ease.positives(support), ease.alone(x))  # the EASE prior's profile
         weight = ease.weights(support)
         w = (cols >= 0).to(ease.P.dtype) if weight is None else weight.to(ease.P.dtype) * (cols >= 0)
-        x = ease.training_rows(user_ids, support.n_tasks)
 
         def contributions(entries: torch.Tensor) -> torch.Tensor:  # [T, P, C]: w_i sim(i, :) per entry
             pick = entries.clamp_min(0)
