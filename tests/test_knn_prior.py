@@ -243,19 +243,19 @@ def test_cf_start_validation_starts_the_gates_at_the_best_prior_mix_on_the_valid
                                  dtype=batch.ratings.dtype)[:, : batch.ratings.shape[1]]
     _, fixed = _cf_learner(cf_knn=knn)
     _, learner = _cf_learner(validation_batches=lambda: [batch], cf_knn=knn, cf_start="validation")
-    grid = [(a, c) for a in (KNN_STARTS if knn else (0.0,)) for c in POP_STARTS]
+    grid = [(a, 0.0, c, 0.0) for a in (KNN_STARTS if knn else (0.0,)) for c in POP_STARTS]
     assert list(learner.start_scores) == grid
     sup = batch.support()
     with torch.no_grad():
         e, n = fixed.cf.fold_in(sup)
         k = fixed.knn.fold_in(sup)[0] if knn else None
         candidates, relevant = fixed.ranking_targets(batch, VAL_SCENARIO)
-        for (a, c), got in learner.start_scores.items():  # each offset's prior-only Recall@10, by hand
+        for (a, _, c, _), got in learner.start_scores.items():  # each offset's prior-only Recall@10, by hand
             logits = fixed.prior_logits(e, n, k, knn_offset=a, pop_offset=c).masked_fill(~candidates, float("-inf"))
             values = full_ranking(logits, relevant & candidates, 10, "recall")
             assert got == pytest.approx(float(values[~values.isnan()].mean()))
     best = max(learner.start_scores.values())
-    a, c = next(key for key, v in learner.start_scores.items() if v == best)  # ties: the earlier one
+    a, _, c, _ = next(key for key, v in learner.start_scores.items() if v == best)  # ties: the earlier one
     assert learner.cf_pop[0].item() == pytest.approx(fixed.cf_pop[0].item() + c)
     if knn:
         assert learner.cf_knn_gate[0].item() == pytest.approx(fixed.cf_knn_gate[0].item() + a)
@@ -266,3 +266,48 @@ def test_cf_start_validation_starts_the_gates_at_the_best_prior_mix_on_the_valid
         _cf_learner(cf_start="val")
     with pytest.raises(ConfigError, match="cf_start=validation .* needs learner.cf_prior=ease"):
         _cf_learner(validation_batches=lambda: [batch], cf_start="validation", cf_prior="none", rank_loss="full")
+
+
+def test_cf_start_sizes_scores_each_setting_over_cut_supports_and_moves_the_slopes() -> None:
+    """With ``cf_start_sizes`` a setting's score is the mean of its prior-only Recall@10 with the full support
+    and with each validation user's first K ratings; the chosen offsets and slopes are added to both gates."""
+    from metarec.data.scenarios import VAL_SCENARIO
+    from metarec.learners.fism import KNN_SLOPES, POP_SLOPES, SIZED_KNN_STARTS, SIZED_POP_STARTS
+    from metarec.metrics.full_ranking import full_ranking
+
+    ds = tiny_dataset()
+    batch = tiny_batch(ds)
+    batch.ratings = torch.tensor([[5.0, 4.0, 1.0, 0.0, 0.0, 5.0, 4.0, 0.0], [2.0, 5.0, 4.0, 5.0, 1.0, 4.0, 5.0, 3.0]],
+                                 dtype=batch.ratings.dtype)[:, : batch.ratings.shape[1]]
+    _, fixed = _cf_learner(cf_knn=True)
+    _, learner = _cf_learner(validation_batches=lambda: [batch], cf_knn=True, cf_start="validation",
+                             cf_start_sizes=[1, 2])
+    grid = [(a, b, c, d) for a in SIZED_KNN_STARTS for b in KNN_SLOPES for c in SIZED_POP_STARTS for d in POP_SLOPES]
+    assert list(learner.start_scores) == grid
+    full = batch.support()
+    cut = fixed.first_ratings(full, 1)
+    assert (cut.mask.sum(1) == 1).all() and (cut.mask <= full.mask).all()  # each task's first rating only
+    assert cut.mask[0, 0] and cut.mask[1, 0]
+    assert fixed.first_ratings(full, None) is full
+    candidates, relevant = fixed.ranking_targets(batch, VAL_SCENARIO)
+    parts = []
+    with torch.no_grad():
+        for size in (None, 1, 2):
+            sup = fixed.first_ratings(full, size)
+            parts.append((*fixed.cf.fold_in(sup), fixed.knn.fold_in(sup)[0]))
+        for (a, b, c, d), got in list(learner.start_scores.items())[::7]:
+            want = []
+            for e, n, k in parts:
+                logits = fixed.prior_logits(e, n, k, knn_offset=a, pop_offset=c, knn_slope=b, pop_slope=d)
+                values = full_ranking(logits.masked_fill(~candidates, float("-inf")), relevant & candidates, 10, "recall")
+                want.append(float(values[~values.isnan()].mean()))
+            assert got == pytest.approx(sum(want) / 3)
+    best = max(learner.start_scores.values())
+    a, b, c, d = next(key for key, v in learner.start_scores.items() if v == best)
+    torch.testing.assert_close(learner.cf_knn_gate, fixed.cf_knn_gate + torch.tensor([a, b]))
+    torch.testing.assert_close(learner.cf_pop, fixed.cf_pop + torch.tensor([c, d]))
+    for bad in ([], [0], [1.5], "3"):
+        with pytest.raises(ConfigError, match="cf_start_sizes must be a non-empty list of integers >= 1"):
+            _cf_learner(validation_batches=lambda: [batch], cf_knn=True, cf_start="validation", cf_start_sizes=bad)
+    with pytest.raises(ConfigError, match="cf_start_sizes must be .* with learner.cf_start=validation"):
+        _cf_learner(cf_start_sizes=[1])

@@ -50,9 +50,10 @@ ranking has the best Recall@``rank_k`` on the validation users, as ``ease`` choo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -88,6 +89,7 @@ class FISMConfig:
     cf_knn_scale: float = 5.0  # cf_knn: its gate's initial scale
     cf_fold: str = "relevant"  # cf_prior=ease: fold in the relevant support items | every rated one, weighted per rating level (learned)
     cf_start: str = "fixed"  # cf_prior=ease: fixed: the gates start at cf_scale, cf_knn_scale, popularity 1 | validation: ItemKNN's and popularity's start chosen on the validation users
+    cf_start_sizes: Optional[List[int]] = None  # cf_start=validation: also score the validation users' supports cut to these sizes (mean with the full support); the gates' slopes join the grid
     lr: float = 3e-3
     weight_decay: float = 0.0
 
@@ -100,6 +102,12 @@ CF_STARTS = ("fixed", "validation")
 # the first of each is the fixed start itself (ties go to it)
 KNN_STARTS = (0.0, -2.0, -4.0, -6.0)
 POP_STARTS = (0.0, -3.0, -6.0)
+# cf_start_sizes: the grid also moves the slopes (per unit of log(1 + n)) of ItemKNN's gate and of the
+# popularity weight — at small supports ItemKNN's fold-in can rank best where EASE's does with the full one
+SIZED_KNN_STARTS = (0.0, 2.0, -2.0, -4.0, -6.0)
+KNN_SLOPES = (0.0, -0.75, -1.5)
+SIZED_POP_STARTS = (0.0, -1.5, -3.0, -6.0)
+POP_SLOPES = (0.0, -0.75)
 RANK_NORMS = ("none", "std")
 
 
@@ -181,7 +189,12 @@ class FISM(MetaLearner):
         if cfg.cf_start == "validation" and self.cf is None:
             raise ConfigError("learner.cf_start=validation chooses where the item-item prior's gates start: it needs "
                               "learner.cf_prior=ease")
-        self.start_scores: dict[tuple[float, float], float] = {}
+        sizes = cfg.cf_start_sizes
+        if sizes is not None and (cfg.cf_start != "validation" or not isinstance(sizes, (list, tuple)) or not sizes
+                                  or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in sizes)):
+            raise ConfigError("learner.cf_start_sizes must be a non-empty list of integers >= 1 (support sizes the "
+                              f"validation-chosen start is scored at) with learner.cf_start=validation, got {sizes!r}")
+        self.start_scores: dict[tuple[float, ...], float] = {}
         if cfg.cf_start == "validation":
             self.choose_start()
 
@@ -190,32 +203,52 @@ class FISM(MetaLearner):
         popularity weight whose prior-only ranking (the factor model left out) has the best Recall@``rank_k``
         on the validation users, as ``ease`` chooses its l2 — the start of training, which is then learned.
         Fixed gates can start far from the mix the data favour (on Last.fm ItemKNN's fold-in, which ranks
-        below EASE's, dominates the fixed start), and the ranking loss moves them slowly."""
+        below EASE's, dominates the fixed start), and the ranking loss moves them slowly.
+
+        With ``cf_start_sizes``, a setting's score is the mean over the full support and the supports cut to
+        each of those sizes (each validation user's first K ratings, as the support-size-K test passes cut
+        them), and the grid also moves the slopes of the two gates (``SIZED_*``, ``*_SLOPES``): the mix
+        can then lean on ItemKNN for a few ratings and on EASE for many."""
         if self.ctx.validation_batches is None:
             raise ConfigError(f"learner {self.ctx.label}: cf_start=validation needs the validation users; "
                               "set learner.cf_start=fixed")
-        knn = KNN_STARTS if self.knn is not None else (0.0,)
-        grid = [(a, c) for a in knn for c in POP_STARTS]
+        sizes = [None, *(self.cfg.cf_start_sizes or [])]
+        sized = len(sizes) > 1
+        knn = (SIZED_KNN_STARTS if sized else KNN_STARTS) if self.knn is not None else (0.0,)
+        knn_slopes = KNN_SLOPES if sized and self.knn is not None else (0.0,)
+        grid = [(a, b, c, d) for a in knn for b in knn_slopes for c in (SIZED_POP_STARTS if sized else POP_STARTS)
+                for d in (POP_SLOPES if sized else (0.0,))]
 
         def scores(batch):
-            support = batch.support()
-            e, n = self.cf.fold_in(support)
-            k = self.knn.fold_in(support)[0] if self.knn is not None else None
-            for a, c in grid:
-                yield self.prior_logits(e, n, k, knn_offset=a, pop_offset=c)
+            for size in sizes:
+                support = self.first_ratings(batch.support(), size)
+                e, n = self.cf.fold_in(support)
+                k = self.knn.fold_in(support)[0] if self.knn is not None else None
+                for a, b, c, d in grid:
+                    yield self.prior_logits(e, n, k, knn_offset=a, pop_offset=c, knn_slope=b, pop_slope=d)
 
         with torch.no_grad():
-            means, count = self.validation_grid(scores, len(grid), self.cfg.rank_k)
+            means, count = self.validation_grid(scores, len(grid) * len(sizes), self.cfg.rank_k)
         if count == 0:
             raise ConfigError(f"learner {self.ctx.label}: no validation user has a relevant query item to choose "
                               "cf_start on; set learner.cf_start=fixed")
+        means = means.reshape(len(sizes), len(grid)).mean(0)
         self.start_scores = {key: float(m) for key, m in zip(grid, means)}
-        a, c = grid[int(np.argmax(means))]
+        a, b, c, d = grid[int(np.argmax(means))]
         with torch.no_grad():
             if self.knn is not None:
-                self.cf_knn_gate[0] += a
-            self.cf_pop[0] += c
-        self.save_hyperparameters({"cf_start_offsets": [a, c]})
+                self.cf_knn_gate += torch.tensor([a, b])
+            self.cf_pop += torch.tensor([c, d])
+        self.save_hyperparameters({"cf_start_offsets": [a, c] if not sized else [a, b, c, d]})
+
+    def first_ratings(self, support: Support, size: int | None) -> Support:
+        """``support`` cut to each task's first ``size`` ratings (``None``: as it is); sampled negatives are
+        not ratings and stay (they are never folded in)."""
+        if size is None:
+            return support
+        real = support.mask & (support.ratings > 0.5) if self.ctx.binary_labels else support.mask
+        rank = real.cumsum(1)
+        return dataclasses.replace(support, mask=support.mask & (~real | (rank <= size)))
 
     def gate(self, n: torch.Tensor) -> torch.Tensor:
         """``g(n) = exp(a) (1 + n)^b`` for numbers of folded-in items ``n`` (broadcasting)."""
@@ -254,15 +287,17 @@ class FISM(MetaLearner):
         return u, self.prior_logits(e, n, k)
 
     def prior_logits(self, e: torch.Tensor, n: torch.Tensor, k: torch.Tensor | None = None,
-                     knn_offset: float = 0.0, pop_offset: float = 0.0) -> torch.Tensor:
+                     knn_offset: float = 0.0, pop_offset: float = 0.0, knn_slope: float = 0.0,
+                     pop_slope: float = 0.0) -> torch.Tensor:
         """``g(n) * e + w(n) * log q (+ g_k(n) * k)``: the gated EASE scores ``e [..., I]`` of pools of ``n``
         items plus the weighted log training popularity (what ranks the items when the support folds in
-        nothing), and with ``cf_knn`` the gated ItemKNN scores ``k``; the offsets are added to the log
-        scales of ``g_k`` and ``w`` (``choose_start`` tries them)."""
-        w = torch.exp(self.cf_pop[0] + pop_offset + self.cf_pop[1] * torch.log1p(n)).unsqueeze(-1)
+        nothing), and with ``cf_knn`` the gated ItemKNN scores ``k``; the offsets and slopes are added to
+        the log scales and exponents of ``g_k`` and ``w`` (``choose_start`` tries them)."""
+        log_n = torch.log1p(n)
+        w = torch.exp(self.cf_pop[0] + pop_offset + (self.cf_pop[1] + pop_slope) * log_n).unsqueeze(-1)
         out = self.gate(n).unsqueeze(-1) * e + w * self.logq
         if k is not None:
-            gate = torch.exp(self.cf_knn_gate[0] + knn_offset + self.cf_knn_gate[1] * torch.log1p(n))
+            gate = torch.exp(self.cf_knn_gate[0] + knn_offset + (self.cf_knn_gate[1] + knn_slope) * log_n)
             out = out + gate.unsqueeze(-1) * k
         return out
 
