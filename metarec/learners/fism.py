@@ -44,8 +44,9 @@ cold-start episodes. Training episodes see **leave-user-out** EASE scores (the u
 gets; rating predictions (``score``) are unchanged. ``cf_knn=true`` adds ItemKNN's fold-in score of the
 same profile with its own gate ``g_k(n)`` (``metarec.learners.knn_prior``: leave-user-out similarities in
 training). ``cf_start=validation`` starts ``g_k`` and ``w`` at the offsets (a small grid) whose prior-only
-ranking has the best Recall@``rank_k`` on the validation users, as ``ease`` chooses its l2. Needs
-``rank_loss=full`` or ``recall``.
+ranking has the best Recall@``rank_k`` on the validation users, as ``ease`` chooses its l2
+(``cf_start_sizes``: scored over the full support and supports cut to those sizes, the gates' slopes in
+the grid). Needs ``rank_loss=full`` or ``recall``.
 """
 
 from __future__ import annotations
