@@ -33,8 +33,9 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
 
 
-def build(cfg: DictConfig) -> tuple[ColdStartDataModule, MetaLearner]:
-    """Data module (already set up) and learner for ``cfg``."""
+def build(cfg: DictConfig, restoring: bool = False) -> tuple[ColdStartDataModule, MetaLearner]:
+    """Data module (already set up) and learner for ``cfg``; ``restoring``: the caller loads a checkpoint
+    into the learner next (``LearnerContext.restoring``)."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = ColdStartDataModule(data_config(cfg.data), seed=cfg.seed)
     dm.setup()
@@ -76,6 +77,7 @@ def build(cfg: DictConfig) -> tuple[ColdStartDataModule, MetaLearner]:
         interactions_only=bool(getattr(ds, "implicit", False)),
         loss=dm.loss,
         rating_grid=grid,
+        restoring=restoring,
     )
     entry = LEARNERS.get(cfg.learner.name)
     learner = entry.factory(model, ctx, to_object(cfg.learner, entry.config_cls))

@@ -139,7 +139,7 @@ class Recommender:
         cfg = validate_saved(raw)  # a `${...}` the run kept as text stays text
         cfg.data.manifest = as_text(str(manifest.resolve()))
         quiet_lightning()
-        dm, learner = build(cfg)
+        dm, learner = build(cfg, restoring=True)
 
         ckpt = None
         best = record.get("best_checkpoint")

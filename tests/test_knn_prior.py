@@ -311,3 +311,33 @@ def test_cf_start_sizes_scores_each_setting_over_cut_supports_and_moves_the_slop
             _cf_learner(validation_batches=lambda: [batch], cf_knn=True, cf_start="validation", cf_start_sizes=bad)
     with pytest.raises(ConfigError, match="cf_start_sizes must be .* with learner.cf_start=validation"):
         _cf_learner(cf_start_sizes=[1])
+
+
+def test_recommender_load_takes_the_start_from_the_checkpoint_without_choosing_it_again(tmp_path, monkeypatch) -> None:
+    """``cf_start=validation`` chooses the start when a run is built for training; ``Recommender.load``
+    restores a checkpoint over it, so it does not run the validation grid again (seconds on a large
+    catalogue), and serves the checkpoint's gates."""
+    import metarec
+    from metarec.config import compose
+    from metarec.learners.fism import FISM
+    from metarec.train import fit
+
+    run = fit(compose(["data.params.n_users=120", "trainer.enable_progress_bar=false", f"run.root={tmp_path}",
+                       "run.name=f", "model=twotower", "learner=fism_ease", "learner.cf_start=validation",
+                       "learner.cf_start_sizes=[1,2]", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                       "trainer.limit_val_batches=1", "trainer.monitor=full_recall@10"]))
+    saved = torch.load(next((run / "checkpoints").glob("*.ckpt")), map_location="cpu", weights_only=True)["state_dict"]
+
+    def refuse(self):
+        raise AssertionError("choose_start ran while loading a checkpoint")
+
+    monkeypatch.setattr(FISM, "choose_start", refuse)
+    rec = metarec.Recommender.load(run)
+    torch.testing.assert_close(rec.learner.cf_knn_gate.detach(), saved["cf_knn_gate"])
+    torch.testing.assert_close(rec.learner.cf_pop.detach(), saved["cf_pop"])
+    task = rec.datamodule.split.episodes["user_cold"][0]
+    ratings = list(zip(rec.item_ids[task.support_items].tolist(), task.support_ratings.tolist()))
+    assert len(rec.adapt(ratings).recommend(5)) == 5
+    with pytest.raises(AssertionError, match="choose_start ran"):
+        fit(compose(["data.params.n_users=120", f"run.root={tmp_path}", "run.name=g", "model=twotower",
+                     "learner=fism_ease", "learner.cf_start=validation", "trainer.fast_dev_run=true"]))

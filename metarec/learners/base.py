@@ -63,6 +63,7 @@ class LearnerContext:
     interactions_only: bool = False  # the data are interactions, not ratings: every query item is relevant
     loss: str = "mse"  # mse: ratings; bce | softmax: binary labels with sampled negatives, the model outputs logits
     rating_grid: Any = None  # data.rating_grid: the sorted rating values predictions snap to (``rating_values``)
+    restoring: bool = False  # built to load a checkpoint (``Recommender.load``): skip choices the checkpoint overwrites
 
     @property
     def binary_labels(self) -> bool:

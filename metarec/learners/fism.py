@@ -196,7 +196,7 @@ class FISM(MetaLearner):
             raise ConfigError("learner.cf_start_sizes must be a non-empty list of integers >= 1 (support sizes the "
                               f"validation-chosen start is scored at) with learner.cf_start=validation, got {sizes!r}")
         self.start_scores: dict[tuple[float, ...], float] = {}
-        if cfg.cf_start == "validation":
+        if cfg.cf_start == "validation" and not ctx.restoring:  # a checkpoint overwrites the start (Recommender.load)
             self.choose_start()
 
     def choose_start(self) -> None:
