@@ -65,6 +65,7 @@ from metarec.data.features import Features
 from metarec.errors import ConfigError
 from metarec.learners.base import LearnerContext, MetaLearner
 from metarec.learners.ease_prior import FOLDS, EasePrior, entries_of
+from metarec.learners.foldin import support_positives
 from metarec.learners.knn_prior import KnnPrior
 from metarec.models.base import BaseRecommender
 from metarec.models.item_cache import ItemSideCache
@@ -247,7 +248,7 @@ class FISM(MetaLearner):
         not ratings and stay (they are never folded in)."""
         if size is None:
             return support
-        real = support.mask & (support.ratings > 0.5) if self.ctx.binary_labels else support.mask
+        real = support_positives(self.ctx, support, "rated")  # the ratings (under sampled negatives: label 1)
         rank = real.cumsum(1)
         return dataclasses.replace(support, mask=support.mask & (~real | (rank <= size)))
 
