@@ -373,8 +373,9 @@ class AdaptedUser:
         if exclude_seen:
             raw[self.seen] = -np.inf
         order = top_k(raw, int(k))
-        if rec.learner.predicts_ratings:
-            values = rec._prediction(rec._scores(self, order), clip=True)
+        if rec.learner.predicts_ratings:  # the ranking pass's own scores where the learner ranks by them
+            scores = raw[order] if rec.learner.ranks_by_score else rec._scores(self, order)
+            values = rec._prediction(scores, clip=True)
         else:
             values = raw[order]
         return [(rec.item_ids[c].item(), rec.item_titles[c], float(v)) for c, v in zip(order, values)]

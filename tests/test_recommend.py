@@ -232,6 +232,21 @@ def test_recommend_ranks_every_item(recs) -> None:
     assert len(user.recommend(10_000, exclude_seen=False)) == rec.n_items
 
 
+def test_the_value_shown_with_a_recommended_item_is_its_prediction_for_every_learner(recs) -> None:
+    """Learners ranking by ``score`` show the ranking pass's own scores, the others (``rank_score``
+    overridden) score the k items again: either way the value is what ``predict`` says."""
+    by_score = set()
+    for name, rec in recs.items():
+        if not rec.learner.predicts_ratings:
+            continue
+        user = rec.adapt([(5, 5.0), (17, 4.0), (42, 1.0)])
+        top = user.recommend(5)
+        np.testing.assert_allclose([v for _, _, v in top], user.predict([i for i, _, _ in top]), rtol=0, atol=1e-5,
+                                   err_msg=name)
+        by_score.add(rec.learner.ranks_by_score)
+    assert by_score == {True, False}
+
+
 def test_calls_run_with_their_thread_setting_and_restore_torchs(runs, recs, monkeypatch) -> None:
     rec = recs["head"]
     seen = []

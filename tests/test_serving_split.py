@@ -29,6 +29,7 @@ SCHEMA = FeatureSchema(
 LEARNERS = {
     "maml_head": ("maml", MAMLConfig(scope="head", inner_lr=0.5, inner_steps=2)),
     "maml_all": ("maml", MAMLConfig(scope="all", inner_lr=0.5)),
+    "maml_clip": ("maml", MAMLConfig(scope="all", inner_lr=0.5, inner_steps=2, inner_grad_clip=0.05)),
     "anil": ("maml", MAMLConfig(scope="output", inner_lr=0.5)),
     "metasgd": ("metasgd", MetaSGDConfig(scope="all", inner_lr=0.5)),
     "finetune": ("finetune", FineTuneConfig(scope="all", finetune_lr=0.5, finetune_steps=2)),
@@ -171,8 +172,9 @@ def test_top_k_equals_a_stable_full_sort(k) -> None:
 
 @pytest.mark.parametrize("name", list(LEARNERS))
 def test_serving_adapts_one_user_without_vmap_to_the_same_parameters(name, monkeypatch) -> None:
-    """One task inside ``serving()``: the executor runs its per-task function directly (no vmap) and gets
-    the vmapped path's adapted parameters; two tasks, or outside serving, still go through vmap."""
+    """One task inside ``serving()``: the executor takes its inner steps with plain autograd (no vmap, no
+    ``torch.func.grad``) and gets the vmapped path's adapted parameters (clipped inner gradients and
+    learned rates included); two tasks, or outside serving, still go through vmap."""
     import metarec.learners.executors.vmap as vm
 
     learner = _learner(name)

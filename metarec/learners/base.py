@@ -188,6 +188,12 @@ class MetaLearner(pl.LightningModule):
         """What items are ranked by (full ranking, ``recommend``): ``score`` unless overridden."""
         return self.score(state, item_ids, items)
 
+    @property
+    def ranks_by_score(self) -> bool:
+        """Whether items are ranked by ``score`` itself (``rank_score`` not overridden): a ranking pass
+        then already holds the scores of the items it picks."""
+        return type(self).rank_score is MetaLearner.rank_score
+
     def evaluate(self, batch: EpisodeBatch) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """``(state, mean query loss, query outputs [T, Q])``: adapt to each support, score its query."""
         with torch.enable_grad():

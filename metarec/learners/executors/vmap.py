@@ -2,8 +2,8 @@
 ``torch.func.functional_call`` + ``grad``, ``vmap``-ed over the padded meta-batch (masks handle ragged
 support/query lengths; ``chunk_size`` bounds memory). One backward gives the full second-order
 meta-gradient. The first linear layer of the head stays factored where it can (``factored.py``). Serving
-one new user (``Recommender.adapt``, inside ``item_cache.serving()``) runs the same per-task function
-without ``vmap``, whose batching overhead is a large share of a 20-rating adaptation."""
+one new user (``Recommender.adapt``, inside ``item_cache.serving()``) runs the same inner loop on the
+support alone, without ``vmap``, whose batching overhead is a large share of a 20-rating adaptation."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
-from metarec.data.episodes import EpisodeBatch
+from metarec.data.episodes import EpisodeBatch, Support
 from metarec.learners.executors.base import Executor, ExecutorSettings, clip_by_global_norm
 from metarec.learners.executors.factored import factorable_first_linear, factored_task
 from metarec.data.features import Features
@@ -90,12 +90,30 @@ class VmapExecutor(Executor):
         params = {n: p.detach() for n, p in zip(self.names, self.adapted_params())}
         lrs = {n: (lr.detach() if torch.is_tensor(lr) else lr) for n, lr in self.rates().items()}
         fixed = {n: p.detach() for n, p in self.fixed_params().items()}
-        if batch.n_tasks == 1 and is_serving():  # one new user: the same task function, without vmap's overhead
-            x = self.prefix_features(batch, True)
-            (s_args, s_y, s_m), (q_args, q_y, q_m) = self._inputs(batch, x)
-            first = lambda tree: tree_map(lambda t: t[0], tree)  # noqa: E731
-            adapted, loss, _ = self._per_task(steps, True, lrs, fixed)(
-                params, first(s_args), s_y[0], s_m[0], first(q_args), q_y[0], q_m[0])
-            return [adapted[n].detach()[None] for n in self.names], loss.detach()
         adapted, losses, _ = self._vmapped(batch, steps, True, True, params, lrs, fixed, materialise=True)
         return [adapted[n].detach() for n in self.names], losses.detach().mean()
+
+    def adapt(self, user: Features, support: Support, steps: int) -> dict[str, torch.Tensor]:
+        """Serving one new user (one task, inside ``item_cache.serving()``): the inner loop's steps on the
+        support alone with plain autograd — no ``vmap`` batching, no ``torch.func`` wrapping (a 20-rating
+        step took 3.6 ms through ``grad``, 1.7 ms through ``torch.autograd.grad``), no empty query block;
+        otherwise as every executor does."""
+        if support.n_tasks != 1 or not is_serving():
+            return super().adapt(user, support, steps)
+        params = {n: p.detach() for n, p in zip(self.names, self.adapted_params())}
+        lrs = {n: (lr.detach() if torch.is_tensor(lr) else lr) for n, lr in self.rates().items()}
+        fixed = {n: p.detach() for n, p in self.fixed_params().items()}
+        first = lambda tree: tree_map(lambda t: t[0], tree)  # noqa: E731
+        if self.prefix is not None:
+            args: tuple = (self.prefix(user, support.items).detach()[0],)
+        else:
+            args = (first(user), first(support.items))
+        y, m = support.ratings[0], support.mask[0]
+        for _ in range(steps):  # plain autograd: without vmap, torch.func.grad's wrapping only costs time
+            leaves = {n: params[n].requires_grad_() for n in self.names}
+            with torch.enable_grad():
+                loss = self.loss_fn(self._forward(leaves, args, fixed), y, m)
+            g = torch.autograd.grad(loss, [leaves[n] for n in self.names], materialize_grads=True)
+            g = clip_by_global_norm(list(g), self.inner_grad_clip)
+            params = {n: (leaves[n] - lrs[n] * gn).detach() for n, gn in zip(self.names, g)}
+        return {n: params[n].detach()[None] for n in self.names}
