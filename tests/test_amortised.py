@@ -109,6 +109,31 @@ def test_support_is_a_set_padding_is_ignored_and_tasks_are_independent(name):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
+def test_serving_maps_the_bodys_user_and_item_parts_apart_and_equals_the_usual_scores(name, monkeypatch):
+    """Inside ``serving()`` scoring takes ``Amortised.serve`` (the body's user and item parts mapped
+    separately, the context's per-task inputs once, the items in chunks) and gets ``decode``'s outputs."""
+    import metarec.learners.amortised as am
+    from metarec.models.item_cache import serving
+
+    ds = tiny_dataset()
+    learner = learner_for(ds, CONFIGS[name]).eval()
+    batch = tiny_batch(ds)
+    state = learner.adapt(batch.user, batch.support())
+    with torch.no_grad():
+        usual = learner.score(state, *batch.query())
+    monkeypatch.setattr(am, "SERVE_CHUNK", 2)  # several chunks
+    taken, real = [], learner.serve
+    monkeypatch.setattr(learner, "serve", lambda *a: taken.append(1) or real(*a))
+    with serving(), torch.no_grad():
+        fast = learner.score(state, *batch.query())
+    assert taken and fast.shape == usual.shape
+    torch.testing.assert_close(fast, usual, rtol=0, atol=1e-10)
+    with torch.no_grad():  # outside serving: the usual path
+        learner.score(state, *batch.query())
+    assert len(taken) == 1
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_an_empty_support_is_well_defined(name):
     ds = tiny_dataset()
     learner = learner_for(ds, CONFIGS[name])

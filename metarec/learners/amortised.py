@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from metarec.data.episodes import EpisodeBatch, Support
@@ -36,8 +37,10 @@ from metarec.errors import ConfigError
 from metarec.learners.base import LearnerContext, MetaLearner
 from metarec.data.features import Features
 from metarec.models.base import BaseRecommender
+from metarec.models.item_cache import is_serving
 
 ENCODERS = ("mean", "attention")
+SERVE_CHUNK = 8192  # items per pass when serving (Amortised.serve): temporaries stay small
 
 
 @dataclass
@@ -139,12 +142,14 @@ class Amortised(MetaLearner):
             ctx.z = self._gaussian(pooled)[0]
         return ctx
 
-    def attend(self, body: torch.Tensor, ctx: Context) -> torch.Tensor:
-        """Cross-attention from targets ``[T, Q, D]`` to the support: ``[T, Q, H]``."""
+    def attend(self, body: torch.Tensor, ctx: Context, projected: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-attention from targets ``[T, Q, D]`` to the support: ``[T, Q, H]`` (``projected``: the
+        targets' ``query_proj`` when already computed)."""
         heads, h = self.cfg.heads, self.cfg.hidden
-        t, q = body.shape[:2]
+        projected = self.query_proj(body) if projected is None else projected
+        t, q = projected.shape[:2]
         split = lambda x: x.reshape(t, x.shape[1], heads, h // heads).transpose(1, 2)  # noqa: E731
-        qh, kh, vh = split(self.query_proj(body)), split(ctx.keys), split(ctx.values)
+        qh, kh, vh = split(projected), split(ctx.keys), split(ctx.values)
         scores = qh @ kh.transpose(-1, -2) / math.sqrt(h // heads)  # [T, heads, Q, S + 1]
         scores = scores.masked_fill(~ctx.key_mask[:, None, None, :], float("-inf"))
         out = torch.softmax(scores, dim=-1) @ vh
@@ -175,9 +180,57 @@ class Amortised(MetaLearner):
             return user, self.encode(self.model.body(user, support.items), support.ratings, support.mask)
 
     def score(self, state: tuple[Features, Context], item_ids: torch.Tensor, items: Features) -> torch.Tensor:
-        """Outputs ``[T, N]`` for the items of each task, given its context."""
+        """Outputs ``[T, N]`` for the items of each task, given its context (when serving, through the
+        base model's ``body_parts`` where it has them: ``serve``)."""
         user, ctx = state
+        parts = self.model.body_parts(user, items) if is_serving() else None
+        if parts is not None and type(self.model.head[0]) is nn.Linear:
+            return self.serve(*parts, ctx)
         return self.decode(self.model.body(user, items), ctx)
+
+    def serve(self, u: torch.Tensor, i: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """``decode`` of the bodies ``[u; i_n]`` (user part ``u`` ``[T, Du]``, item parts ``i`` ``[T, N, Di]``)
+        up to float rounding, without making them: every linear map of the body (the attention's query,
+        the head's first layer) is applied to the two parts separately, the user's once per task, and the
+        context's per-task inputs (pooled support, latent) go through the conditioning layer once; the items
+        go through in chunks of ``SERVE_CHUNK``. With ``encoder=mean`` the FiLM modulation is then one
+        vector per task."""
+        cond, films, head = self.condition[0], list(self.films), list(self.model.head)
+        h, du = self.cfg.hidden, u.shape[-1]
+
+        def split(layer: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:  # user part [T, 1, out], item map
+            return F.linear(u, layer.weight[:, :du], layer.bias).unsqueeze(1), layer.weight[:, du:].T
+
+        c_const = F.linear(ctx.pooled, cond.weight[:, :h], cond.bias)  # [T, H]
+        if ctx.z is not None:
+            c_const = c_const + ctx.z @ cond.weight[:, cond.weight.shape[1] - ctx.z.shape[-1]:].T
+        c_const = c_const.unsqueeze(1)
+        first_u, first_i = split(head[0])
+        if self.cfg.encoder == "attention":
+            q_u, q_i = split(self.query_proj)
+            w_att = cond.weight[:, h : 2 * h].T
+        else:
+            c = torch.relu(c_const)
+            mods = [film(c).chunk(2, dim=-1) for film in films]  # [T, 1, out] each
+        outs = []
+        for s in range(0, i.shape[1], SERVE_CHUNK):
+            x_i = i[:, s : s + SERVE_CHUNK]
+            if self.cfg.encoder == "attention":
+                att = self.attend(None, ctx, q_u + x_i @ q_i)
+                c = torch.relu(c_const + att @ w_att)
+                mods = [film(c).chunk(2, dim=-1) for film in films]
+            x = first_u + x_i @ first_i
+            gamma, beta = mods[0]
+            x = x * (1.0 + gamma) + beta
+            k = 1
+            for layer in head[1:]:
+                x = layer(x)
+                if isinstance(layer, nn.Linear):
+                    gamma, beta = mods[k]
+                    x = x * (1.0 + gamma) + beta
+                    k += 1
+            outs.append(x.squeeze(-1))
+        return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
 
     # ---------------------------------------------------------------- learner
     def training_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:

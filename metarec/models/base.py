@@ -71,6 +71,13 @@ class BaseRecommender(nn.Module):
         the usual way. Executors consult it when scoring (see ``MeLU.serve``)."""
         return None
 
+    def body_parts(self, user: Features, item: Features) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A serving-only split of ``body`` for users ``[T, ...]`` and items ``[T, N, ...]``: its user part
+        ``[T, Du]`` and item part ``[T, N, Di]``, where ``body`` is ``[user part; item part]`` per item, or
+        ``None`` (the default): no such split. Learners that read the body (``amortised``) then apply
+        linear maps to each part separately, the user's once per user (see ``MeLU.body_parts``)."""
+        return None
+
     def set_output_bias(self, value: float) -> None:
         """Start the output at ``value`` (e.g. the mean training rating) so training starts centred."""
         last = [m for m in self.head.modules() if isinstance(m, nn.Linear)][-1]

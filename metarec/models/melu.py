@@ -9,6 +9,7 @@ Serving (``MeLU.serve``, only inside ``item_cache.serving()``) scores a catalogu
 concatenation: the first decision layer is linear in ``[e_u; e_i]``, so ``W [e_u; e_i] + b =
 (W_u e_u + b) + W_i e_i``; the user part is one vector per user, and the item field vectors ``e_i`` are
 remembered per catalogue while the item encoder does not adapt. Training and evaluation never take it.
+``MeLU.body_parts`` gives the same two parts to learners that read the body (``amortised``).
 """
 
 from __future__ import annotations
@@ -100,6 +101,14 @@ class MeLU(BaseRecommender):
         while u.dim() < i.dim():  # user features [T, F] broadcast over item positions [T, L, F]
             u = u.unsqueeze(-2)
         return torch.cat([u.expand(*i.shape[:-1], u.shape[-1]), i], dim=-1)
+
+    def body_parts(self, user: Features, item: Features) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Serving only (inside ``item_cache.serving()``, eval mode, no grad; else ``None``): the user's field
+        vectors ``[T, Du]`` and the items' ``[T, N, Di]`` (from memory for a catalogue); ``body`` is their
+        concatenation per item."""
+        if not is_serving() or self.training or torch.is_grad_enabled():
+            return None
+        return self.user_encoder(user), self._item_cache(self.item_encoder, item, self.item_encoder)
 
     def serve(self, params: dict[str, torch.Tensor], user: Features, items: Features) -> torch.Tensor | None:
         """Serving only (inside ``item_cache.serving()``, eval mode, no grad; else ``None``): outputs ``[T, N]``
