@@ -2,8 +2,9 @@
 ``torch.func.functional_call`` + ``grad``, ``vmap``-ed over the padded meta-batch (masks handle ragged
 support/query lengths; ``chunk_size`` bounds memory). One backward gives the full second-order
 meta-gradient. The first linear layer of the head stays factored where it can (``factored.py``). Serving
-one new user (``Recommender.adapt``, inside ``item_cache.serving()``) runs the same inner loop on the
-support alone, without ``vmap``, whose batching overhead is a large share of a 20-rating adaptation."""
+one new user (``Recommender.adapt``, inside ``item_cache.serving()``) takes the same inner steps on the
+support alone with plain autograd: ``vmap``'s batching and ``torch.func``'s wrapping are most of a
+20-rating adaptation's time."""
 
 from __future__ import annotations
 
