@@ -37,7 +37,6 @@ from metarec.errors import ConfigError
 from metarec.learners.base import LearnerContext, MetaLearner
 from metarec.data.features import Features
 from metarec.models.base import BaseRecommender
-from metarec.models.item_cache import is_serving
 
 ENCODERS = ("mean", "attention")
 SERVE_CHUNK = 8192  # items per pass when serving (Amortised.serve): temporaries stay small
@@ -142,14 +141,16 @@ class Amortised(MetaLearner):
             ctx.z = self._gaussian(pooled)[0]
         return ctx
 
-    def attend(self, body: torch.Tensor, ctx: Context, projected: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-attention from targets ``[T, Q, D]`` to the support: ``[T, Q, H]`` (``projected``: the
-        targets' ``query_proj`` when already computed)."""
+    def attend(self, body: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Cross-attention from targets ``[T, Q, D]`` to the support: ``[T, Q, H]``."""
+        return self.attend_queries(self.query_proj(body), ctx)
+
+    def attend_queries(self, queries: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """``attend`` from the targets' projected queries ``[T, Q, H]``."""
         heads, h = self.cfg.heads, self.cfg.hidden
-        projected = self.query_proj(body) if projected is None else projected
-        t, q = projected.shape[:2]
+        t, q = queries.shape[:2]
         split = lambda x: x.reshape(t, x.shape[1], heads, h // heads).transpose(1, 2)  # noqa: E731
-        qh, kh, vh = split(projected), split(ctx.keys), split(ctx.values)
+        qh, kh, vh = split(queries), split(ctx.keys), split(ctx.values)
         scores = qh @ kh.transpose(-1, -2) / math.sqrt(h // heads)  # [T, heads, Q, S + 1]
         scores = scores.masked_fill(~ctx.key_mask[:, None, None, :], float("-inf"))
         out = torch.softmax(scores, dim=-1) @ vh
@@ -183,7 +184,7 @@ class Amortised(MetaLearner):
         """Outputs ``[T, N]`` for the items of each task, given its context (when serving, through the
         base model's ``body_parts`` where it has them: ``serve``)."""
         user, ctx = state
-        parts = self.model.body_parts(user, items) if is_serving() else None
+        parts = self.model.body_parts(user, items)  # None outside serving
         if parts is not None and type(self.model.head[0]) is nn.Linear:
             return self.serve(*parts, ctx)
         return self.decode(self.model.body(user, items), ctx)
@@ -216,19 +217,17 @@ class Amortised(MetaLearner):
         for s in range(0, i.shape[1], SERVE_CHUNK):
             x_i = i[:, s : s + SERVE_CHUNK]
             if self.cfg.encoder == "attention":
-                att = self.attend(None, ctx, q_u + x_i @ q_i)
+                att = self.attend_queries(q_u + x_i @ q_i, ctx)
                 c = torch.relu(c_const + att @ w_att)
                 mods = [film(c).chunk(2, dim=-1) for film in films]
-            x = first_u + x_i @ first_i
-            gamma, beta = mods[0]
-            x = x * (1.0 + gamma) + beta
-            k = 1
-            for layer in head[1:]:
-                x = layer(x)
+            modulations = iter(mods)
+            x = first_u + x_i @ first_i  # the head's first layer, from the two parts
+            for j, layer in enumerate(head):  # as decode
+                if j:
+                    x = layer(x)
                 if isinstance(layer, nn.Linear):
-                    gamma, beta = mods[k]
+                    gamma, beta = next(modulations)
                     x = x * (1.0 + gamma) + beta
-                    k += 1
             outs.append(x.squeeze(-1))
         return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
 

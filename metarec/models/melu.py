@@ -102,11 +102,15 @@ class MeLU(BaseRecommender):
             u = u.unsqueeze(-2)
         return torch.cat([u.expand(*i.shape[:-1], u.shape[-1]), i], dim=-1)
 
+    def _serving(self) -> bool:
+        """Whether the serving shortcuts apply: inside ``item_cache.serving()``, eval mode, no gradient."""
+        return is_serving() and not self.training and not torch.is_grad_enabled()
+
     def body_parts(self, user: Features, item: Features) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Serving only (inside ``item_cache.serving()``, eval mode, no grad; else ``None``): the user's field
         vectors ``[T, Du]`` and the items' ``[T, N, Di]`` (from memory for a catalogue); ``body`` is their
         concatenation per item."""
-        if not is_serving() or self.training or torch.is_grad_enabled():
+        if not self._serving():
             return None
         return self.user_encoder(user), self._item_cache(self.item_encoder, item, self.item_encoder)
 
@@ -118,7 +122,7 @@ class MeLU(BaseRecommender):
         concatenation, the user part once per task); the item field vectors come from memory while no
         item-encoder parameter adapts (every scope but ``all``); the items go through the head in chunks."""
         head = self.head
-        if not is_serving() or self.training or torch.is_grad_enabled() or items.categorical.dim() != 3:
+        if not self._serving() or items.categorical.dim() != 3:
             return None
         if not (len(head) and type(head[0]) is nn.Linear):
             return None

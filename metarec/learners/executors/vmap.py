@@ -87,10 +87,15 @@ class VmapExecutor(Executor):
             losses, preds = losses.detach(), preds.detach()
         return losses.mean(), preds
 
-    def adapted_parameters(self, batch: EpisodeBatch, steps: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _detached(self) -> tuple[dict, dict, dict]:
+        """The adapted parameters, their inner rates and the fixed parameters, detached (first-order
+        adaptation with no graph: ``adapted_parameters`` and serving)."""
         params = {n: p.detach() for n, p in zip(self.names, self.adapted_params())}
         lrs = {n: (lr.detach() if torch.is_tensor(lr) else lr) for n, lr in self.rates().items()}
-        fixed = {n: p.detach() for n, p in self.fixed_params().items()}
+        return params, lrs, {n: p.detach() for n, p in self.fixed_params().items()}
+
+    def adapted_parameters(self, batch: EpisodeBatch, steps: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        params, lrs, fixed = self._detached()
         adapted, losses, _ = self._vmapped(batch, steps, True, True, params, lrs, fixed, materialise=True)
         return [adapted[n].detach() for n in self.names], losses.detach().mean()
 
@@ -101,9 +106,7 @@ class VmapExecutor(Executor):
         otherwise as every executor does."""
         if support.n_tasks != 1 or not is_serving():
             return super().adapt(user, support, steps)
-        params = {n: p.detach() for n, p in zip(self.names, self.adapted_params())}
-        lrs = {n: (lr.detach() if torch.is_tensor(lr) else lr) for n, lr in self.rates().items()}
-        fixed = {n: p.detach() for n, p in self.fixed_params().items()}
+        params, lrs, fixed = self._detached()
         first = lambda tree: tree_map(lambda t: t[0], tree)  # noqa: E731
         if self.prefix is not None:
             args: tuple = (self.prefix(user, support.items).detach()[0],)
