@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from metarec.config import compose
-from metarec.data.episodes import EpisodeCollator, FeatureTables
+from metarec.data.episodes import EpisodeCollator, FeatureTables, Support
+from metarec.data.features import Features
 from metarec.data.schema import CategoricalField, FeatureTable, RecDataset
 from metarec.data.splits import Task
 from metarec.errors import ConfigError
@@ -131,6 +132,45 @@ def test_serving_maps_the_bodys_user_and_item_parts_apart_and_equals_the_usual_s
     with torch.no_grad():  # outside serving: the usual path
         learner.score(state, *batch.query())
     assert len(taken) == 1
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_serving_a_catalogue_keeps_its_item_maps_until_a_parameter_changes(name, monkeypatch):
+    """The items' parts of the body's linear maps are kept per loaded run for a catalogue (one task's
+    items, at least ``min_items``) and made again when a parameter or the items change; the scores
+    equal ``decode``'s every time."""
+    from metarec.models.item_cache import serving
+
+    ds = tiny_dataset()
+    learner = learner_for(ds, CONFIGS[name]).eval()
+    learner._item_maps.min_items = 2
+    batch = tiny_batch(ds)
+    s = batch.support()
+    user = batch.user.index((slice(0, 1),))
+    state = learner.adapt(user, Support(s.item_ids[:1], s.items.index((slice(0, 1),)), s.ratings[:1], s.mask[:1]))
+    n_items = ds.items.categorical.shape[0]
+    ids = torch.arange(n_items)[None]
+    items = FeatureTables(ds).items(torch.arange(n_items)).for_tasks(1)
+    made, real = [], learner.item_maps
+    monkeypatch.setattr(learner, "item_maps", lambda *a: made.append(1) or real(*a))
+
+    def check() -> None:
+        with torch.no_grad():
+            usual = learner.decode(learner.model.body(user, items), state[1])
+            with serving():
+                fast = learner.score(state, ids, items)
+        torch.testing.assert_close(fast, usual, rtol=0, atol=1e-10)
+
+    check(), check()
+    assert len(made) == 1  # the second call answered from memory
+    with torch.no_grad():
+        learner.model.head[0].weight[0, -1] += 0.5  # an in-place change: its version moves
+    check()
+    assert len(made) == 2
+    items = Features(items.categorical.flip(1), items.multihot.flip(1))  # other items (the same set, reordered)
+    ids = ids.flip(1)
+    check()
+    assert len(made) == 3
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

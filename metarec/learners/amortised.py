@@ -37,6 +37,7 @@ from metarec.errors import ConfigError
 from metarec.learners.base import LearnerContext, MetaLearner
 from metarec.data.features import Features
 from metarec.models.base import BaseRecommender
+from metarec.models.item_cache import ItemSideCache
 
 ENCODERS = ("mean", "attention")
 SERVE_CHUNK = 8192  # items per pass when serving (Amortised.serve): temporaries stay small
@@ -110,6 +111,7 @@ class Amortised(MetaLearner):
             nn.init.zeros_(film.bias)
         lo, hi = ctx.rating_range
         self.centre, self.scale = float(ctx.train_rating_mean), max((hi - lo) / 2.0, 1e-6)
+        self._item_maps = ItemSideCache()  # serving: the catalogue's item parts of the body's linear maps
 
     # ----------------------------------------------------------------- pieces
     def entries(self, body: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
@@ -146,13 +148,15 @@ class Amortised(MetaLearner):
         return self.attend_queries(self.query_proj(body), ctx)
 
     def attend_queries(self, queries: torch.Tensor, ctx: Context) -> torch.Tensor:
-        """``attend`` from the targets' projected queries ``[T, Q, H]``."""
+        """``attend`` from the targets' projected queries ``[T, Q, H]`` (``ctx.key_mask`` ``None``: every
+        entry is attended to)."""
         heads, h = self.cfg.heads, self.cfg.hidden
         t, q = queries.shape[:2]
         split = lambda x: x.reshape(t, x.shape[1], heads, h // heads).transpose(1, 2)  # noqa: E731
         qh, kh, vh = split(queries), split(ctx.keys), split(ctx.values)
         scores = qh @ kh.transpose(-1, -2) / math.sqrt(h // heads)  # [T, heads, Q, S + 1]
-        scores = scores.masked_fill(~ctx.key_mask[:, None, None, :], float("-inf"))
+        if ctx.key_mask is not None:
+            scores = scores.masked_fill(~ctx.key_mask[:, None, None, :], float("-inf"))
         out = torch.softmax(scores, dim=-1) @ vh
         return out.transpose(1, 2).reshape(t, q, h)
 
@@ -186,48 +190,74 @@ class Amortised(MetaLearner):
         user, ctx = state
         parts = self.model.body_parts(user, items)  # None outside serving
         if parts is not None and type(self.model.head[0]) is nn.Linear:
-            return self.serve(*parts, ctx)
+            u, i = parts
+            return self.serve(u, self._item_maps(self, items, lambda _: self.item_maps(u.shape[-1], i)), ctx)
         return self.decode(self.model.body(user, items), ctx)
 
-    def serve(self, u: torch.Tensor, i: torch.Tensor, ctx: Context) -> torch.Tensor:
-        """``decode`` of the bodies ``[u; i_n]`` (user part ``u`` ``[T, Du]``, item parts ``i`` ``[T, N, Di]``)
-        up to float rounding, without making them: every linear map of the body (the attention's query,
-        the head's first layer) is applied to the two parts separately, the user's once per task, and the
-        context's per-task inputs (pooled support, latent) go through the conditioning layer once; the items
-        go through in chunks of ``SERVE_CHUNK``. With ``encoder=mean`` the FiLM modulation is then one
-        vector per task."""
-        cond, films, head = self.condition[0], list(self.films), list(self.model.head)
+    def _linears(self) -> list[nn.Linear]:
+        """The linear maps that read the body: the head's first layer (and the attention's query)."""
+        return [self.model.head[0]] + ([self.query_proj] if self.cfg.encoder == "attention" else [])
+
+    def item_maps(self, du: int, i: torch.Tensor) -> list[torch.Tensor]:
+        """The item parts ``[T, N, out]`` of the linear maps that read the body (``_linears``), from the item
+        parts ``i`` ``[T, N, Di]`` of the bodies (the user part's width ``du`` first): they depend on the
+        items and the parameters only, so a loaded run serving a catalogue keeps them (``score``)."""
+        return [i @ layer.weight[:, du:].T for layer in self._linears()]
+
+    def serve(self, u: torch.Tensor, maps: list[torch.Tensor], ctx: Context) -> torch.Tensor:
+        """``decode`` of the bodies ``[u; i_n]`` up to float rounding, without making them: every linear map
+        of the body (the head's first layer, the attention's query) is the sum of its user part (from ``u``
+        ``[T, Du]``, once per task) and its item part (``maps``: ``item_maps``, ``[T, N, out]`` each); what
+        depends on the task only goes through once per task (the pooled support and the latent through
+        the conditioning layer; the attention's keys as one block-diagonal matrix over the heads, scaled,
+        with the query's user part and the mask as its offset; the values through the conditioning
+        layer); the FiLM layers' gammas carry the 1 of ``1 + gamma``; the items go through in chunks of
+        ``SERVE_CHUNK``. With ``encoder=mean`` the modulation is one vector per task."""
+        cond, head = self.condition[0], list(self.model.head)
         h, du = self.cfg.hidden, u.shape[-1]
-
-        def split(layer: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:  # user part [T, 1, out], item map
-            return F.linear(u, layer.weight[:, :du], layer.bias).unsqueeze(1), layer.weight[:, du:].T
-
+        users = [F.linear(u, layer.weight[:, :du], layer.bias).unsqueeze(1) for layer in self._linears()]
         c_const = F.linear(ctx.pooled, cond.weight[:, :h], cond.bias)  # [T, H]
         if ctx.z is not None:
             c_const = c_const + ctx.z @ cond.weight[:, cond.weight.shape[1] - ctx.z.shape[-1]:].T
-        c_const = c_const.unsqueeze(1)
-        first_u, first_i = split(head[0])
+        c_const = c_const.unsqueeze(1)  # [T, 1, H]
+        # the FiLM layers with the 1 of 1 + gamma in their biases: [gamma_l + 1, beta_l] per head layer
+        films = [(film.weight, film.bias + torch.cat([torch.ones_like(film.bias[: film.out_features // 2]),
+                                                      torch.zeros_like(film.bias[film.out_features // 2 :])]))
+                 for film in self.films]
+
+        def modulations(c: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+            return [F.linear(c, w, b).chunk(2, dim=-1) for w, b in films]
+
         if self.cfg.encoder == "attention":
-            q_u, q_i = split(self.query_proj)
-            w_att = cond.weight[:, h : 2 * h].T
+            heads, t = self.cfg.heads, u.shape[0]
+            dh, s1 = h // heads, ctx.keys.shape[1]
+            eye = torch.eye(heads, dtype=u.dtype, device=u.device)
+
+            def block_diag(x: torch.Tensor) -> torch.Tensor:  # [T, S+1, H] -> [T, H, heads * (S+1)]
+                xh = x.reshape(t, s1, heads, dh).permute(0, 2, 3, 1)  # [T, heads, dh, S+1]
+                return (xh[:, :, :, None, :] * eye[None, :, None, :, None]).reshape(t, h, heads * s1)
+
+            keys = block_diag(ctx.keys) / math.sqrt(dh)
+            offset = users[1] @ keys  # [T, 1, heads * (S+1)]
+            if ctx.key_mask is not None and not bool(ctx.key_mask.all()):
+                offset = offset.masked_fill(~ctx.key_mask.repeat(1, heads)[:, None, :], float("-inf"))
+            values = block_diag(ctx.values).transpose(1, 2) @ cond.weight[:, h : 2 * h].T  # [T, heads * (S+1), H]
         else:
-            c = torch.relu(c_const)
-            mods = [film(c).chunk(2, dim=-1) for film in films]  # [T, 1, out] each
+            mods = modulations(torch.relu(c_const))  # [T, 1, out] each
         outs = []
-        for s in range(0, i.shape[1], SERVE_CHUNK):
-            x_i = i[:, s : s + SERVE_CHUNK]
+        for s in range(0, maps[0].shape[1], SERVE_CHUNK):
             if self.cfg.encoder == "attention":
-                att = self.attend_queries(q_u + x_i @ q_i, ctx)
-                c = torch.relu(c_const + att @ w_att)
-                mods = [film(c).chunk(2, dim=-1) for film in films]
-            modulations = iter(mods)
-            x = first_u + x_i @ first_i  # the head's first layer, from the two parts
+                p = torch.baddbmm(offset, maps[1][:, s : s + SERVE_CHUNK], keys)  # [T, n, heads * (S+1)]
+                p = torch.softmax(p.view(t, -1, heads, s1), dim=-1).view(t, -1, heads * s1)
+                mods = modulations(torch.baddbmm(c_const, p, values).relu_())
+            modulation = iter(mods)
+            x = users[0] + maps[0][:, s : s + SERVE_CHUNK]  # the head's first layer, from the two parts
             for j, layer in enumerate(head):  # as decode
                 if j:
                     x = layer(x)
                 if isinstance(layer, nn.Linear):
-                    gamma, beta = next(modulations)
-                    x = x * (1.0 + gamma) + beta
+                    gamma1, beta = next(modulation)
+                    x = torch.addcmul(beta, x, gamma1)
             outs.append(x.squeeze(-1))
         return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
 
