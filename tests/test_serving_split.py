@@ -16,7 +16,7 @@ from metarec.learners.baselines import FineTuneConfig
 from metarec.learners.maml import MAMLConfig
 from metarec.learners.metasgd import MetaSGDConfig
 from metarec.models import MeLU, MeLUConfig
-from metarec.models.item_cache import is_serving, serving
+from metarec.models.item_cache import is_serving, serving, sparse_embedding_grads
 from metarec.recommend import top_k
 
 N = 3000  # a catalogue: more than one serving chunk of the head is not needed, but more than min_items is
@@ -171,11 +171,17 @@ def test_top_k_equals_a_stable_full_sort(k) -> None:
 
 
 @pytest.mark.parametrize("name", list(LEARNERS))
-def test_serving_adapts_one_user_without_vmap_to_the_same_parameters(name, monkeypatch) -> None:
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_serving_adapts_one_user_without_vmap_to_the_same_parameters(name, sparse, monkeypatch) -> None:
     """One task inside ``serving()``: the executor takes its inner steps with plain autograd (no vmap, no
-    ``torch.func.grad``) and gets the vmapped path's adapted parameters (clipped inner gradients and
-    learned rates included); two tasks, or outside serving, still go through vmap."""
+    ``torch.func.grad``; embedding tables' gradients sparse, with ``sparse``, as for large tables) and gets
+    the vmapped path's adapted parameters (clipped inner gradients and learned rates included); two tasks,
+    or outside serving, still go through vmap."""
     import metarec.learners.executors.vmap as vm
+    import metarec.models.melu as melu
+
+    if sparse:
+        monkeypatch.setattr(melu, "SPARSE_MIN_ROWS", 1)
 
     learner = _learner(name)
     usual_user, usual = _adapt(learner)
@@ -190,3 +196,36 @@ def test_serving_adapts_one_user_without_vmap_to_the_same_parameters(name, monke
     assert fast.keys() == usual.keys()
     for n in usual:
         torch.testing.assert_close(fast[n], usual[n], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(), (5,), (2, 5)])
+def test_embedding_lookups_give_sparse_gradients_only_inside_the_serving_inner_loop(shape, monkeypatch) -> None:
+    """Inside ``sparse_embedding_grads()`` the field encoders give the same vectors and a sparse gradient
+    of each large embedding table (the used rows only) equal to the dense one; outside it, and for tables
+    under ``SPARSE_MIN_ROWS`` rows, dense as in training."""
+    import metarec.models.melu as melu
+
+    torch.manual_seed(0)
+    model = MeLU(SCHEMA, MeLUConfig(embed_dim=8, hidden=[16, 8]))
+    enc = model.item_encoder
+    cat = _catalogue(20).categorical[0, 3:3 + (int(np.prod(shape)) if shape else 1)].reshape(*shape, 2)
+    multi = torch.zeros(*shape, 6)
+    x = Features(cat, multi)
+    table = enc.categorical[0].weight
+
+    def vectors_and_grad():
+        out = enc(x)
+        return out, torch.autograd.grad((out * torch.arange(out.shape[-1])).sum(), [table])[0]
+
+    dense_out, dense_g = vectors_and_grad()
+    assert not dense_g.is_sparse
+    assert table.shape[0] < melu.SPARSE_MIN_ROWS
+    with sparse_embedding_grads():
+        assert not vectors_and_grad()[1].is_sparse  # a small table: dense
+    monkeypatch.setattr(melu, "SPARSE_MIN_ROWS", table.shape[0])
+    with sparse_embedding_grads():
+        sparse_out, sparse_g = vectors_and_grad()
+    assert sparse_g.is_sparse and not vectors_and_grad()[1].is_sparse  # the flag ends with the block
+    torch.testing.assert_close(sparse_out, dense_out, rtol=0, atol=0)
+    torch.testing.assert_close(sparse_g.to_dense(), dense_g, rtol=0, atol=1e-12)
+    assert sparse_g.coalesce().indices().unique().numel() <= max(1, int(np.prod(shape)))  # used rows only

@@ -50,6 +50,26 @@ def is_serving() -> bool:
     return getattr(_SERVING, "on", False)
 
 
+@contextmanager
+def sparse_embedding_grads() -> Iterator[None]:
+    """Inside the block (in this thread), the field encoders' embedding lookups give sparse gradients
+    (``FieldVectors``): the inner loop that adapts one served user under scope ``all`` then touches the
+    support's rows of an item-id table, not all of them (a dense gradient of a 100,001-row table is
+    written, clipped and subtracted in full at every step). Never used in training: optimisers and the
+    batched inner loop take dense gradients."""
+    before = getattr(_SERVING, "sparse", False)
+    _SERVING.sparse = True
+    try:
+        yield
+    finally:
+        _SERVING.sparse = before
+
+
+def sparse_grads() -> bool:
+    """Whether this thread is inside :func:`sparse_embedding_grads`."""
+    return getattr(_SERVING, "sparse", False)
+
+
 class ItemSideCache:
     def __init__(self, min_items: int = 1024) -> None:
         self.min_items = min_items

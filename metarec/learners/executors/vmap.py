@@ -17,7 +17,7 @@ from metarec.learners.executors.base import Executor, ExecutorSettings, clip_by_
 from metarec.learners.executors.factored import factorable_first_linear, factored_task
 from metarec.data.features import Features
 from metarec.models.base import BaseRecommender
-from metarec.models.item_cache import is_serving
+from metarec.models.item_cache import is_serving, sparse_embedding_grads
 
 
 class VmapExecutor(Executor):
@@ -102,7 +102,8 @@ class VmapExecutor(Executor):
     def adapt(self, user: Features, support: Support, steps: int) -> dict[str, torch.Tensor]:
         """Serving one new user (one task, inside ``item_cache.serving()``): the inner loop's steps on the
         support alone with plain autograd — no ``vmap`` batching, no ``torch.func`` wrapping (a 20-rating
-        step took 3.6 ms through ``grad``, 1.7 ms through ``torch.autograd.grad``), no empty query block;
+        step took 3.6 ms through ``grad``, 1.7 ms through ``torch.autograd.grad``), no empty query block,
+        embedding tables' gradients sparse (the support's rows: ``item_cache.sparse_embedding_grads``);
         otherwise as every executor does."""
         if support.n_tasks != 1 or not is_serving():
             return super().adapt(user, support, steps)
@@ -115,9 +116,9 @@ class VmapExecutor(Executor):
         y, m = support.ratings[0], support.mask[0]
         for _ in range(steps):  # plain autograd: without vmap, torch.func.grad's wrapping only costs time
             leaves = {n: params[n].requires_grad_() for n in self.names}
-            with torch.enable_grad():
+            with torch.enable_grad(), sparse_embedding_grads():  # an embedding's gradient: the support's rows
                 loss = self.loss_fn(self._forward(leaves, args, fixed), y, m)
             g = torch.autograd.grad(loss, [leaves[n] for n in self.names], materialize_grads=True)
-            g = clip_by_global_norm(list(g), self.inner_grad_clip)
-            params = {n: (leaves[n] - lrs[n] * gn).detach() for n, gn in zip(self.names, g)}
+            g = clip_by_global_norm([x.coalesce() if x.is_sparse else x for x in g], self.inner_grad_clip)
+            params = {n: (leaves[n] - gn * lrs[n]).detach() for n, gn in zip(self.names, g)}
         return {n: params[n].detach()[None] for n in self.names}
