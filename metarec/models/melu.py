@@ -29,10 +29,10 @@ from metarec.models.item_cache import ItemSideCache, is_serving, sparse_grads
 SERVE_CHUNK = 8192  # items per pass through the head when serving: temporaries stay small and in cache
 
 
-# Inside item_cache.sparse_embedding_grads, tables of at least this many rows give sparse gradients: a
-# step of finetune's serving inner loop (5 steps, scope all) took 24 ms instead of 98 ms in all with a
-# 100,001-row item-id table, but 17 ms instead of 11 ms with ml-100k's tables of at most 1,683 rows (the
-# sparse gradient's coalescing and sparse-dense arithmetic cost more than a small dense table's update).
+# Inside item_cache.sparse_embedding_grads, tables of at least this many rows give sparse gradients:
+# finetune's serving inner loop (5 steps, scope all) took 24 ms instead of 98 ms with a 100,001-row
+# item-id table, but 17 ms instead of 11 ms with ml-100k's tables of at most 1,683 rows (the sparse
+# gradient's coalescing and sparse-dense arithmetic cost more than a small dense table's update).
 SPARSE_MIN_ROWS = 10_000
 
 
@@ -74,7 +74,6 @@ class FieldVectors(nn.Module):
         if self.multihot:
             parts += [emb(chunk) for emb, chunk in zip(self.multihot, torch.split(x.multihot, self.widths, dim=-1))]
         return parts
-
 
     @staticmethod
     def _sparse(e: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
