@@ -75,8 +75,9 @@ class BaseRecommender(nn.Module):
         """A serving-only split of ``body`` for users ``[T, ...]`` and items ``[T, N, ...]``: its user part
         ``[T, Du]`` and item part ``[T, N, Di]``, where ``body`` is ``[user part; item part]`` per item, or
         ``None``: no such split (the default), or not serving (outside ``item_cache.serving()``, in training
-        mode or with gradients recorded: implementations must check, learners call it unconditionally). Learners that read the body (``amortised``) then apply
-        linear maps to each part separately, the user's once per user (see ``MeLU.body_parts``)."""
+        mode or with gradients recorded: implementations must check, learners call it unconditionally).
+        Learners that read the body (``amortised``) then apply linear maps to each part separately, the
+        user's once per user (see ``MeLU.body_parts``)."""
         return None
 
     def set_output_bias(self, value: float) -> None:

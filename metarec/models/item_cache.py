@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 from torch import nn
@@ -35,14 +35,19 @@ _SERVING = threading.local()
 
 
 @contextmanager
-def serving() -> Iterator[None]:
-    """Mark the block (in this thread) as serving: see :func:`is_serving`."""
-    before = getattr(_SERVING, "on", False)
-    _SERVING.on = True
+def _flag(name: str) -> Iterator[None]:
+    """Set this thread's flag ``name`` for the block (restored after it: blocks nest)."""
+    before = getattr(_SERVING, name, False)
+    setattr(_SERVING, name, True)
     try:
         yield
     finally:
-        _SERVING.on = before
+        setattr(_SERVING, name, before)
+
+
+def serving() -> ContextManager[None]:
+    """Mark the block (in this thread) as serving: see :func:`is_serving`."""
+    return _flag("on")
 
 
 def is_serving() -> bool:
@@ -50,19 +55,13 @@ def is_serving() -> bool:
     return getattr(_SERVING, "on", False)
 
 
-@contextmanager
-def sparse_embedding_grads() -> Iterator[None]:
+def sparse_embedding_grads() -> ContextManager[None]:
     """Inside the block (in this thread), the field encoders' embedding lookups give sparse gradients
     (``FieldVectors``): the inner loop that adapts one served user under scope ``all`` then touches the
     support's rows of an item-id table, not all of them (a dense gradient of a 100,001-row table is
     written, clipped and subtracted in full at every step). Never used in training: optimisers and the
     batched inner loop take dense gradients."""
-    before = getattr(_SERVING, "sparse", False)
-    _SERVING.sparse = True
-    try:
-        yield
-    finally:
-        _SERVING.sparse = before
+    return _flag("sparse")
 
 
 def sparse_grads() -> bool:
