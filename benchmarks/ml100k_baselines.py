@@ -1,4 +1,4 @@
-"""MovieLens-100K, default cold-start split: MAML vs the global and item-mean baselines over seeds.
+"""MovieLens-100K, default cold-start split: MAML vs the global, item-mean and bias baselines over seeds.
 
 Writes ``benchmarks/results/ml100k_baselines.{md,json}`` and refreshes the README table between the
 ``ml100k_baselines`` markers. The split is the default one (split seed 0) for every run; the seeds vary
@@ -27,7 +27,7 @@ from metarec.runs import finished_runs
 from metarec.train import fit
 
 HERE = Path(__file__).resolve().parent
-LEARNERS = ("maml", "global", "item_mean")
+LEARNERS = ("maml", "global", "item_mean", "bias")  # bias: mu + b_i + the support's user bias
 README_MARK = "ml100k_baselines"
 
 

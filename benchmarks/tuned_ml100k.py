@@ -2,19 +2,22 @@
 learner at its ``metarec tune`` config (Optuna TPE, median pruning, the same number of trials for all,
 scored on the validation users only), mean ± 95% CI over seeds on the default split.
 
-Learners: ``global`` (the non-adapting baseline), ``finetune`` and the meta-learners ``maml``, ``metasgd``
-and ``amortised`` on the ``melu`` MLP; ``global``, ``finetune``, ``maml`` and ``ridge`` on the dot-product
-``twotower``. Every learner searches its own space (``metarec/configs/search/<learner>.yaml``); pass
-``--rating-grid`` to have every learner predict whole stars (``data.rating_grid=true``, the same rule for
-all) in tuning and testing. Targets checked in the verdict: the best tuned meta-learner's user-cold MAE
-<= 0.80, and every tuned meta-learner below the best tuned ``global``. Writes
+Learners: ``global`` (the non-adapting baseline), ``finetune``, ``bias`` (the baseline predictor
+mu + b_i + b_u with the user's bias folded in from the support: no training, its two shrinkages tuned) and
+the meta-learners ``maml``, ``metasgd`` and ``amortised`` on the ``melu`` MLP; ``global``, ``finetune``,
+``maml`` and ``ridge`` on the dot-product ``twotower``. Every learner searches its own space
+(``metarec/configs/search/<learner>.yaml``); pass ``--rating-grid`` to have every learner predict whole
+stars (``data.rating_grid=true``, the same rule for all) in tuning and testing. Targets checked in the
+verdict: the best tuned meta-learner's user-cold MAE <= 0.80, and every tuned meta-learner below the
+best tuned ``global``; the verdict also names the meta-learners below tuned ``bias``, the strongest
+simple rating predictor. Writes
 ``benchmarks/results/tuned_ml100k.md`` and the README block ``tuned_ml100k`` (with ``--rating-grid``:
 ``tuned_ml100k_grid``).
 
     METAREC_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/tuned_ml100k.py [--trials 10] [--seeds 0 1 2]
 
 Resumable: the studies (``WORK/tune/<model>/study.db``) and the runs (``WORK/cmp``) continue where a killed
-call stopped. ``--smoke`` tunes two learners for two trials of a few meta-batches on a small synthetic
+call stopped. ``--smoke`` tunes four learners for two trials of a few meta-batches on a small synthetic
 data set in a temp folder and writes nothing under benchmarks/results.
 """
 
@@ -42,10 +45,10 @@ TARGET = 0.80
 DATA = ["data=movielens100k", "trainer.max_epochs=100"]  # an epoch cap early stopping ends runs well before
 COMMON = ["trainer.enable_progress_bar=false"]
 GROUPS = [
-    ("melu", ["global", "finetune", "maml", "metasgd", "amortised"]),
+    ("melu", ["global", "finetune", "bias", "maml", "metasgd", "amortised"]),
     ("twotower", ["global", "finetune", "maml", "ridge"]),
 ]
-BASELINES = ("global", "finetune")  # the rest are the meta-learners the targets are about
+BASELINES = ("global", "finetune", "bias")  # the rest are the meta-learners the targets are about
 SCENARIO = "user_cold"
 
 
@@ -54,7 +57,7 @@ def run(work: Path, trials: int, seeds: list[str], data: list[str], smoke: bool)
     for model, learners in GROUPS:
         overrides = [*data, *COMMON, f"model={model}"]
         if smoke:
-            learners = ["global", "maml"] if model == "melu" else ["ridge"]
+            learners = ["global", "bias", "maml"] if model == "melu" else ["ridge"]
             overrides += ["trainer.max_epochs=1", "trainer.limit_train_batches=3"]
         spec = make_tune_spec(work / "tune" / model, learners, trials, overrides)
         tune(spec, echo=lambda line: print(line, flush=True))
@@ -100,10 +103,18 @@ def verdict(stats, labels) -> str:
     ref = min(globals_, key=lambda l: mae[l].mean)
     losers = [l for l in meta if mae[l].mean >= mae[ref].mean]
     overlap = [l for l in meta if l not in losers and mae[l].mean + mae[l].half_width >= mae[ref].mean - mae[ref].half_width]
-    return (f"Best tuned meta-learner: {best}, user-cold MAE {cell(mae[best])} "
+    text = (f"Best tuned meta-learner: {best}, user-cold MAE {cell(mae[best])} "
             f"(target <= {TARGET:.2f}: {'met' if mae[best].mean <= TARGET else 'missed'}). Best tuned global: {ref} "
             f"{mae[ref].mean:.4f}; meta-learners not below it: {', '.join(losers) or 'none'}"
             + (f"; below it but within its 95% interval: {', '.join(overlap)}." if overlap else "."))
+    simple = [l for l in mae if l.startswith("bias (")]
+    if simple:
+        b = mae[simple[0]]
+        below = [l for l in meta if mae[l].mean < b.mean]
+        beyond = [l for l in below if mae[l].mean + mae[l].half_width < b.mean - b.half_width]
+        text += (f" Tuned bias (the baseline predictor): {b.mean:.4f}; meta-learners below it: "
+                 f"{', '.join(below) or 'none'}" + (f" (beyond both 95% intervals: {', '.join(beyond) or 'none'})." if below else "."))
+    return text
 
 
 def main() -> int:

@@ -15,6 +15,7 @@ from metarec.learners.base import LearnerContext, MetaLearner
 from metarec.learners.baselines import (
     FineTune, FineTuneConfig, GlobalConfig, GlobalModel, ItemMean, ItemMeanConfig, UserMean, UserMeanConfig,
 )
+from metarec.learners.bias import Bias, BiasConfig
 from metarec.learners.ease import EASE, EASEConfig
 from metarec.learners.itemknn import ItemKNN, ItemKNNConfig
 from metarec.learners.fism import FISM, FISMConfig
@@ -37,6 +38,8 @@ LEARNERS.register("finetune", FineTuneConfig, help="global model + SGD on the us
 LEARNERS.register("item_mean", ItemMeanConfig, help="each item's mean training rating")(ItemMean)
 LEARNERS.register("popularity", PopularityConfig, help="items ranked by training interactions")(Popularity)
 LEARNERS.register("user_mean", UserMeanConfig, help="the user's support mean")(UserMean)
+LEARNERS.register("bias", BiasConfig,
+                  help="mu + item bias + the user's bias folded in from the support (Koren's baseline predictor)")(Bias)
 LEARNERS.register("fism", FISMConfig,
                   help="two-tower user vector folded in from the support's item vectors, meta-trained")(FISM)
 LEARNERS.register("ridge", RidgeConfig,
