@@ -62,19 +62,23 @@ What the time goes to (profiled by hand with `torch.profiler` on these runs; see
   the k-th score are sorted, ties by item code as a stable sort), instead of a full `argsort` per call.
 - MeLU learners (MAML, Meta-SGD, finetune): scoring runs inside `item_cache.serving()`, where
   `MeLU.serve` splits the first decision layer, `W [e_u; e_i] + b = (W_u e_u + b) + W_i e_i`: the user
-  part is one vector per call, no `[items, fields x 32]` concatenation is made, the item field vectors
-  `e_i` are remembered per loaded run while the item encoder does not adapt (scope `head`; under `all`
-  they are recomputed per call with the user's adapted embeddings), and the items go through the head in
-  chunks of 8,192 (temporaries stay small instead of fresh 25-77 MB buffers per call). What remains per
-  call at 100,000 items is the head's matrix products with the user's adapted weights (`addmm`: about
-  1 G multiply-adds per call for the 64-64 head over 100,000 items, which bounds MAML and Meta-SGD
-  there). The `adapt` half is the inner loop on the support alone with plain `torch.autograd.grad`
-  (`VmapExecutor.adapt` when serving; `torch.func.grad` took 3.6 ms of a 1.7 ms step): about a hundred
-  small ops per step; `finetune` takes 5 steps under scope `all`. Embedding tables of at least 10,000
-  rows (`melu.SPARSE_MIN_ROWS`: the 100,001-row item-id table) give sparse gradients in that loop (the
-  support's rows; a dense one was written, clipped and subtracted in full at every step: finetune's
-  adapt 98 -> 23 ms in one process); under scope `all` the catalogue's item field vectors are then made
-  again per call with the user's adapted tables.
+  part is one vector per call, no `[items, fields x 32]` concatenation is made, and the item part is
+  computed field by field with the user's (maybe adapted) parameters (`melu.FieldProduct`): the release
+  year's 12-row table is multiplied by its block of `W_i` once per call and then looked up per item, the
+  genres' value embeddings are folded into their block (`[8, 64]`, applied to the genre flags normalised
+  once per loaded run), and only the 100,001-row item-id table is multiplied per item (`[items, 32]` by
+  `[32, 64]` instead of `[items, 96]` by `[96, 64]`); the items go through the head in chunks of 8,192
+  (temporaries stay small instead of fresh 25-77 MB buffers per call). Scope `all` now costs what
+  `head` costs: no per-call item field vectors (in one process at 100,000 items, one thread, a MeLU
+  MAML `rank_score`: `head` 40.0 -> 32.6 ms, `all` 58.1 -> 33.7 ms against the concatenated item
+  field vectors). What remains per call at 100,000 items is the head's matrix products with the user's
+  adapted weights (`addmm`: about 0.2 G multiply-adds for the item-id block and 0.4 G for the 64-64
+  layer, which bound MAML and Meta-SGD there). The `adapt` half is the inner loop on the support alone
+  with plain `torch.autograd.grad` (`VmapExecutor.adapt` when serving; `torch.func.grad` took 3.6 ms of a
+  1.7 ms step): about a hundred small ops per step; `finetune` takes 5 steps under scope `all`.
+  Embedding tables of at least 10,000 rows (`melu.SPARSE_MIN_ROWS`: the 100,001-row item-id table) give
+  sparse gradients in that loop (the support's rows; a dense one was written, clipped and subtracted in
+  full at every step: finetune's adapt 98 -> 23 ms in one process).
 - The amortised learner (`Amortised.serve`): the body's user and item parts go through the attention
   query and the head's first layer apart (the user's once; the catalogue's item parts of both maps are
   kept per loaded run, `[items, 64]` each, made from `MeLU.body_parts`' field vectors); the attention

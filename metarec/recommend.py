@@ -29,7 +29,7 @@ getting exactly what it would get alone.
 Speed (``benchmarks/serving.py``): the catalogue's feature rows are gathered once per loaded run, the top
 ``k`` are selected without sorting the whole catalogue (same order as a stable sort: ties by item code),
 and scoring runs inside ``item_cache.serving()``, where a model may take an exact serving-only shortcut
-(``MeLU.serve``: the first layer split into user and item parts, the item part's inputs remembered).
+(``MeLU.serve``: the first layer split into user and item parts, the item part field by field).
 Each call into the learner runs with ``threads`` torch intra-op threads (``Recommender.load(run,
 threads=n)``, default 1; set for the call and restored after; ``None``: torch's own setting): one call is
 small work, and on a machine whose cores other processes also use, a second intra-op thread made calls

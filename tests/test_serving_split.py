@@ -1,5 +1,5 @@
-"""Serving shortcuts: ``MeLU.serve`` (the first layer split into user and item parts, item field vectors
-remembered per catalogue) equals the usual scoring path for every gradient learner and scope, is taken only
+"""Serving shortcuts: ``MeLU.serve`` (the first layer split into user and item parts, the item part field by
+field: ``FieldProduct``) equals the usual scoring path for every gradient learner and scope, is taken only
 inside ``item_cache.serving()``; ``recommend.top_k`` equals a stable full sort."""
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import torch
 
 from metarec.data.episodes import Support
 from metarec.data.features import Features
-from metarec.data.schema import CategoricalField, FeatureSchema, MultiHotField
+from metarec.data.schema import CategoricalField, DenseField, FeatureSchema, MultiHotField
 from metarec.learners import LearnerContext, build_learner
 from metarec.learners.baselines import FineTuneConfig
 from metarec.learners.maml import MAMLConfig
 from metarec.learners.metasgd import MetaSGDConfig
 from metarec.models import MeLU, MeLUConfig
+from metarec.models.melu import FieldProduct
 from metarec.models.item_cache import is_serving, serving, sparse_embedding_grads
 from metarec.recommend import top_k
 
@@ -24,7 +25,7 @@ SCHEMA = FeatureSchema(
     user_categorical=(CategoricalField("g", 3), CategoricalField("age", 5)),
     user_multihot=(MultiHotField("likes", 4),),
     item_categorical=(CategoricalField("item_id", N + 1), CategoricalField("year", 7)),
-    item_multihot=(MultiHotField("genre", 6),),
+    item_multihot=(MultiHotField("genre", 6), DenseField("text", 3)),
 )
 LEARNERS = {
     "maml_head": ("maml", MAMLConfig(scope="head", inner_lr=0.5, inner_steps=2)),
@@ -47,7 +48,7 @@ def _learner(name: str):
 def _catalogue(n: int = N, tasks: int = 1) -> Features:
     g = torch.Generator().manual_seed(1)
     cat = torch.stack([torch.arange(1, n + 1), torch.randint(0, 7, (n,), generator=g)], -1)
-    multi = (torch.rand(n, 6, generator=g) < 0.3).float()
+    multi = torch.cat([(torch.rand(n, 6, generator=g) < 0.3).float(), torch.randn(n, 3, generator=g)], -1)
     return Features(cat[None].expand(tasks, -1, -1).clone(), multi[None].expand(tasks, -1, -1).clone())
 
 
@@ -120,10 +121,48 @@ def _serve_cases(model, names, user, items) -> None:
 
 
 @pytest.mark.parametrize("name", ["maml_head", "maml_all"])
-def test_item_field_vectors_are_remembered_only_while_the_item_encoder_is_fixed(name, monkeypatch) -> None:
+def test_the_item_part_is_made_field_by_field_with_the_current_parameters(name, monkeypatch) -> None:
+    """Serving never concatenates the item field vectors (the encoder's forward is not called); only the
+    normalised multi-hot inputs are kept per catalogue, so a change of the encoder's parameters shows at once."""
     learner = _learner(name)
     state = _adapt(learner)
     items = _catalogue()
+    encoder = learner.model.item_encoder
+    calls, prepared = [], []
+    forward, inputs = type(encoder).forward, FieldProduct.inputs
+    monkeypatch.setattr(type(encoder), "forward",
+                        lambda self, x: (calls.append(1) if self is encoder else None) or forward(self, x))
+    monkeypatch.setattr(FieldProduct, "inputs", staticmethod(lambda e, m: prepared.append(1) or inputs(e, m)))
+    with serving():
+        first = _ranked(learner, state, items)
+        second = _ranked(learner, state, items)
+        with torch.no_grad():  # the encoder's parameters change (the year table, a looked-up product)
+            encoder.categorical[1].weight.add_(0.5)
+        changed = _ranked(learner, state, items)
+        other = _catalogue()  # equal items in other tensors: compared, still from memory
+        again = _ranked(learner, state, other)
+        other.multihot[0, 0, :6] = 1 - other.multihot[0, 0, :6]  # different items: prepared again
+        _ranked(learner, state, other)
+    assert not calls and len(prepared) == 3  # first, after the change (the memo asks for unchanged parameters
+    # even where, as here, the result does not depend on them), and for the different items
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    torch.testing.assert_close(again, changed, rtol=0, atol=0)
+    torch.testing.assert_close(changed, _ranked(learner, state, items), rtol=0, atol=1e-5)
+    if name == "maml_head":  # the changed table is the model's own: every score moves
+        assert not torch.allclose(changed, first)
+    else:  # the state holds the user's adapted copy of the item encoder: the scores do not move
+        torch.testing.assert_close(changed, first, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["maml_head", "maml_all"])
+def test_other_encoders_keep_the_concatenated_path(name, monkeypatch) -> None:
+    """An item encoder of modules ``FieldProduct`` does not know: the item field vectors are made by the
+    encoder itself, remembered per catalogue while it does not adapt."""
+    monkeypatch.setattr(FieldProduct, "supports", staticmethod(lambda encoder: False))
+    learner = _learner(name)
+    state = _adapt(learner)
+    items = _catalogue()
+    usual = _ranked(learner, state, items)
     encoder = learner.model.item_encoder
     calls = []
     forward = type(encoder).forward
@@ -132,17 +171,29 @@ def test_item_field_vectors_are_remembered_only_while_the_item_encoder_is_fixed(
     with serving():
         first = _ranked(learner, state, items)
         second = _ranked(learner, state, items)
-        with torch.no_grad():  # the encoder's parameters change: computed again
-            encoder.categorical[1].weight.add_(0.5)
-        changed = _ranked(learner, state, items)
+    torch.testing.assert_close(first, usual, rtol=0, atol=1e-5)
     torch.testing.assert_close(second, first, rtol=0, atol=0)
-    torch.testing.assert_close(changed, _ranked(learner, state, items), rtol=0, atol=1e-5)
-    if name == "maml_head":  # the item encoder does not adapt: one pass per catalogue
-        assert not torch.allclose(changed, first)
-        assert len(calls) == 2 + 1  # first, after the change, and the usual path's own
-    else:  # it adapts per user (the state holds the user's copy): every call, never from memory
-        torch.testing.assert_close(changed, first, rtol=0, atol=0)
-        assert len(calls) == 3 + 1
+    assert len(calls) == (1 if name == "maml_head" else 2)  # under ``all``: the user's copy, every call
+
+
+@pytest.mark.parametrize("n_items", [1, 6, 7, 8, 50])
+def test_field_product_equals_the_concatenated_product(n_items) -> None:
+    """Small tables (fewer rows than items) looked up from their product, large ones multiplied per item,
+    multi-hot and dense maps folded: the concatenated field vectors' product, float64."""
+    torch.manual_seed(3)
+    model = MeLU(SCHEMA, MeLUConfig(embed_dim=5, hidden=[4])).double()
+    encoder = model.item_encoder
+    items = _catalogue(50)
+    cat, multi = items.categorical[0][:n_items], items.multihot[0][:n_items].double()
+    cat[0, 1] = 0  # an unknown year
+    w = torch.randn(4, encoder.out_dim, dtype=torch.float64)
+    start = torch.randn(4, dtype=torch.float64)
+    product = FieldProduct(encoder, dict(encoder.named_parameters()), w, n_items)
+    assert [j for j, _ in product.lookup] == ([1] if n_items > 7 else [])
+    with torch.no_grad():
+        got = product(start, cat, FieldProduct.inputs(encoder, multi))
+        expected = start + encoder(Features(cat, multi)) @ w.T
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_serving_marks_only_its_thread() -> None:
@@ -209,7 +260,7 @@ def test_embedding_lookups_give_sparse_gradients_only_inside_the_serving_inner_l
     model = MeLU(SCHEMA, MeLUConfig(embed_dim=8, hidden=[16, 8]))
     enc = model.item_encoder
     cat = _catalogue(20).categorical[0, 3:3 + (int(np.prod(shape)) if shape else 1)].reshape(*shape, 2)
-    multi = torch.zeros(*shape, 6)
+    multi = torch.zeros(*shape, 9)
     x = Features(cat, multi)
     table = enc.categorical[0].weight
 

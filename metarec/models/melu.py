@@ -7,9 +7,12 @@ Only the decision layers adapt per user in MeLU (scope ``head``).
 
 Serving (``MeLU.serve``, only inside ``item_cache.serving()``) scores a catalogue without the
 concatenation: the first decision layer is linear in ``[e_u; e_i]``, so ``W [e_u; e_i] + b =
-(W_u e_u + b) + W_i e_i``; the user part is one vector per user, and the item field vectors ``e_i`` are
-remembered per catalogue while the item encoder does not adapt. Training and evaluation never take it.
-``MeLU.body_parts`` gives the same two parts to learners that read the body (``amortised``).
+(W_u e_u + b) + W_i e_i``; the user part is one vector per user, and the item part is computed field by
+field (``FieldProduct``): a categorical field with fewer rows than the items scored goes through its
+table's product with its block of ``W_i`` once per user (then one row lookup per item), the multi-hot
+fields' value embeddings are folded into their blocks, and only a table with as many rows as items (an
+item id) is multiplied per item. Training and evaluation never take it. ``MeLU.body_parts`` gives the
+item field vectors and the user's to learners that read the body (``amortised``).
 """
 
 from __future__ import annotations
@@ -84,6 +87,71 @@ class FieldVectors(nn.Module):
         return out.view(*idx.shape, e.embedding_dim)
 
 
+class FieldProduct:
+    """``torch.cat(encoder.vectors(x), -1) @ w.T`` for items ``x``, computed field by field (serving a
+    catalogue, ``MeLU.serve``) with the encoder's parameters ``params`` (names relative to the encoder, e.g.
+    a user's adapted copy). A categorical field whose table has fewer rows than ``n_items`` (the items to
+    score) is multiplied by its block of ``w`` once, ``[rows, H]``, then looked up per item; a larger one
+    (an item-id table) is looked up and multiplied per item. A multi-hot field's map is folded into its block
+    (``[width, H]``, applied to the field's normalised inputs: :meth:`inputs`). Equal to the concatenated
+    product up to float rounding."""
+
+    def __init__(self, encoder: "FieldVectors", params: dict[str, torch.Tensor], w: torch.Tensor, n_items: int) -> None:
+        blocks = w.split(w.shape[1] // encoder.n, dim=1)  # [H, dim] per field, in ``vectors``' order
+        self.lookup: list[tuple[int, torch.Tensor]] = []  # (column, [rows, H]) of small tables
+        self.multiply: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (column, table, block.T) of large ones
+        for j in range(len(encoder.categorical)):
+            table = params[f"categorical.{j}.weight"]
+            if table.shape[0] < n_items:
+                self.lookup.append((j, table @ blocks[j].T))
+            else:
+                self.multiply.append((j, table, blocks[j].T))
+        folds, self.offset = [], None
+        for k, module in enumerate(encoder.multihot):
+            block = blocks[len(encoder.categorical) + k]
+            if type(module) is MultiHotEmbedding:
+                folds.append((block @ params[f"multihot.{k}.linear.weight"]).T)
+            else:  # a dense field's projection, with its bias
+                folds.append((block @ params[f"multihot.{k}.weight"]).T)
+                bias = block @ params[f"multihot.{k}.bias"]
+                self.offset = bias if self.offset is None else self.offset + bias
+        self.fold = torch.cat(folds) if folds else None  # [sum of widths, H]
+
+    @staticmethod
+    def supports(encoder: "FieldVectors") -> bool:
+        """Whether the encoder is made of the modules this product knows (else: the concatenated path)."""
+        return (type(encoder) in (FieldVectors, FieldEncoder) and encoder.n > 0
+                and all(type(e) is nn.Embedding and e.max_norm is None for e in encoder.categorical)
+                and all(type(m) is MultiHotEmbedding or (type(m) is nn.Linear and m.bias is not None)
+                        for m in encoder.multihot))
+
+    @staticmethod
+    def inputs(encoder: "FieldVectors", multihot: torch.Tensor) -> torch.Tensor:
+        """The multi-hot block as the folded maps take it: each 0/1 field divided by its number of active
+        values (at least 1), dense fields as they are. Independent of the parameters (kept per catalogue)."""
+        if not encoder.multihot:
+            return multihot
+        parts = torch.split(multihot, encoder.widths, dim=-1)
+        return torch.cat([x / x.sum(-1, keepdim=True).clamp_min(1.0) if type(m) is MultiHotEmbedding else x
+                          for m, x in zip(encoder.multihot, parts)], dim=-1)
+
+    def __call__(self, start: torch.Tensor, categorical: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """``start + (the items' field vectors) @ w.T`` for items ``[N, ...]`` (``inputs``: :meth:`inputs` of
+        their multi-hot block): ``[N, H]``, a new tensor."""
+        if self.offset is not None:
+            start = start + self.offset
+        h = None
+        for j, table, wt in self.multiply:
+            rows = F.embedding(categorical[:, j], table)
+            h = torch.addmm(start, rows, wt) if h is None else h.addmm_(rows, wt)
+        for j, product in self.lookup:
+            rows = F.embedding(categorical[:, j], product)
+            h = rows.add_(start) if h is None else h.add_(rows)
+        if self.fold is not None:
+            h = torch.addmm(start, inputs, self.fold) if h is None else h.addmm_(inputs, self.fold)
+        return h
+
+
 class FieldEncoder(FieldVectors):
     """The field vectors of one entity kind, concatenated: ``[..., fields * dim]``."""
 
@@ -107,7 +175,8 @@ class MeLU(BaseRecommender):
             width = h
         layers.append(nn.Linear(width, 1))
         self.head = nn.Sequential(*layers)
-        self._item_cache = ItemSideCache()  # serving: the catalogue's item field vectors
+        self._item_cache = ItemSideCache()  # serving: the catalogue's item field vectors (``body_parts``)
+        self._inputs_cache = ItemSideCache()  # serving: the catalogue's normalised multi-hot inputs (``serve``)
 
     def body(self, user: Features, item: Features) -> torch.Tensor:
         return self.combine(self.user_encoder(user), self.item_encoder(item))
@@ -136,8 +205,9 @@ class MeLU(BaseRecommender):
         for users ``[T, ...]`` and items ``[T, N, ...]``, equal to ``forward`` with each task's adapted
         ``params`` (model parameter names -> ``[T, *shape]``; the rest are the model's own) up to float
         rounding. The first layer is split into its user and item parts (no ``[N, fields * dim]``
-        concatenation, the user part once per task); the item field vectors come from memory while no
-        item-encoder parameter adapts (every scope but ``all``); the items go through the head in chunks."""
+        concatenation, the user part once per task); the item part is computed field by field with the
+        task's item encoder (``FieldProduct``; an encoder of other modules: the item field vectors, from
+        memory while no item-encoder parameter adapts); the items go through the head in chunks."""
         head = self.head
         if not self._serving() or items.categorical.dim() != 3:
             return None
@@ -149,6 +219,7 @@ class MeLU(BaseRecommender):
         du = self.user_encoder.out_dim
         rest = list(head.named_children())[1:]
         item_adapts = any(n.startswith("item_encoder.") for n in params)
+        by_field = FieldProduct.supports(self.item_encoder)
         outs: list[torch.Tensor] = []
         for t in range(items.categorical.shape[0]):
             p = {**own, **{n: v[t] for n, v in params.items()}}
@@ -160,18 +231,26 @@ class MeLU(BaseRecommender):
                 hu = hu + b
             wi = w[:, du:].T
             cat, multi = items.categorical[t], items.multihot[t]
-            if not item_adapts:  # [N, Di] from memory; with a single task, the caller's very tensors (the
-                # cache then knows them without comparing them)
-                whole = items if items.categorical.shape[0] == 1 else Features(cat[None], multi[None])
+            # with a single task, the caller's very tensors (the caches then know them without comparing them)
+            whole = items if items.categorical.shape[0] == 1 else Features(cat[None], multi[None])
+            if by_field:  # the item part field by field with the task's (maybe adapted) item encoder
+                enc = {n[len("item_encoder."):]: v for n, v in p.items() if n.startswith("item_encoder.")}
+                product = FieldProduct(self.item_encoder, enc, w[:, du:], cat.shape[0])
+                inputs = self._inputs_cache(self.item_encoder, whole,
+                                            lambda x: FieldProduct.inputs(self.item_encoder, x.multihot))[0]
+            elif not item_adapts:  # [N, Di] from memory
                 ei = self._item_cache(self.item_encoder, whole, self.item_encoder)[0]
             chunks = []
             for s in range(0, cat.shape[0], SERVE_CHUNK):
-                if item_adapts:  # this chunk's item field vectors with the task's item encoder
-                    x = self._encode(self.item_encoder, "item_encoder.", p, params,
-                                     Features(cat[s : s + SERVE_CHUNK], multi[s : s + SERVE_CHUNK]))
+                if by_field:
+                    h = product(hu, cat[s : s + SERVE_CHUNK], inputs[s : s + SERVE_CHUNK])
                 else:
-                    x = ei[s : s + SERVE_CHUNK]
-                h = torch.addmm(hu, x, wi)
+                    if item_adapts:  # this chunk's item field vectors with the task's item encoder
+                        x = self._encode(self.item_encoder, "item_encoder.", p, params,
+                                         Features(cat[s : s + SERVE_CHUNK], multi[s : s + SERVE_CHUNK]))
+                    else:
+                        x = ei[s : s + SERVE_CHUNK]
+                    h = torch.addmm(hu, x, wi)
                 for name, layer in rest:
                     if type(layer) is nn.Linear:
                         h = F.linear(h, p[f"head.{name}.weight"], p.get(f"head.{name}.bias"))
