@@ -23,6 +23,7 @@ bench-smoke: setup
 	$(VENV)/bin/python benchmarks/full_ranking_lastfm.py --smoke
 	$(VENV)/bin/python benchmarks/ranking_vs_cf.py --smoke
 	$(VENV)/bin/python benchmarks/oracle_gap.py --smoke
+	$(VENV)/bin/python benchmarks/oracle_scaling.py --smoke
 	$(VENV)/bin/python benchmarks/convergence.py --smoke
 	$(VENV)/bin/python benchmarks/tuned_ml100k.py --smoke
 	$(VENV)/bin/python benchmarks/large_models_ml100k.py --smoke
