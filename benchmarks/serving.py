@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_utils import fmt_table, machine_info, update_readme
+from bench_utils import command_line, fmt_table, machine_info, update_readme
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -68,10 +68,10 @@ What the time goes to (profiled by hand with `torch.profiler` on these runs; see
   genres' value embeddings are folded into their block (`[8, 64]`, applied to the genre flags normalised
   once per loaded run), and only the 100,001-row item-id table is multiplied per item (`[items, 32]` by
   `[32, 64]` instead of `[items, 96]` by `[96, 64]`); the items go through the head in chunks of 8,192
-  (temporaries stay small instead of fresh 25-77 MB buffers per call). Scope `all` now costs what
-  `head` costs: no per-call item field vectors (in one process at 100,000 items, one thread, a MeLU
-  MAML `rank_score`: `head` 40.0 -> 32.6 ms, `all` 58.1 -> 33.7 ms against the concatenated item
-  field vectors). What remains per call at 100,000 items is the head's matrix products with the user's
+  (temporaries stay small instead of fresh 25-77 MB buffers per call). Scope `all` then costs about what
+  `head` costs: no per-call item field vectors (this script's previous run, with the concatenated
+  item field vectors: `recommend` p50 at 100,000 items and one thread 61.7 ms under `all`, 42.0 ms under
+  `head`). What remains per call at 100,000 items is the head's matrix products with the user's
   adapted weights (`addmm`: about 0.2 G multiply-adds for the item-id block and 0.4 G for the 64-64
   layer, which bound MAML and Meta-SGD there). The `adapt` half is the inner loop on the support alone
   with plain `torch.autograd.grad` (`VmapExecutor.adapt` when serving; `torch.func.grad` took 3.6 ms of a
@@ -211,7 +211,7 @@ def table(rows: list[dict], threads: tuple[int, ...]) -> str:
 
 def readme_summary(result: dict) -> str:
     meta, rows = result["meta"], result["rows"]
-    lines = [f"Measured by `{' '.join(['python benchmarks/serving.py', *sys.argv[1:]])}` on {meta['cpu']} (torch threads 1 and 2 per call), "
+    lines = [f"Measured by `{command_line('serving.py')}` on {meta['cpu']} (torch threads 1 and 2 per call), "
              f"`Recommender.load(run).adapt({N_RATINGS} ratings).recommend({K})` over the whole catalogue, first call "
              "excluded; full table in [`benchmarks/results/serving.md`](benchmarks/results/serving.md).", ""]
     for ds in dict.fromkeys(r["dataset"] for r in rows):
@@ -257,7 +257,7 @@ def main() -> int:
     meta = result["meta"]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serving.json").write_text(json.dumps(result, indent=2))
-    head = (f"# Serving latency through `Recommender`\n\n_Produced by `{' '.join(['python benchmarks/serving.py', *sys.argv[1:]])}` on "
+    head = (f"# Serving latency through `Recommender`\n\n_Produced by `{command_line('serving.py')}` on "
             f"{meta['device']} ({meta['cpu']}), torch {meta['torch']}; {args.trials} new users per run and thread "
             f"count in five interleaved rounds over all runs, first call excluded; 1-minute load average at the start {meta['load_average_1min']:.2f}._\n\n")
     (RESULTS / "serving.md").write_text(head + table(result["rows"], THREADS) + "\n" + NOTES)
