@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from test_learners import ctx, tiny_batch, tiny_dataset
@@ -103,3 +104,121 @@ def test_meta_training_reaches_the_precision_and_lowers_the_query_loss() -> None
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first.item()
+
+
+# ---------------------------------------------------------------- likelihood: interval (ratings on a grid)
+
+GRID = (1.0, 2.0, 3.0, 4.0, 5.0)
+
+
+def _interval(ds, steps: int = 3, **cfg):
+    context = dataclasses.replace(ctx(ds), rating_grid=GRID)
+    return _learner(ds, context, likelihood="interval", newton_steps=steps, **cfg)
+
+
+def test_probit_cell_terms_are_the_derivatives_of_the_cell_log_probability() -> None:
+    """``r / sigma`` and ``c / sigma^2`` are the first and second derivatives of ``-log(Phi(b) - Phi(a))`` in
+    the score ``s`` (autograd, float64), in both tails and for open cells; ``Z`` against scipy."""
+    from scipy.stats import norm
+
+    from metarec.learners.ridge import OPEN, probit_cell_terms
+
+    sigma = 0.7
+    for low, high, s0 in [(2.5, 3.5, 3.1), (2.5, 3.5, -9.0), (2.5, 3.5, 14.0), (-float("inf"), 1.5, 6.0),
+                          (4.5, float("inf"), -3.0), (4.5, float("inf"), 4.9), (-float("inf"), 1.5, 1.0)]:
+        s = torch.tensor(s0, dtype=torch.float64, requires_grad=True)
+        a = (low - s) / sigma if low > -float("inf") else torch.tensor(-OPEN, dtype=torch.float64)
+        b = (high - s) / sigma if high < float("inf") else torch.tensor(OPEN, dtype=torch.float64)
+        # log Z by the tail each cell lies in (autograd differentiates it), checked against scipy
+        if float(a.detach()) > 0:
+            log_z = torch.special.log_ndtr(-a) + torch.log1p(-torch.exp(torch.special.log_ndtr(-b) - torch.special.log_ndtr(-a)))
+            want = norm.logsf(float(a.detach())) + np.log1p(-np.exp(norm.logsf(float(b.detach())) - norm.logsf(float(a.detach()))))
+        else:
+            log_z = torch.special.log_ndtr(b) + torch.log1p(-torch.exp(torch.special.log_ndtr(a) - torch.special.log_ndtr(b)))
+            want = norm.logcdf(float(b.detach())) + np.log1p(-np.exp(norm.logcdf(float(a.detach())) - norm.logcdf(float(b.detach()))))
+        assert abs(float(log_z) - want) < 1e-8 * (1 + abs(want))
+        (d1,) = torch.autograd.grad(-log_z, s, create_graph=True)
+        (d2,) = torch.autograd.grad(d1, s)
+        r, c = probit_cell_terms(a.detach(), b.detach())
+        torch.testing.assert_close(r / sigma, d1.detach(), rtol=1e-7, atol=1e-10)
+        torch.testing.assert_close(c / sigma**2, d2, rtol=1e-6, atol=1e-9)
+        assert float(c) >= 0  # log-concave: the Newton steps' matrix stays positive definite
+
+
+def test_cells_are_the_grid_values_cells() -> None:
+    learner = _interval(tiny_dataset())
+    low, high = learner.cells(torch.tensor([1.0, 3.0, 5.0, 2.0], dtype=torch.float64))
+    inf = float("inf")
+    assert low.tolist() == [-inf, 2.5, 4.5, 1.5] and high.tolist() == [1.5, 3.5, inf, 2.5]
+    half = dataclasses.replace(ctx(tiny_dataset()), rating_grid=(0.5, 1.0, 1.5, 2.0))
+    low, high = _learner(tiny_dataset(), half, likelihood="interval").cells(torch.tensor([0.5, 1.5, 2.0]))
+    assert low.tolist() == [-inf, 1.25, 1.75] and high.tolist() == [0.75, 1.75, inf]
+
+
+def test_interval_user_vector_is_the_penalised_likelihood_mode() -> None:
+    """With enough Newton steps the adapted vector zeroes the gradient of ``sigma^2 * sum -log P(cell | s) +
+    1/2 (u - u0)^T diag(lambda) (u - u0)`` (the grid cells of the ratings, open at 1 and 5), computed by
+    autograd from scipy-free formulas; padding never counts; 3 steps are already close."""
+    ds = tiny_dataset()
+    learner = _interval(ds, steps=12, noise=0.4)
+    batch = tiny_batch(ds)
+    support = batch.support()
+    u = learner.adapt(batch.user, support)
+    three = _interval(ds, steps=3, noise=0.4).adapt(batch.user, support)
+    gaussian = _learner(ds).adapt(batch.user, support)
+    lam, sigma = learner.log_precision.exp().detach(), 0.4
+    for t in range(batch.n_tasks):
+        keep = support.mask[t]
+        x, off = learner._items(support.items.index(t))
+        x, off, y = x[keep].detach(), off[keep].detach(), support.ratings[t][keep]
+        u0 = learner.prior_vector(batch.user.index(t)).detach()
+        v = u[t].detach().clone().requires_grad_(True)
+        s = x @ v + off
+        # log P(cell) in log space (torch's ndtr is 2e-6 off at -6.7 sigma; log_ndtr is not), each difference
+        # taken in its lower tail; the open cells are one tail
+        lcdf = torch.special.log_ndtr
+        a, b = (y - 0.5 - s) / sigma, (y + 0.5 - s) / sigma
+        mid = torch.where(a > 0, lcdf(-a) + torch.log1p(-torch.exp(lcdf(-b) - lcdf(-a))),
+                          lcdf(b) + torch.log1p(-torch.exp(lcdf(a) - lcdf(b))))
+        log_cell = torch.where(y <= 1, lcdf(b), torch.where(y >= 5, lcdf(-a), mid))
+        obj = -sigma**2 * log_cell.sum() + 0.5 * ((v - u0) ** 2 * lam).sum()
+        (g,) = torch.autograd.grad(obj, v)
+        assert g.abs().max() < 1e-8
+        assert (three[t] - u[t]).abs().max() < 1e-3 * (1 + u[t].abs().max())
+    assert not torch.allclose(u, gaussian)  # the cells are not the Gaussian's points
+    padded = dataclasses.replace(support, ratings=torch.where(support.mask, support.ratings, torch.full_like(support.ratings, 99.0)))
+    torch.testing.assert_close(learner.adapt(batch.user, padded), u)
+
+
+def test_interval_meta_training_learns_the_noise_and_lowers_the_query_loss() -> None:
+    ds = tiny_dataset()
+    learner = _interval(ds, lr=0.05)
+    batch = tiny_batch(ds)
+    opt = torch.optim.Adam(learner.parameters(), lr=0.05)
+    first, _ = learner.training_loss(batch)
+    first.backward()
+    assert learner.log_noise.grad is not None and torch.isfinite(learner.log_noise.grad) and learner.log_noise.grad != 0
+    assert all(torch.isfinite(p.grad).all() for p in learner.parameters() if p.grad is not None)
+    for _ in range(30):
+        opt.zero_grad()
+        loss, _ = learner.training_loss(batch)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first.item()
+    assert "log_noise" not in dict(_learner(ds).named_parameters())  # the Gaussian fold-in's checkpoints: unchanged
+
+
+@pytest.mark.parametrize("cfg, context, match", [
+    ({"likelihood": "probit"}, {"rating_grid": GRID}, "likelihood must be one of gaussian, interval"),
+    ({"likelihood": "interval"}, {}, "needs ratings on a grid: set data.rating_grid=true"),
+    ({"likelihood": "interval"}, {"rating_grid": GRID, "loss": "bce", "rating_range": (0.0, 1.0)}, "is for ratings"),
+    ({"likelihood": "interval", "noise": 0.0}, {"rating_grid": GRID}, "learner.noise must be a finite number > 0"),
+    ({"likelihood": "interval", "noise": float("nan")}, {"rating_grid": GRID}, "learner.noise"),
+    ({"likelihood": "interval", "newton_steps": 0}, {"rating_grid": GRID}, "newton_steps must be an integer >= 1"),
+    ({"likelihood": "interval", "newton_steps": True}, {"rating_grid": GRID}, "newton_steps"),
+])
+def test_bad_interval_settings_are_refused_in_one_line(cfg, context, match) -> None:
+    ds = tiny_dataset()
+    model = TwoTower(ds.schema, TwoTowerConfig(embed_dim=4, dim=4))
+    with pytest.raises(ConfigError, match=match):
+        build_learner("ridge", model, dataclasses.replace(ctx(ds), **context), RidgeConfig(**cfg))

@@ -15,6 +15,16 @@ instead of by inner gradient steps (ALPaCA, Harrison et al., WAFR 2018; R2-D2, B
   and ``D`` the loss curvature (1 for squared error: the step is exact, ``u`` is the ridge / posterior
   mean; ``p (1 - p)`` for logistic labels: one IRLS step).
 
+With ``likelihood: interval`` (ratings on a grid, ``data.rating_grid=true``) a support rating is what it
+is on whole stars: the latent rating ``s + sigma * N(0, 1)`` fell in the rating's cell of the grid (between
+the midpoints to its neighbours; the lowest and highest cells open), a censored-probit likelihood (ordinal
+regression with fixed cut points). The Gaussian solution above is then the start of ``newton_steps`` Newton
+steps on ``sigma^2 * (-log likelihood) + 1/2 (u - u_0)^T diag(lambda) (u - u_0)`` (log-concave: each step
+solves ``(X^T diag(c) X + diag(lambda)) delta = gradient`` with the probit curvatures ``c``); ``sigma`` is
+learned. A clipped or rounded rating then says "at least 5", "between 3.5 and 4.5", not "exactly 5" (on the
+synthetic data with the true item vectors, this fold-in's MAP is at the posterior oracle where the Gaussian
+one is 7% above it: ``benchmarks/oracle_scaling.py``).
+
 Meta-training backpropagates the query loss through the solve into the item tower, the user tower, the
 output layer and ``lambda``, so the item vectors are learned for exactly this fold-in. Adapting a new
 user is one item-tower pass over the support and one ``dim x dim`` solve; scoring the catalogue is one
@@ -30,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.special import log_ndtr
 
 from metarec.data.episodes import EpisodeBatch, Support
 from metarec.data.features import Features
@@ -45,6 +56,13 @@ class RidgeConfig:
     learn_precision: bool = True  # meta-learn lambda (else fixed at prior_precision)
     lr: float = 1e-3
     weight_decay: float = 0.0
+    likelihood: str = "gaussian"  # gaussian | interval (needs data.rating_grid=true: a rating is its grid cell)
+    noise: float = 0.5  # initial sigma of the interval likelihood (rating units; learned)
+    newton_steps: int = 3  # interval likelihood: Newton steps from the Gaussian solution
+
+
+LIKELIHOODS = ("gaussian", "interval")
+OPEN = 1e3  # an open cell's far edge, in units of sigma: Phi and phi are 0 / 1 there to double precision
 
 
 class Ridge(MetaLearner):
@@ -56,8 +74,23 @@ class Ridge(MetaLearner):
             raise ConfigError(f"learner ridge needs a two-tower model (model=twotower), not {type(model).__name__}")
         if not (math.isfinite(cfg.prior_precision) and cfg.prior_precision > 0):
             raise ConfigError(f"learner.prior_precision must be a finite number > 0, got {cfg.prior_precision}")
+        if cfg.likelihood not in LIKELIHOODS:
+            raise ConfigError(f"learner.likelihood must be one of {', '.join(LIKELIHOODS)}, got {cfg.likelihood!r}")
+        if cfg.likelihood == "interval":
+            if ctx.binary_labels:
+                raise ConfigError("learner.likelihood=interval is for ratings; with 0/1 labels use the default gaussian")
+            if ctx.rating_grid is None or len(ctx.rating_grid) < 2:
+                raise ConfigError("learner.likelihood=interval needs ratings on a grid: set data.rating_grid=true")
+            if not (math.isfinite(cfg.noise) and cfg.noise > 0):
+                raise ConfigError(f"learner.noise must be a finite number > 0, got {cfg.noise}")
+            if isinstance(cfg.newton_steps, bool) or not isinstance(cfg.newton_steps, int) or cfg.newton_steps < 1:
+                raise ConfigError(f"learner.newton_steps must be an integer >= 1, got {cfg.newton_steps!r}")
         self.cfg = cfg
         self.dim = model.head[0].dim
+        interval = cfg.likelihood == "interval"  # (the Gaussian fold-in's checkpoints hold neither)
+        self.register_parameter("log_noise", nn.Parameter(torch.tensor(math.log(cfg.noise))) if interval else None)
+        grid = torch.as_tensor(sorted(ctx.rating_grid), dtype=torch.float64) if interval else None
+        self.register_buffer("grid", grid, persistent=False)  # the grid values: cells between their midpoints
         log_lam = torch.full((self.dim,), math.log(cfg.prior_precision))
         self.log_precision = nn.Parameter(log_lam, requires_grad=cfg.learn_precision)
         self._item_cache = ItemSideCache()  # serving: the catalogue's (x, offset), kept while nothing changes
@@ -90,9 +123,40 @@ class Ridge(MetaLearner):
         else:
             p, curv = s0, k
         grad = ((y - p) * k).unsqueeze(-1).mul(x).sum(-2)  # X^T (y - p)   [T, d]
-        hess = torch.einsum("tsd,ts,tse->tde", x, curv, x) + torch.diag_embed(self.log_precision.exp()).expand(
-            x.shape[0], -1, -1)
-        return u0 + torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
+        lam = self.log_precision.exp()
+        hess = torch.einsum("tsd,ts,tse->tde", x, curv, x) + torch.diag_embed(lam).expand(x.shape[0], -1, -1)
+        u = u0 + torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
+        if self.cfg.likelihood == "interval":
+            u = self._interval_steps(u, u0, x, offset, y, support.mask, lam)
+        return u
+
+    def cells(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each rating's grid cell ``(low, high)``: the midpoints to its neighbouring grid values (the nearest
+        grid value's cell; ``-inf`` / ``inf`` beyond the lowest / highest value)."""
+        g = self.grid.to(y.dtype)
+        cuts = (g[1:] + g[:-1]) / 2
+        j = torch.bucketize(y.contiguous(), cuts)  # the cell holding y
+        inf = torch.tensor(float("inf"), dtype=y.dtype, device=y.device)
+        edges = torch.cat([-inf[None], cuts, inf[None]])
+        return edges[j], edges[j + 1]
+
+    def _interval_steps(self, u, u0, x, offset, y, mask, lam) -> torch.Tensor:
+        """Newton steps on ``sigma^2 * sum -log P(rating's cell | s) + 1/2 (u - u0)^T diag(lam) (u - u0)``."""
+        sigma = self.log_noise.exp().to(x.dtype)
+        low, high = self.cells(torch.where(mask, y, self.grid[0].to(y.dtype)))
+        # open edges: OPEN sigmas away (finite in both branches of ``where``, so no inf * 0 in the backward pass)
+        open_low, open_high = torch.isinf(low), torch.isinf(high)
+        low, high = low.masked_fill(open_low, 0.0), high.masked_fill(open_high, 0.0)
+        k = mask.to(x.dtype)
+        for _ in range(self.cfg.newton_steps):
+            s = (x * u.unsqueeze(-2)).sum(-1) + offset
+            a = torch.where(open_low, torch.full_like(s, -OPEN), (low - s) / sigma)
+            b = torch.where(open_high, torch.full_like(s, OPEN), (high - s) / sigma)
+            r, c = probit_cell_terms(a, b)
+            g = x.mul((sigma * r * k).unsqueeze(-1)).sum(-2) + lam * (u - u0)  # the objective's gradient
+            h = torch.einsum("tsd,ts,tse->tde", x, c * k, x) + torch.diag_embed(lam).expand(x.shape[0], -1, -1)
+            u = u - torch.linalg.solve(h, g.unsqueeze(-1)).squeeze(-1)
+        return u
 
     def score(self, state: torch.Tensor, item_ids: torch.Tensor, items: Features) -> torch.Tensor:
         x, offset = self._item_cache(self, items, self._items)  # user-independent: one pass per catalogue
@@ -105,4 +169,19 @@ class Ridge(MetaLearner):
         return self.loss_fn(out, y.to(out.dtype), m).mean(), out
 
 
-__all__ = ["Ridge", "RidgeConfig"]
+def probit_cell_terms(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``Z = Phi(b) - Phi(a)`` (``a < b``, standardised cell edges): ``r = (phi(b) - phi(a)) / Z`` and
+    ``c = (b phi(b) - a phi(a)) / Z + r^2``, so that ``d(-log Z)/ds = r / sigma`` and ``d2(-log Z)/ds2 =
+    c / sigma^2`` for ``a = (low - s) / sigma``, ``b = (high - s) / sigma``. In log space, stable in both tails."""
+    upper = a > 0  # both edges in the upper tail: Z = Phi(-a) - Phi(-b)
+    big = torch.where(upper, log_ndtr(-a), log_ndtr(b))
+    small = torch.where(upper, log_ndtr(-b), log_ndtr(a))
+    log_z = big + torch.log1p(-torch.exp(small - big))
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    pa = torch.exp(-0.5 * a * a - half_log_2pi - log_z)  # phi(a) / Z
+    pb = torch.exp(-0.5 * b * b - half_log_2pi - log_z)
+    r = pb - pa
+    return r, b * pb - a * pa + r * r
+
+
+__all__ = ["Ridge", "RidgeConfig", "probit_cell_terms"]
