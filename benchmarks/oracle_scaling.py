@@ -1,5 +1,5 @@
 """How much of the user-cold distance to the Bayes-optimal oracle is the amount of training data: `ridge` and
-two reference fold-ins on the oracle benchmark's synthetic data (`oracle_gap.py`) at 1x, 2x, 4x and 8x its
+reference fold-ins on the oracle benchmark's synthetic data (`oracle_gap.py`) at 1x, 2x, 4x and 8x its
 800 users, the same generating model, one split per size.
 
 `oracle_gap.py` finds the closest learner, `ridge` (two-tower), at 1.26x the posterior oracle on user-cold
@@ -8,18 +8,21 @@ the number of users grows (items, ratings per user, noise and the split fraction
 
 - `ridge` at the settings the oracle study's `metarec tune` chose at 800 users (`model.dim=4`,
   `learner.prior_precision=1.57`, `learner.lr=0.0027`, `trainer.patience=20`, the rest at their defaults),
-  not re-tuned per size, whole stars (`data.rating_grid=true`, as the oracle), a 100-epoch cap;
+  not re-tuned per size, whole stars (`data.rating_grid=true`, as the oracle), a 100-epoch cap; and the same
+  with `learner.likelihood=interval` (a support rating is its cell of the rating grid);
 - *Gaussian fold-in, true items*: the conjugate posterior mean of the user vector given the support with
   the **true** item vectors, biases and feature prior, rounding taken as Gaussian noise and clipping
   ignored, the prediction clipped and rounded (``oracle_fit.fitted_mae`` on the truth) -- what a learner
   with perfect item vectors and a Gaussian likelihood (every metarec learner's squared error) can reach;
-- *EM-fitted items*: the same fold-in with the item vectors fitted to the training users' ratings by EM
+- *interval fold-in, true items*: the MAP user vector under the exact likelihood of a whole star (its cell,
+  open at 1 and 5: censored probit) with the true items, prior and noise (``oracle_fit.interval_mae``);
+- *EM-fitted items*: the Gaussian fold-in with the item vectors fitted to the training users' ratings by EM
   (``oracle_fit.fit_items``; the row *oracle with fitted items* of `oracle_gap.py`);
 - the posterior and the prior-only oracle (``metarec.data.oracle``).
 
 Run::
 
-    .venv/bin/python benchmarks/oracle_scaling.py --work DIR     # about 40 minutes on one core
+    .venv/bin/python benchmarks/oracle_scaling.py --work DIR     # about 35 minutes on one core
     .venv/bin/python benchmarks/oracle_scaling.py --smoke        # CI: tiny sizes, one epoch, nothing written
 """
 
@@ -139,7 +142,8 @@ def main() -> int:
              "grows (items, ratings per user, noise and split fractions fixed), and in brackets the ratio to the "
              "posterior oracle's MAE on the same tasks. `ridge` at the settings tuned at 800 users; the Gaussian "
              "fold-in knows the true items but treats rounding as Gaussian noise and ignores clipping, as a "
-             "squared-error learner does.")
+             "squared-error learner does; the interval fold-in (and `ridge` with `likelihood=interval`) takes a whole "
+             "star as its cell of the rating grid (censored probit, clipping included).")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{NAME}.md").write_text("\n".join(["# Distance to the oracle against the amount of training data", "",
                                                    intro, "", *lines, "", summary, "", footer]) + "\n")
