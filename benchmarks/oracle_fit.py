@@ -73,15 +73,25 @@ def fitted_mae(truth: SyntheticTruth, fit: tuple[np.ndarray, np.ndarray, float],
     q, bias, offset = fit
     d = q.shape[1]
     s2, e2 = truth.user_spread ** 2, truth.noise ** 2 + (ROUNDING_VARIANCE if truth.rounded else 0.0)
+
+    def user_vector(mu, x, r, base):
+        return np.linalg.solve(np.eye(d) / s2 + x.T @ x / e2, mu / s2 + x.T @ (r - base) / e2)
+
+    return _fold_in_mae(truth, fit, ds, tasks, user_vector)
+
+
+def _fold_in_mae(truth: SyntheticTruth, fit: tuple[np.ndarray, np.ndarray, float], ds, tasks: list[Task],
+                 user_vector) -> float:
+    """Query MAE (per-user average) of the clipped (and, on whole stars, rounded) prediction at
+    ``user_vector(prior mean, support item vectors, support ratings, support offsets + biases)``."""
+    q, bias, offset = fit
     lo, hi = truth.rating_range
     per_user = []
     for t in tasks:
         user = int(ds.user_ids[t.user]) - 1
         si, qi = ds.item_ids[t.support_items] - 1, ds.item_ids[t.query_items] - 1
-        x = q[si]
-        mean = np.linalg.solve(np.eye(d) / s2 + x.T @ x / e2,
-                               truth.prior_mean[user] / s2 + x.T @ (t.support_ratings - offset - bias[si]) / e2)
-        pred = np.clip(offset + bias[qi] + q[qi] @ mean, lo, hi)
+        p = user_vector(truth.prior_mean[user], q[si], t.support_ratings, offset + bias[si])
+        pred = np.clip(offset + bias[qi] + q[qi] @ p, lo, hi)
         pred = np.round(pred) if truth.rounded else pred
         per_user.append(np.abs(pred - t.query_ratings).mean())
     return float(np.mean(per_user)) if per_user else float("nan")
@@ -104,14 +114,10 @@ def interval_mae(truth: SyntheticTruth, fit: tuple[np.ndarray, np.ndarray, float
 
     from metarec.data.oracle import _log_interval
 
-    q, bias, offset = fit
     s2, sigma = truth.user_spread ** 2, max(truth.noise, 1e-3)
     lo_r, hi_r = truth.rating_range
-    per_user = []
-    for t in tasks:
-        user = int(ds.user_ids[t.user]) - 1
-        si, qi = ds.item_ids[t.support_items] - 1, ds.item_ids[t.query_items] - 1
-        r, mu, x, base = t.support_ratings, truth.prior_mean[user], q[si], offset + bias[si]
+
+    def user_vector(mu, x, r, base):
         low = np.where(r <= lo_r, -np.inf, r - 0.5)
         high = np.where(r >= hi_r, np.inf, r + 0.5)
 
@@ -119,7 +125,6 @@ def interval_mae(truth: SyntheticTruth, fit: tuple[np.ndarray, np.ndarray, float
             m = base + x @ p
             return 0.5 * ((p - mu) ** 2).sum() / s2 - _log_interval((low - m) / sigma, (high - m) / sigma).sum()
 
-        p = minimize(objective, mu, method="L-BFGS-B").x
-        pred = np.round(np.clip(offset + bias[qi] + q[qi] @ p, lo_r, hi_r))
-        per_user.append(np.abs(pred - t.query_ratings).mean())
-    return float(np.mean(per_user)) if per_user else float("nan")
+        return minimize(objective, mu, method="L-BFGS-B").x
+
+    return _fold_in_mae(truth, fit, ds, tasks, user_vector)

@@ -125,10 +125,11 @@ class Ridge(MetaLearner):
             p, curv = s0, k
         grad = ((y - p) * k).unsqueeze(-1).mul(x).sum(-2)  # X^T (y - p)   [T, d]
         lam = self.log_precision.exp()
-        hess = torch.einsum("tsd,ts,tse->tde", x, curv, x) + torch.diag_embed(lam).expand(x.shape[0], -1, -1)
+        prior = torch.diag_embed(lam).expand(x.shape[0], -1, -1)
+        hess = torch.einsum("tsd,ts,tse->tde", x, curv, x) + prior
         u = u0 + torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
         if self.cfg.likelihood == "interval":
-            u = self._interval_steps(u, u0, x, offset, y, support.mask, lam)
+            u = self._interval_steps(u, u0, x, offset, y, support.mask, lam, prior)
         return u
 
     def cells(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +142,7 @@ class Ridge(MetaLearner):
         edges = torch.cat([-inf[None], cuts, inf[None]])
         return edges[j], edges[j + 1]
 
-    def _interval_steps(self, u, u0, x, offset, y, mask, lam) -> torch.Tensor:
+    def _interval_steps(self, u, u0, x, offset, y, mask, lam, prior) -> torch.Tensor:
         """Newton steps on ``sigma^2 * sum -log P(rating's cell | s) + 1/2 (u - u0)^T diag(lam) (u - u0)``."""
         sigma = self.log_noise.exp().to(x.dtype)
         low, high = self.cells(torch.where(mask, y, self.grid[0].to(y.dtype)))
@@ -155,7 +156,7 @@ class Ridge(MetaLearner):
             b = torch.where(open_high, torch.full_like(s, OPEN), (high - s) / sigma)
             r, c = probit_cell_terms(a, b)
             g = x.mul((sigma * r * k).unsqueeze(-1)).sum(-2) + lam * (u - u0)  # the objective's gradient
-            h = torch.einsum("tsd,ts,tse->tde", x, c * k, x) + torch.diag_embed(lam).expand(x.shape[0], -1, -1)
+            h = torch.einsum("tsd,ts,tse->tde", x, c * k, x) + prior
             u = u - torch.linalg.solve(h, g.unsqueeze(-1)).squeeze(-1)
         return u
 
