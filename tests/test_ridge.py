@@ -24,6 +24,16 @@ def _learner(ds, context=None, **cfg):
     return learner
 
 
+def _train(learner, batch, opt, steps: int = 30) -> float:
+    """The query loss after ``steps`` optimiser steps on one batch."""
+    for _ in range(steps):
+        opt.zero_grad()
+        loss, _ = learner.training_loss(batch)
+        loss.backward()
+        opt.step()
+    return loss.item()
+
+
 def test_needs_a_two_tower_model_and_a_positive_precision() -> None:
     ds = tiny_dataset()
     with pytest.raises(ConfigError, match="needs a two-tower model"):
@@ -98,12 +108,7 @@ def test_meta_training_reaches_the_precision_and_lowers_the_query_loss() -> None
     assert learner.log_precision.grad is not None and learner.log_precision.grad.abs().sum() > 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.model.item_tower.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.model.user_tower.parameters())
-    for _ in range(30):
-        opt.zero_grad()
-        loss, _ = learner.training_loss(batch)
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.5 * first.item()
+    assert _train(learner, batch, opt) < 0.5 * first.item()
 
 
 # ---------------------------------------------------------------- likelihood: interval (ratings on a grid)
@@ -199,12 +204,7 @@ def test_interval_meta_training_learns_the_noise_and_lowers_the_query_loss() -> 
     first.backward()
     assert learner.log_noise.grad is not None and torch.isfinite(learner.log_noise.grad) and learner.log_noise.grad != 0
     assert all(torch.isfinite(p.grad).all() for p in learner.parameters() if p.grad is not None)
-    for _ in range(30):
-        opt.zero_grad()
-        loss, _ = learner.training_loss(batch)
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.5 * first.item()
+    assert _train(learner, batch, opt) < 0.5 * first.item()
     assert "log_noise" not in dict(_learner(ds).named_parameters())  # the Gaussian fold-in's checkpoints: unchanged
 
 
