@@ -5,9 +5,9 @@ sampled softmax), mean ± 95% CI over seeds on one split, support-size curve K =
 Learners: the fold-in baselines ``popularity``, ``itemknn``, ``ease`` (no training on the new user;
 EASE's L2 chosen on the validation users; on ml-100k ``itemknn``/``ease`` also with ``learner.fold=rated``,
 folding in every rated support item as ``fism_ease`` does), ``global`` and ``finetune``, the gradient meta-learner
-``maml`` and the amortised learners (``amortised`` on the MLP; ``fism`` and ``fism_ease`` — fism with an
-EASE prior, its recipe per data set in ``FISM_EASE`` — on the two-tower model), each on both base models
-where it applies (``melu`` MLP and ``twotower``). Every learner sees the same split
+``maml`` and the amortised learners (``amortised``, which on the two-tower model modulates its output layer;
+``fism`` and ``fism_ease`` — fism with an EASE prior, its recipe per data set in ``FISM_EASE`` — on the
+two-tower model only), each on both base models where it applies (``melu`` MLP and ``twotower``). Every learner sees the same split
 (asserted: one split hash), candidates, relevance rule and tuning budget (none beyond early stopping and
 checkpoint selection on the validation users' Recall@10, EASE's validation grid of l2, and for
 ``fism_ease`` its validation-chosen start where its recipe sets ``cf_start=validation``; the recipe per data set was
@@ -76,7 +76,7 @@ RATED = ["itemknn@learner.fold=rated", "ease@learner.fold=rated"]
 # (base model, learners run on it); baselines without a model run in the first group
 GROUPS = [
     ("melu", ["popularity", "itemknn", "ease", *RATED, "global", "finetune", "maml", "amortised"]),
-    ("twotower", ["global", "finetune", "maml", "fism", "fism_ease"]),  # fism_ease: FISM_EASE's recipe
+    ("twotower", ["global", "finetune", "maml", "amortised", "fism", "fism_ease"]),  # fism_ease: FISM_EASE's recipe
 ]
 
 TITLES = {"ml100k": "MovieLens-100K (explicit; relevant = rating >= 4)", "lastfm": "Last.fm 2K (implicit; sampled softmax)"}

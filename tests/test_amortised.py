@@ -23,6 +23,7 @@ from metarec.learners import LearnerContext, build_learner
 from metarec.learners.amortised import AmortisedConfig
 from metarec.learners.baselines import GlobalConfig
 from metarec.models import MeLU, MeLUConfig
+from metarec.models.twotower import TwoTower, TwoTowerConfig
 from metarec.runs import finished_runs
 from metarec.train import fit
 from test_learners import ctx, tiny_batch, tiny_dataset
@@ -34,9 +35,16 @@ CONFIGS = {
 }
 
 
-def learner_for(ds, cfg: AmortisedConfig, perturb: bool = True):
+# base models: the two-tower head starts with its user vector (not a linear layer) and ends in one output
+MODELS = {
+    "melu": lambda schema: MeLU(schema, MeLUConfig(embed_dim=4, hidden=[6])),
+    "twotower": lambda schema: TwoTower(schema, TwoTowerConfig(embed_dim=4, dim=3, user_hidden=[6], item_hidden=[5])),
+}
+
+
+def learner_for(ds, cfg: AmortisedConfig, perturb: bool = True, model: str = "melu"):
     torch.manual_seed(0)
-    model = MeLU(ds.schema, MeLUConfig(embed_dim=4, hidden=[6])).double()
+    model = MODELS[model](ds.schema).double()
     learner = build_learner("amortised", model, ctx(ds), copy.deepcopy(cfg)).double()
     if perturb:  # non-zero modulation, so that the support matters
         with torch.no_grad():
@@ -46,20 +54,22 @@ def learner_for(ds, cfg: AmortisedConfig, perturb: bool = True):
     return learner
 
 
+@pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_starts_as_the_base_model(name):
+def test_starts_as_the_base_model(name, model):
     ds = tiny_dataset()
-    learner = learner_for(ds, CONFIGS[name], perturb=False)
+    learner = learner_for(ds, CONFIGS[name], perturb=False, model=model)
     batch = tiny_batch(ds)
     _, out = learner.meta_step(batch, train=False)
     expected = learner.model(batch.user, batch.item)[:, batch.n_support :]
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_support_is_a_set_padding_is_ignored_and_tasks_are_independent(name):
+def test_support_is_a_set_padding_is_ignored_and_tasks_are_independent(name, model):
     ds = tiny_dataset()
-    learner = learner_for(ds, CONFIGS[name])
+    learner = learner_for(ds, CONFIGS[name], model=model)
     batch = tiny_batch(ds)
     _, out = learner.meta_step(batch, train=False)
     s = batch.n_support
@@ -173,10 +183,11 @@ def test_serving_a_catalogue_keeps_its_item_maps_until_a_parameter_changes(name,
     assert len(made) == 3
 
 
+@pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_an_empty_support_is_well_defined(name):
+def test_an_empty_support_is_well_defined(name, model):
     ds = tiny_dataset()
-    learner = learner_for(ds, CONFIGS[name])
+    learner = learner_for(ds, CONFIGS[name], model=model)
     batch = tiny_batch(ds)
     empty = copy.copy(batch)
     empty.support_mask = torch.zeros_like(batch.support_mask)
@@ -187,10 +198,11 @@ def test_an_empty_support_is_well_defined(name):
     torch.testing.assert_close(learner.meta_step(other, train=False)[1], out, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_every_parameter_gets_a_meta_gradient(name):
+def test_every_parameter_gets_a_meta_gradient(name, model):
     ds = tiny_dataset()
-    learner = learner_for(ds, CONFIGS[name])
+    learner = learner_for(ds, CONFIGS[name], model=model)
     torch.manual_seed(1)
     loss, _ = learner.meta_step(tiny_batch(ds), train=True)
     loss.backward()
@@ -312,6 +324,8 @@ def test_bad_settings_are_one_line_errors(override, fragment, tmp_path):
 
 @pytest.mark.parametrize("extra", [
     ["learner=amortised", "model=transformer", "model.d_model=16", "model.heads=2", "model.ffn=32"],
+    ["learner=amortised", "model=twotower"],
+    ["learner=amortised", "model=twotower", "data.negatives.per_positive=2", "data.negatives.loss=softmax"],
     ["learner=tanp", "data.negatives.per_positive=2"],
 ])
 def test_fits_with_other_models_and_losses(extra, tmp_path):

@@ -86,12 +86,14 @@ class Amortised(MetaLearner):
         if cfg.latent_dim < 0 or not (math.isfinite(cfg.kl_weight) and cfg.kl_weight >= 0):
             raise ConfigError("learner.latent_dim and learner.kl_weight must be >= 0")
         head = model.head
-        if not isinstance(head, nn.Sequential) or not isinstance(head[-1], nn.Linear):
-            raise ConfigError(f"learner amortised needs a model whose head is an nn.Sequential ending in a linear layer "
+        if (not isinstance(head, nn.Sequential) or not isinstance(head[-1], nn.Linear)
+                or not isinstance(getattr(head[0], "in_features", None), int)):
+            raise ConfigError(f"learner amortised needs a model whose head is an nn.Sequential that reads the body "
+                              f"with a layer that has in_features and ends in a linear layer "
                               f"({type(model).__name__} has {type(head).__name__})")
         self.cfg = cfg
         h = cfg.hidden
-        width = next(m for m in head if isinstance(m, nn.Linear)).in_features  # the body's width
+        width = head[0].in_features  # the body's width (the two-tower head starts with its UserVector, not a Linear)
         # support entry: [representation, rating, residual] -> vector
         self.entry = nn.Sequential(nn.Linear(width + 2, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h))
         cond = h

@@ -60,6 +60,7 @@ class UserVector(nn.Module):
         super().__init__()
         self.proj = nn.Linear(user_width, dim)
         self.user_width, self.dim = user_width, dim
+        self.in_features = user_width + dim + 1  # the body's width, as a first linear layer would declare it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, v, b = torch.split(x, [self.user_width, self.dim, 1], dim=-1)
