@@ -5,7 +5,7 @@ scored on the validation users only), mean ± 95% CI over seeds on the default s
 Learners: ``global`` (the non-adapting baseline), ``finetune``, ``bias`` (the baseline predictor
 mu + b_i + b_u with the user's bias folded in from the support: no training, its two shrinkages tuned) and
 the meta-learners ``maml``, ``metasgd`` and ``amortised`` on the ``melu`` MLP; ``global``, ``finetune``,
-``maml`` and ``ridge`` on the dot-product ``twotower``. Every learner searches its own space
+``maml``, ``amortised`` and ``ridge`` on the dot-product ``twotower``. Every learner searches its own space
 (``metarec/configs/search/<learner>.yaml``); pass ``--rating-grid`` to have every learner predict whole
 stars (``data.rating_grid=true``, the same rule for all) in tuning and testing. Targets checked in the
 verdict: the best tuned meta-learner's user-cold MAE <= 0.80, and every tuned meta-learner below the
@@ -46,7 +46,7 @@ DATA = ["data=movielens100k", "trainer.max_epochs=100"]  # an epoch cap early st
 COMMON = ["trainer.enable_progress_bar=false"]
 GROUPS = [
     ("melu", ["global", "finetune", "bias", "maml", "metasgd", "amortised"]),
-    ("twotower", ["global", "finetune", "maml", "ridge"]),
+    ("twotower", ["global", "finetune", "maml", "amortised", "ridge"]),
 ]
 BASELINES = ("global", "finetune", "bias")  # the rest are the meta-learners the targets are about
 SCENARIO = "user_cold"

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from metarec.config import compose
+from metarec.errors import ConfigError
 from metarec.learners import build_learner
 from metarec.learners.maml import MAMLConfig
 from metarec.learners.metasgd import MetaSGDConfig
@@ -16,7 +17,7 @@ from metarec.learners.reptile import ReptileConfig
 from metarec.models import MeLU, MeLUConfig
 from metarec.runs import finished_runs
 from metarec.train import fit
-from zoo_helpers import learner_options
+from zoo_helpers import LORA_MODEL, learner_options
 from test_learners import closed_form, ctx, linear_head_model, tiny_batch, tiny_dataset
 
 
@@ -153,6 +154,31 @@ def test_every_learner_config_passes_fast_dev_run(option, tmp_path):
     ])
     run = fit(cfg)
     (record,) = finished_runs(run)
+    assert record["learner"] == option
+    assert len(record["metrics"]) >= 16
+    assert all(math.isfinite(v) for v in record["metrics"].values())
+
+
+# every base model but the default one (``melu``, where the test above runs the learners that need no other)
+OTHER_MODELS = {"twotower": ["model=twotower"], "transformer": [*LORA_MODEL]}
+
+
+@pytest.mark.parametrize("model", sorted(OTHER_MODELS))
+@pytest.mark.parametrize("option", sorted(LEARNER_OPTIONS))
+def test_every_learner_runs_on_every_base_model_or_says_which_it_needs(option, model, tmp_path):
+    """A learner written for any base model trains and evaluates on each of them; one written for a single
+    model (``needs_model``, LoRA scopes) refuses the others in one line naming what to set."""
+    learner = [o for o in LEARNER_OPTIONS[option] if not o.startswith("model")]
+    cfg = compose([*learner, *OTHER_MODELS[model], "data.params.n_users=200", "trainer.fast_dev_run=true",
+                   "trainer.enable_progress_bar=false", f"run.root={tmp_path}"])
+    needs = [o for o in LEARNER_OPTIONS[option] if o.startswith("model=")]
+    if needs and needs[0] != f"model={model}":
+        with pytest.raises(ConfigError, match=needs[0].replace("model=", "")) as e:
+            fit(cfg)
+        assert "\n" not in str(e.value)
+        assert not any(tmp_path.rglob("metrics.json"))
+        return
+    (record,) = finished_runs(fit(cfg))
     assert record["learner"] == option
     assert len(record["metrics"]) >= 16
     assert all(math.isfinite(v) for v in record["metrics"].values())
