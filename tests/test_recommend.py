@@ -33,8 +33,11 @@ RUNS = {
     "head": ["learner.scope=head", "learner.eval_inner_steps=2"],
     "metasgd_clip": ["learner=metasgd", "learner.inner_grad_clip=0.5"],
     "tf_lora": [*LORA_MODEL, "learner.scope=lora"],
+    # learners written for any base model, on the other two (their serving paths differ from MeLU's)
+    **{f"tt_{name}": [f"learner={name}", "model=twotower"] for name in ("maml", "metasgd", "finetune", "amortised", "tanp")},
+    **{f"tf_{name}": [f"learner={name}", *LORA_MODEL] for name in ("metasgd", "finetune", "amortised")},
 }
-ADAPTING = ("maml", "head", "metasgd_clip", "tf_lora", "amortised", "tanp")
+ADAPTING = ("maml", "head", "metasgd_clip", "tf_lora", "amortised", "tanp", *(n for n in RUNS if n[:3] in ("tt_", "tf_")))
 
 
 @pytest.fixture(scope="module")
