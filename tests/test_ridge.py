@@ -208,7 +208,41 @@ def test_interval_meta_training_learns_the_noise_and_lowers_the_query_loss() -> 
     assert "log_noise" not in dict(_learner(ds).named_parameters())  # the Gaussian fold-in's checkpoints: unchanged
 
 
+def test_cell_query_loss_is_the_mean_negative_log_cell_probability_of_the_query_ratings() -> None:
+    """``query_loss=cell``: per task, the mean over its query ratings of ``-log P(cell | prediction, sigma)``
+    (open cells at the grid's ends; padding never counts), then the mean over tasks — against scipy; it
+    trains the noise, and lowers itself in a few steps."""
+    from scipy.stats import norm
+
+    ds = tiny_dataset()
+    learner = _interval(ds, noise=0.6, query_loss="cell", lr=0.05)
+    batch = tiny_batch(ds)
+    loss, out = learner.training_loss(batch)
+    _, y, m = batch.part("query")
+    sigma = learner.log_noise.exp().item()  # 0.6 up to the float32 parameter's rounding
+    want = []
+    for t in range(batch.n_tasks):
+        terms = []
+        for s, r in zip(out[t][m[t]].tolist(), y[t][m[t]].tolist()):
+            hi = 1.0 if r >= 5 else norm.cdf((r + 0.5 - s) / sigma)
+            lo = 0.0 if r <= 1 else norm.cdf((r - 0.5 - s) / sigma)
+            terms.append(-np.log(hi - lo))
+        want.append(np.mean(terms))
+    assert abs(loss.item() - np.mean(want)) < 1e-9
+    padded = dataclasses.replace(batch, ratings=torch.where(batch.support_mask | batch.query_mask, batch.ratings,
+                                                            torch.full_like(batch.ratings, 99.0)))
+    torch.testing.assert_close(learner.training_loss(padded)[0], loss)
+    # the same predictions as the squared-error learner: only the loss differs
+    torch.testing.assert_close(out, _interval(ds, noise=0.6).training_loss(batch)[1])
+    loss.backward()
+    assert learner.log_noise.grad is not None and learner.log_noise.grad != 0
+    opt = torch.optim.Adam(learner.parameters(), lr=0.05)
+    assert _train(learner, batch, opt) < loss.item() - 0.2
+
+
 @pytest.mark.parametrize("cfg, context, match", [
+    ({"query_loss": "mae"}, {"rating_grid": GRID}, "query_loss must be one of mse, cell"),
+    ({"query_loss": "cell"}, {"rating_grid": GRID}, "set learner.likelihood=interval"),
     ({"likelihood": "probit"}, {"rating_grid": GRID}, "likelihood must be one of gaussian, interval"),
     ({"likelihood": "interval"}, {}, "needs ratings on a grid: set data.rating_grid=true"),
     ({"likelihood": "interval"}, {"rating_grid": GRID, "loss": "bce", "rating_range": (0.0, 1.0)}, "is for ratings"),

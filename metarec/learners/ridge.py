@@ -26,6 +26,10 @@ synthetic data with the true item vectors this fold-in is at 0.99-1.00x the post
 one at 1.01-1.07x; with learned item vectors it has not beaten the Gaussian ``ridge`` there:
 ``benchmarks/oracle_scaling.py``).
 
+With ``query_loss: cell`` (and the interval likelihood) meta-training scores the query ratings by the same
+likelihood, ``-log P(query rating's cell | prediction, sigma)``, instead of their squared error: the fold-in
+and the loss then agree, and ``sigma`` is trained by both.
+
 Meta-training backpropagates the query loss through the solve into the item tower, the user tower, the
 output layer and ``lambda``, so the item vectors are learned for exactly this fold-in. Adapting a new
 user is one item-tower pass over the support and one ``dim x dim`` solve; scoring the catalogue is one
@@ -60,9 +64,14 @@ class RidgeConfig:
     likelihood: str = "gaussian"  # gaussian | interval (needs data.rating_grid=true: a rating is its grid cell)
     noise: float = 0.5  # initial sigma of the interval likelihood (rating units; learned)
     newton_steps: int = 3  # interval likelihood: Newton steps from the Gaussian solution
+    # the meta-training query loss: mse (the squared error of the query predictions, the data's loss) | cell
+    # (-log P(the query rating's grid cell) under N(prediction, sigma^2): the interval likelihood's own loss,
+    # which its fold-in shares; needs likelihood=interval)
+    query_loss: str = "mse"
 
 
 LIKELIHOODS = ("gaussian", "interval")
+QUERY_LOSSES = ("mse", "cell")
 OPEN = 1e3  # an open cell's far edge, in units of sigma: Phi and phi are 0 / 1 there to double precision
 
 
@@ -86,6 +95,10 @@ class Ridge(MetaLearner):
                 raise ConfigError(f"learner.noise must be a finite number > 0, got {cfg.noise}")
             if isinstance(cfg.newton_steps, bool) or not isinstance(cfg.newton_steps, int) or cfg.newton_steps < 1:
                 raise ConfigError(f"learner.newton_steps must be an integer >= 1, got {cfg.newton_steps!r}")
+        if cfg.query_loss not in QUERY_LOSSES:
+            raise ConfigError(f"learner.query_loss must be one of {', '.join(QUERY_LOSSES)}, got {cfg.query_loss!r}")
+        if cfg.query_loss == "cell" and cfg.likelihood != "interval":
+            raise ConfigError("learner.query_loss=cell is the interval likelihood's loss: set learner.likelihood=interval")
         self.cfg = cfg
         self.dim = model.head[0].dim
         interval = cfg.likelihood == "interval"  # (the Gaussian fold-in's checkpoints hold neither)
@@ -142,19 +155,29 @@ class Ridge(MetaLearner):
         edges = torch.cat([-inf[None], cuts, inf[None]])
         return edges[j], edges[j + 1]
 
+    def standardised_cells(self, y: torch.Tensor, mask: torch.Tensor):
+        """For ratings ``y`` (``mask``: which count; padding gets the lowest cell), a function of the scores
+        ``s`` and ``sigma`` giving each rating's cell edges in units of sigma from ``s``, ``(a, b)``; an open
+        edge is OPEN sigmas away (finite in both branches of ``where``, so no inf * 0 in the backward pass)."""
+        low, high = self.cells(torch.where(mask, y, self.grid[0].to(y.dtype)))
+        open_low, open_high = torch.isinf(low), torch.isinf(high)
+        low, high = low.masked_fill(open_low, 0.0), high.masked_fill(open_high, 0.0)
+
+        def at(s: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            a = torch.where(open_low, torch.full_like(s, -OPEN), (low - s) / sigma)
+            b = torch.where(open_high, torch.full_like(s, OPEN), (high - s) / sigma)
+            return a, b
+
+        return at
+
     def _interval_steps(self, u, u0, x, offset, y, mask, lam, prior) -> torch.Tensor:
         """Newton steps on ``sigma^2 * sum -log P(rating's cell | s) + 1/2 (u - u0)^T diag(lam) (u - u0)``."""
         sigma = self.log_noise.exp().to(x.dtype)
-        low, high = self.cells(torch.where(mask, y, self.grid[0].to(y.dtype)))
-        # open edges: OPEN sigmas away (finite in both branches of ``where``, so no inf * 0 in the backward pass)
-        open_low, open_high = torch.isinf(low), torch.isinf(high)
-        low, high = low.masked_fill(open_low, 0.0), high.masked_fill(open_high, 0.0)
+        cells = self.standardised_cells(y, mask)
         k = mask.to(x.dtype)
         for _ in range(self.cfg.newton_steps):
             s = (x * u.unsqueeze(-2)).sum(-1) + offset
-            a = torch.where(open_low, torch.full_like(s, -OPEN), (low - s) / sigma)
-            b = torch.where(open_high, torch.full_like(s, OPEN), (high - s) / sigma)
-            r, c = probit_cell_terms(a, b)
+            r, c = probit_cell_terms(*cells(s, sigma))
             g = x.mul((sigma * r * k).unsqueeze(-1)).sum(-2) + lam * (u - u0)  # the objective's gradient
             h = torch.einsum("tsd,ts,tse->tde", x, c * k, x) + prior
             u = u - torch.linalg.solve(h, g.unsqueeze(-1)).squeeze(-1)
@@ -168,17 +191,27 @@ class Ridge(MetaLearner):
         u = self.adapt(batch.user, batch.support())
         out = self.score(u, *batch.query())
         _, y, m = batch.part("query")
+        if self.cfg.query_loss == "cell":  # each task's mean -log P(cell) over its query ratings
+            k = m.to(out.dtype)
+            nll = -cell_log_prob(*self.standardised_cells(y.to(out.dtype), m)(out, self.log_noise.exp().to(out.dtype)))
+            return ((nll * k).sum(-1) / k.sum(-1).clamp_min(1.0)).mean(), out
         return self.loss_fn(out, y.to(out.dtype), m).mean(), out
+
+
+def cell_log_prob(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``log Z = log(Phi(b) - Phi(a))`` for standardised cell edges ``a < b``, in log space: stable in both
+    tails (each difference taken in the tail the cell lies in)."""
+    upper = a > 0  # both edges in the upper tail: Z = Phi(-a) - Phi(-b)
+    big = torch.where(upper, log_ndtr(-a), log_ndtr(b))
+    small = torch.where(upper, log_ndtr(-b), log_ndtr(a))
+    return big + torch.log1p(-torch.exp(small - big))
 
 
 def probit_cell_terms(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For ``Z = Phi(b) - Phi(a)`` (``a < b``, standardised cell edges): ``r = (phi(b) - phi(a)) / Z`` and
     ``c = (b phi(b) - a phi(a)) / Z + r^2``, so that ``d(-log Z)/ds = r / sigma`` and ``d2(-log Z)/ds2 =
-    c / sigma^2`` for ``a = (low - s) / sigma``, ``b = (high - s) / sigma``. In log space, stable in both tails."""
-    upper = a > 0  # both edges in the upper tail: Z = Phi(-a) - Phi(-b)
-    big = torch.where(upper, log_ndtr(-a), log_ndtr(b))
-    small = torch.where(upper, log_ndtr(-b), log_ndtr(a))
-    log_z = big + torch.log1p(-torch.exp(small - big))
+    c / sigma^2`` for ``a = (low - s) / sigma``, ``b = (high - s) / sigma``."""
+    log_z = cell_log_prob(a, b)
     half_log_2pi = 0.5 * math.log(2 * math.pi)
     pa = torch.exp(-0.5 * a * a - half_log_2pi - log_z)  # phi(a) / Z
     pb = torch.exp(-0.5 * b * b - half_log_2pi - log_z)
@@ -186,4 +219,4 @@ def probit_cell_terms(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, t
     return r, b * pb - a * pa + r * r
 
 
-__all__ = ["Ridge", "RidgeConfig", "probit_cell_terms"]
+__all__ = ["Ridge", "RidgeConfig", "cell_log_prob", "probit_cell_terms"]
