@@ -23,8 +23,8 @@ steps on ``sigma^2 * (-log likelihood) + 1/2 (u - u_0)^T diag(lambda) (u - u_0)`
 solves ``(X^T diag(c) X + diag(lambda)) delta = gradient`` with the probit curvatures ``c``); ``sigma`` is
 learned. A clipped or rounded rating then says "at least 5", "between 3.5 and 4.5", not "exactly 5" (on the
 synthetic data with the true item vectors this fold-in is at 0.99-1.00x the posterior oracle, the Gaussian
-one at 1.01-1.07x; with learned item vectors it has not beaten the Gaussian ``ridge`` there:
-``benchmarks/oracle_scaling.py``).
+one at 1.01-1.07x; with learned item vectors it beats the Gaussian ``ridge`` there only when meta-trained on
+the same likelihood, ``query_loss: cell``: ``benchmarks/oracle_scaling.py``).
 
 With ``query_loss: cell`` (and the interval likelihood) meta-training scores the query ratings by the same
 likelihood, ``-log P(query rating's cell | prediction, sigma)``, instead of their squared error: the fold-in
