@@ -195,6 +195,10 @@ def test_bad_options_are_one_line_config_errors(tmp_path):
     bad = [
         (ItemKNNConfig, dict(neighbours=0), "neighbours"),
         (ItemKNNConfig, dict(shrink=-1.0), "shrink"),
+        (ItemKNNConfig, dict(neighbours_grid=[10, 0]), "neighbours_grid"),
+        (ItemKNNConfig, dict(neighbours_grid=[]), "neighbours_grid"),
+        (ItemKNNConfig, dict(shrink_grid=[1.0, float("nan")]), "shrink_grid"),
+        (ItemKNNConfig, dict(select_by="recall@0"), "select_by"),
         (EASEConfig, dict(l2_grid=[]), "l2_grid"),
         (EASEConfig, dict(l2_grid=[10.0, -1.0]), "l2_grid"),
         (EASEConfig, dict(l2=0.0), "l2"),
@@ -210,12 +214,27 @@ def test_bad_options_are_one_line_config_errors(tmp_path):
         build_learner("ease", nn.Identity(), toy_ctx(TOY_POOL, 5), EASEConfig(l2=1.0, fold="all"))
     with pytest.raises(ConfigError, match="validation users"):  # a grid but no validation users to choose on
         build_learner("ease", nn.Identity(), toy_ctx(TOY_POOL, 5), EASEConfig())
+    with pytest.raises(ConfigError, match="validation users.*learner.neighbours_grid=null"):
+        build_learner("itemknn", nn.Identity(), toy_ctx(TOY_POOL, 5), ItemKNNConfig(shrink_grid=[0.0, 10.0]))
     with pytest.raises(ConfigError, match="learner.shrink") as e:  # through the command line's config
         fit(compose([*TINY, "learner=itemknn", "learner.shrink=-2", f"run.root={tmp_path}"]))
     assert "\n" not in str(e.value)
 
 
 # ------------------------------------------------------------------------------------ on real runs
+def _validation_recall(learner, dm, loader) -> float:
+    """The validation users' mean Recall@10 under the learner's own adapt / rank_score."""
+    values = []
+    for batch in loader(dm):
+        state = learner.adapt(batch.user, batch.support())
+        n = learner.ctx.n_items
+        s = learner.rank_score(state, torch.arange(n).expand(batch.n_tasks, n), None)
+        cand, rel = learner.ranking_targets(batch, "warm")
+        v = full_ranking(s.masked_fill(~cand, float("-inf")), rel & cand, 10, "recall")
+        values += v[~torch.isnan(v)].tolist()
+    return float(np.mean(values))
+
+
 def test_ease_chooses_l2_on_the_validation_users_only(monkeypatch):
     from metarec.assembly import build
     from metarec.data.datamodule import ColdStartDataModule
@@ -243,15 +262,38 @@ def test_ease_chooses_l2_on_the_validation_users_only(monkeypatch):
     assert users.isdisjoint({t.user for s in dm.scenarios for t in dm.split.episodes[s]})
     for l2 in grid:
         learner.set_l2(l2)
-        values = []
-        for batch in real(dm):
-            state = learner.adapt(batch.user, batch.support())
-            n = learner.ctx.n_items
-            s = learner.rank_score(state, torch.arange(n).expand(batch.n_tasks, n), None)
-            cand, rel = learner.ranking_targets(batch, "warm")
-            v = full_ranking(s.masked_fill(~cand, float("-inf")), rel & cand, 10, "recall")
-            values += v[~torch.isnan(v)].tolist()
-        assert learner.l2_scores[l2] == pytest.approx(float(np.mean(values)), rel=1e-6)
+        assert learner.l2_scores[l2] == pytest.approx(_validation_recall(learner, dm, real), rel=1e-6)
+
+
+def test_itemknn_chooses_neighbours_and_shrink_on_the_validation_users_only(monkeypatch):
+    """With grids (the learner's YAML sets them) the pair is the best of every (neighbours, shrink) on the
+    validation users' Recall@10 (ties: the earlier pair), each score is that pair's own fold-in's, the test
+    users are never read; without grids the fixed pair is used and nothing is scored."""
+    from metarec.assembly import build
+    from metarec.data.datamodule import ColdStartDataModule
+    from metarec.learners.itemknn import cosine_neighbours
+
+    def forbidden(self, *a, **kw):
+        raise AssertionError("the neighbourhood search touched the test users")
+
+    monkeypatch.setattr(ColdStartDataModule, "test_dataloader", forbidden)
+    monkeypatch.setattr(ColdStartDataModule, "test_tasks", forbidden)
+    real = ColdStartDataModule.val_dataloader
+    dm, learner = build(compose([*TINY, "learner=itemknn", "learner.neighbours_grid=[2,20]",
+                                 "learner.shrink_grid=[0.0,50.0]"]))
+    pairs = [(2, 0.0), (20, 0.0), (2, 50.0), (20, 50.0)]
+    assert list(learner.pair_scores) == pairs
+    assert learner.chosen == max(pairs, key=lambda p: (learner.pair_scores[p], -pairs.index(p)))
+    assert (learner.hparams["neighbours"], learner.hparams["shrink"]) == learner.chosen
+    chosen = learner.similarity
+    assert (chosen != cosine_neighbours(learner.X, *learner.chosen)).nnz == 0
+    assert len({round(v, 9) for v in learner.pair_scores.values()}) > 1  # the settings do differ here
+    for pair in pairs:
+        learner.similarity = cosine_neighbours(learner.X, *pair)
+        assert learner.pair_scores[pair] == pytest.approx(_validation_recall(learner, dm, real), rel=1e-6)
+    _, fixed = build(compose([*TINY, "learner=itemknn", "learner.neighbours_grid=null", "learner.shrink_grid=null",
+                              "learner.neighbours=7", "learner.shrink=3"]))
+    assert fixed.chosen == (7, 3.0) and fixed.pair_scores == {}
 
 
 @pytest.fixture(scope="module")

@@ -29,23 +29,16 @@ of the CSV logger).
 
 from __future__ import annotations
 
-import logging
-import re
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from metarec.errors import ConfigError
 from metarec.learners.base import LearnerContext
-from metarec.learners.foldin import FoldIn
+from metarec.learners.foldin import FoldIn, check_select_by
 from metarec.models.base import BaseRecommender
-
-log = logging.getLogger(__name__)
-
-SELECT = re.compile(r"^(recall|ndcg)@([1-9][0-9]*)$")
 
 
 def _positive_number(x) -> bool:
@@ -71,8 +64,7 @@ class EASEConfig:
                               f"got {self.l2_grid!r}")
         if grid and not all(_positive_number(v) for v in grid):
             raise ConfigError(f"learner.l2_grid must hold finite numbers > 0, got {self.l2_grid!r}")
-        if not isinstance(self.select_by, str) or not SELECT.match(self.select_by):
-            raise ConfigError(f"learner.select_by must be recall@K or ndcg@K (K >= 1), got {self.select_by!r}")
+        check_select_by(self.select_by)
 
 
 def gram_eigen(x: sp.csr_matrix, tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
@@ -132,34 +124,18 @@ class EASE(FoldIn):
     # ------------------------------------------------------------ selection
     def select_l2(self, grid: list[float]) -> float:
         """The grid value with the best ``select_by`` on the validation users (ties: the earlier one)."""
-        if self.ctx.validation_batches is None:
-            raise ConfigError(f"learner {self.ctx.label}: choosing l2 from l2_grid needs the validation users; "
-                              f"set learner.l2 instead")
-        kind, k = SELECT.match(self.cfg.select_by).groups()
-        k = int(k)
         v2 = self.V**2
         weights = [self.s / (l2 * (self.s + l2)) for l2 in grid]
         diags = [1.0 / l2 - v2 @ w for l2, w in zip(grid, weights)]
         del v2
-        bonus = torch.as_tensor(self.popularity_bonus(), dtype=torch.float32)
 
-        def scores(batch):
-            support = batch.support()
-            tasks, items = self.positive_rows(support)
-            u = self.profile(tasks, items, support.n_tasks).toarray()
+        def scores(rows):
+            u = rows.toarray()
             uv = u @ self.V
             for g, l2 in enumerate(grid):
-                full = np.zeros((support.n_tasks, self.n_items_total))
-                if len(self.covered):
-                    full[:, self.covered] = self._scores(u, uv, l2, weights[g], diags[g])
-                yield torch.as_tensor(full, dtype=torch.float32) + bonus
+                yield self._scores(u, uv, l2, weights[g], diags[g])
 
-        means, count = self.validation_grid(scores, len(grid), k, kind)
-        if count == 0:
-            raise ConfigError(f"learner {self.ctx.label}: no validation user has a relevant query item to choose l2 "
-                              f"by {self.cfg.select_by}; set learner.l2")
+        best, means = self.choose_on_validation([f"l2={l2:g}" for l2 in grid], scores, "l2 from l2_grid",
+                                                "set learner.l2")
         self.l2_scores = {l2: float(m) for l2, m in zip(grid, means)}
-        best = grid[int(np.argmax(means))]
-        log.info("%s: l2=%g chosen on %d validation users by %s (%s)", self.ctx.label, best, count, self.cfg.select_by,
-                 ", ".join(f"{l2:g}: {m:.4f}" for l2, m in self.l2_scores.items()))
-        return best
+        return grid[best]

@@ -45,7 +45,8 @@ show as "–" in tables; they report full-ranking metrics only.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import re
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import scipy.sparse as sp
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 INTERACTIONS = ("relevant", "all")
 FOLDS = ("relevant", "rated")  # explicit data: fold in the support's relevant items | every rated one
 TIEBREAK = 1e-6
+SELECT = re.compile(r"^(recall|ndcg)@([1-9][0-9]*)$")  # learner.select_by: what settings are chosen by
 
 
 def check_common(cfg: Any) -> None:
@@ -72,6 +74,11 @@ def check_common(cfg: Any) -> None:
     w = cfg.content_weight
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w < 0:
         raise ConfigError(f"learner.content_weight must be a finite number >= 0, got {w!r}")
+
+
+def check_select_by(value: Any) -> None:
+    if not isinstance(value, str) or not SELECT.match(value):
+        raise ConfigError(f"learner.select_by must be recall@K or ndcg@K (K >= 1), got {value!r}")
 
 
 def content_vectors(items: Features | None, n_items: int) -> sp.csr_matrix:
@@ -221,6 +228,36 @@ class FoldIn(MetaLearner):
             bonus = torch.as_tensor(self.popularity_bonus(), dtype=out.dtype, device=out.device)
             out = out + bonus[item_ids.to(out.device)]
         return out
+
+    def choose_on_validation(self, names: list[str], scores: Callable[[sp.csr_matrix], Iterable[np.ndarray]],
+                             what: str, fix: str) -> tuple[int, np.ndarray]:
+        """``(index of the best, every setting's score)`` of the settings ``names`` by ``learner.select_by``
+        on the **validation users only** (ties: the earlier setting). ``scores(rows)`` yields, in the order of
+        ``names``, each setting's fold-in scores ``[T, C]`` of the covered items for a validation batch's
+        binary support rows ``rows`` ``[T, C]``; the popularity tie-break is added as ``rank_score`` does.
+        ``what``/``fix``: the choice and the option that fixes it instead, for the one-line errors."""
+        if self.ctx.validation_batches is None:
+            raise ConfigError(f"learner {self.ctx.label}: choosing {what} needs the validation users; {fix}")
+        kind, k = SELECT.match(self.cfg.select_by).groups()
+        bonus = torch.as_tensor(self.popularity_bonus(), dtype=torch.float32)
+
+        def full(batch):
+            support = batch.support()
+            tasks, items = self.positive_rows(support)
+            for covered in scores(self.profile(tasks, items, support.n_tasks)):
+                out = np.zeros((support.n_tasks, self.n_items_total))
+                if len(self.covered):
+                    out[:, self.covered] = covered
+                yield torch.as_tensor(out, dtype=torch.float32) + bonus
+
+        means, count = self.validation_grid(full, len(names), int(k), kind)
+        if count == 0:
+            raise ConfigError(f"learner {self.ctx.label}: no validation user has a relevant query item to choose "
+                              f"{what} by {self.cfg.select_by}; {fix}")
+        best = int(np.argmax(means))
+        log.info("%s: %s chosen on %d validation users by %s (%s)", self.ctx.label, names[best], count,
+                 self.cfg.select_by, ", ".join(f"{n}: {m:.4f}" for n, m in zip(names, means)))
+        return best, means
 
     def configure_optimizers(self):
         return None
