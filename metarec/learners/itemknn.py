@@ -115,11 +115,11 @@ class ItemKNN(FoldIn):
 
     def select(self, pairs: list[tuple[int, float]]) -> tuple[tuple[int, float], sp.csr_matrix]:
         """The pair with the best ``select_by`` on the validation users, and its similarity matrix."""
-        matrices, ranked = [], {}
-        for k, s in pairs:
-            if s not in ranked:
-                ranked = {s: ranked_similarities(self.X, s)}  # one shrink's ranking at a time
-            matrices.append(ranked[s](k))
+        matrices, shrink, top = [], None, None
+        for k, s in pairs:  # grouped by shrink (``candidates``): one co-occurrence ranking per shrink
+            if s != shrink:
+                shrink, top = s, ranked_similarities(self.X, s)
+            matrices.append(top(k))
 
         def scores(rows):
             for m in matrices:
