@@ -146,17 +146,22 @@ def test_inner_loop_leaves_everything_outside_the_scope_untouched(scope):
 LEARNER_OPTIONS = learner_options()
 
 
-@pytest.mark.parametrize("option", sorted(LEARNER_OPTIONS))
-def test_every_learner_config_passes_fast_dev_run(option, tmp_path):
-    cfg = compose([
-        *LEARNER_OPTIONS[option], "data.params.n_users=200", "trainer.fast_dev_run=true",
-        "trainer.enable_progress_bar=false", f"run.root={tmp_path}",
-    ])
-    run = fit(cfg)
-    (record,) = finished_runs(run)
+def fast_dev_cfg(overrides: list[str], tmp_path):
+    return compose([*overrides, "data.params.n_users=200", "trainer.fast_dev_run=true",
+                    "trainer.enable_progress_bar=false", f"run.root={tmp_path}"])
+
+
+def assert_fits(cfg, option: str) -> None:
+    """The run finishes as learner ``option`` with finite metrics (ranking and, where predicted, rating)."""
+    (record,) = finished_runs(fit(cfg))
     assert record["learner"] == option
     assert len(record["metrics"]) >= 16
     assert all(math.isfinite(v) for v in record["metrics"].values())
+
+
+@pytest.mark.parametrize("option", sorted(LEARNER_OPTIONS))
+def test_every_learner_config_passes_fast_dev_run(option, tmp_path):
+    assert_fits(fast_dev_cfg(LEARNER_OPTIONS[option], tmp_path), option)
 
 
 # every base model but the default one (``melu``, where the test above runs the learners that need no other)
@@ -169,8 +174,7 @@ def test_every_learner_runs_on_every_base_model_or_says_which_it_needs(option, m
     """A learner written for any base model trains and evaluates on each of them; one written for a single
     model (``needs_model``, LoRA scopes) refuses the others in one line naming what to set."""
     learner = [o for o in LEARNER_OPTIONS[option] if not o.startswith("model")]
-    cfg = compose([*learner, *OTHER_MODELS[model], "data.params.n_users=200", "trainer.fast_dev_run=true",
-                   "trainer.enable_progress_bar=false", f"run.root={tmp_path}"])
+    cfg = fast_dev_cfg([*learner, *OTHER_MODELS[model]], tmp_path)
     needs = [o for o in LEARNER_OPTIONS[option] if o.startswith("model=")]
     if needs and needs[0] != f"model={model}":
         with pytest.raises(ConfigError, match=needs[0].replace("model=", "")) as e:
@@ -178,7 +182,4 @@ def test_every_learner_runs_on_every_base_model_or_says_which_it_needs(option, m
         assert "\n" not in str(e.value)
         assert not any(tmp_path.rglob("metrics.json"))
         return
-    (record,) = finished_runs(fit(cfg))
-    assert record["learner"] == option
-    assert len(record["metrics"]) >= 16
-    assert all(math.isfinite(v) for v in record["metrics"].values())
+    assert_fits(cfg, option)

@@ -50,7 +50,7 @@ from torch.special import log_ndtr
 from metarec.data.episodes import EpisodeBatch, Support
 from metarec.data.features import Features
 from metarec.errors import ConfigError
-from metarec.learners.base import LearnerContext, MetaLearner
+from metarec.learners.base import LearnerContext, MetaLearner, _masked_mean
 from metarec.models.base import BaseRecommender
 from metarec.models.item_cache import ItemSideCache
 
@@ -192,9 +192,8 @@ class Ridge(MetaLearner):
         out = self.score(u, *batch.query())
         _, y, m = batch.part("query")
         if self.cfg.query_loss == "cell":  # each task's mean -log P(cell) over its query ratings
-            k = m.to(out.dtype)
             nll = -cell_log_prob(*self.standardised_cells(y.to(out.dtype), m)(out, self.log_noise.exp().to(out.dtype)))
-            return ((nll * k).sum(-1) / k.sum(-1).clamp_min(1.0)).mean(), out
+            return _masked_mean(nll, m).mean(), out
         return self.loss_fn(out, y.to(out.dtype), m).mean(), out
 
 
