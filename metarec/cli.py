@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("root", nargs="+", help="run folders or folders holding runs")
     rep.add_argument("--stage", default="test",
                      help="metrics of which pass: test (default: full support), test_k<K> (support cut to K, "
-                          "runs of data.eval_support_sizes or compare), val")
+                          "runs of data.eval_support_sizes or compare), val, val_k<K> (validation users' supports cut "
+                          "to K, runs of data.val_support_sizes)")
     rep.add_argument("--data", nargs="+", action="extend", metavar="DATA",
                      help="only runs on these data sources (data.source, e.g. synthetic movielens100k)")
     rep.add_argument("--learner", nargs="+", action="extend", metavar="LEARNER",

@@ -235,7 +235,7 @@ def group_runs(runs: list[Run]) -> list[Table]:
     setting equal but the seed); settings that do not change results are ignored (``RESULT_NEUTRAL``)."""
     if not runs:
         return []
-    not_grouped = (*RESULT_NEUTRAL, "seed", "data.eval_support_sizes")
+    not_grouped = (*RESULT_NEUTRAL, "seed", "data.eval_support_sizes", "data.val_support_sizes")
     non_data = tuple(k for k in runs[0].cfg.keys() if k != "data")
     data_only = (*not_grouped, *non_data)
     parts = _partition(runs, lambda r: (str(r.cfg.data.source), _feedback(r.cfg)), data_only)

@@ -89,17 +89,19 @@ def make_trainer(cfg: DictConfig, run_dir: Path, trainable: bool, monitor: Monit
     return trainer, checkpoint
 
 
-def _test(trainer: pl.Trainer, learner: MetaLearner, dm: ColdStartDataModule, ckpt, support_size) -> dict:
-    """One test pass over every scenario; with ``support_size`` K, metrics are named ``test_kK/...``."""
+def _test(trainer: pl.Trainer, learner: MetaLearner, dm: ColdStartDataModule, ckpt, support_size,
+          users: str = "test") -> dict:
+    """One test pass over every scenario; with ``support_size`` K, metrics are named ``test_kK/...``
+    (``users="val"``: the validation users' supports cut to K, ``val_kK/user_cold/...``)."""
     if ckpt is not None:
         check_checkpoint(ckpt)
-    results = trainer.test(learner, datamodule=dm.for_support_size(support_size), ckpt_path=ckpt, verbose=False,
-                           weights_only=True)
+    view = dm.for_support_size(support_size, users)
+    results = trainer.test(learner, datamodule=view, ckpt_path=ckpt, verbose=False, weights_only=True)
     return {
         k: float(v)
         for block in results
         for k, v in block.items()
-        if k.split("/")[0].startswith("test") and not k.endswith("/loss")
+        if k.split("/")[0] == view.test_stage and not k.endswith("/loss")
     }
 
 
@@ -252,6 +254,8 @@ def _fit(cfg: DictConfig, run: _RunFolder) -> Path:
     metrics = _test(trainer, learner, dm, ckpt, None)
     for k in cfg.data.eval_support_sizes:
         metrics.update(_test(trainer, learner, dm, ckpt, int(k)))
+    for k in cfg.data.val_support_sizes:  # validation users at small supports: for choosing settings there
+        metrics.update(_test(trainer, learner, dm, ckpt, int(k), users="val"))
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics[monitor.key] = float(checkpoint.best_model_score)
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]

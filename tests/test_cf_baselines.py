@@ -222,10 +222,18 @@ def test_bad_options_are_one_line_config_errors(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ on real runs
-def _validation_recall(learner, dm, loader) -> float:
-    """The validation users' mean Recall@10 under the learner's own adapt / rank_score."""
+def _validation_recall(learner, dm, loader, size: int | None = None) -> float:
+    """The validation users' mean Recall@10 under the learner's own adapt / rank_score (``size``: each
+    support cut here to its first ``size`` ratings as the support-size-K passes cut it — the rest of the
+    support is unknown to the learner and stays a candidate; users with fewer ratings are left out)."""
     values = []
     for batch in loader(dm):
+        if size is not None:
+            s = batch.n_support
+            keep = batch.support_mask[:, :s] & (batch.support_mask[:, :s].cumsum(1) <= size)
+            enough = batch.support_mask[:, :s].sum(1) >= size
+            batch = dataclasses.replace(batch, support_mask=torch.cat([keep, batch.support_mask[:, s:]], 1),
+                                        query_mask=batch.query_mask & enough.unsqueeze(1))
         state = learner.adapt(batch.user, batch.support())
         n = learner.ctx.n_items
         s = learner.rank_score(state, torch.arange(n).expand(batch.n_tasks, n), None)
@@ -294,6 +302,70 @@ def test_itemknn_chooses_neighbours_and_shrink_on_the_validation_users_only(monk
     _, fixed = build(compose([*TINY, "learner=itemknn", "learner.neighbours_grid=null", "learner.shrink_grid=null",
                               "learner.neighbours=7", "learner.shrink=3"]))
     assert fixed.chosen == (7, 3.0) and fixed.pair_scores == {}
+
+
+@pytest.mark.parametrize("name", ["itemknn", "ease"])
+def test_select_sizes_score_each_setting_over_the_full_and_the_cut_validation_supports(monkeypatch, name):
+    """``learner.select_sizes``: a setting's score is the mean of its validation Recall@10 with the full
+    support and with each validation support cut to its first K ratings; test users are never read."""
+    from metarec.assembly import build
+    from metarec.data.datamodule import ColdStartDataModule
+    from metarec.learners.itemknn import cosine_neighbours
+
+    def forbidden(self, *a, **kw):
+        raise AssertionError("the choice touched the test users")
+
+    monkeypatch.setattr(ColdStartDataModule, "test_dataloader", forbidden)
+    monkeypatch.setattr(ColdStartDataModule, "test_tasks", forbidden)
+    real = ColdStartDataModule.val_dataloader
+    grid = (["learner.neighbours_grid=[2,20]", "learner.shrink_grid=[0.0,50.0]"] if name == "itemknn"
+            else ["learner.l2_grid=[1.0,30.0,1000.0]"])
+    dm, learner = build(compose([*TINY, f"learner={name}", *grid, "learner.select_sizes=[1,3]"]))
+    scores = learner.pair_scores if name == "itemknn" else learner.l2_scores
+    _, plain = build(compose([*TINY, f"learner={name}", *grid]))
+    assert scores != (plain.pair_scores if name == "itemknn" else plain.l2_scores)
+    for setting, score in scores.items():
+        if name == "itemknn":
+            learner.similarity = cosine_neighbours(learner.X, *setting)
+        else:
+            learner.set_l2(setting)
+        want = np.mean([_validation_recall(learner, dm, real, size) for size in (None, 1, 3)])
+        assert score == pytest.approx(want, rel=1e-6)
+    best = max(scores, key=lambda k: (scores[k], -list(scores).index(k)))
+    assert (learner.chosen if name == "itemknn" else learner.chosen_l2) == best
+    for bad in ("[0]", "[]", "[1,true]"):
+        with pytest.raises(MetarecError, match="learner.select_sizes") as e:
+            build(compose([*TINY, f"learner={name}", f"learner.select_sizes={bad}"]))
+        assert "\n" not in str(e.value)
+
+
+def test_val_support_sizes_report_the_validation_users_at_small_supports(tmp_path):
+    """``data.val_support_sizes=[K]``: after training, the validation users' supports cut to K are ranked
+    by the learner (``val_kK/user_cold/...``, equal to the learner's own ranking of those supports); the
+    test passes are unchanged and ``report --stage val_kK`` tabulates them."""
+    from metarec.assembly import build
+    from metarec.data.datamodule import ColdStartDataModule
+    from metarec.report import load_runs, render_report
+
+    over = [*TINY, "learner=itemknn", "learner.neighbours_grid=null", "learner.shrink_grid=null",
+            "data.split.scenarios=[user_cold,item_cold]"]
+    run = fit(compose([*over, f"run.root={tmp_path}/a", "data.val_support_sizes=[1,3]"]))
+    plain = fit(compose([*over, f"run.root={tmp_path}/b"]))
+    (record,), (before,) = finished_runs(run), finished_runs(plain)
+    dm, learner = build(compose(over))
+    real = ColdStartDataModule.val_dataloader
+    for k in (1, 3):
+        got = record["metrics"][f"val_k{k}/user_cold/full_recall@10"]
+        assert got == pytest.approx(_validation_recall(learner, dm, real, k), rel=1e-5)
+        cut = lambda d: d.for_support_size(k, "val").test_dataloader()[0]  # noqa: E731  (the pass's own episodes)
+        assert got == pytest.approx(_validation_recall(learner, dm, cut), rel=1e-5)
+        assert not any(m.startswith(f"val_k{k}/item_cold") for m in record["metrics"])
+    assert record["metrics"]["val_k1/user_cold/full_recall@10"] != record["metrics"]["val_k3/user_cold/full_recall@10"]
+    assert {m: v for m, v in record["metrics"].items() if m.startswith("test")} == before["metrics"]
+    table = render_report(load_runs([run])[0], stage="val_k3")
+    assert f"{record['metrics']['val_k3/user_cold/full_recall@10']:.4f}" in table
+    with pytest.raises(ConfigError, match="data.val_support_sizes"):
+        fit(compose([*over, f"run.root={tmp_path}/c", "data.val_support_sizes=[0]"]))
 
 
 @pytest.fixture(scope="module")

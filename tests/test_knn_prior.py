@@ -130,9 +130,24 @@ def test_fism_adds_the_gated_knn_term_and_trains_its_gate() -> None:
     assert any(p is learner.cf_knn_gate for p in learner.configure_optimizers().param_groups[1]["params"])
     for bad, match in (({"cf_knn": "yes"}, "cf_knn must be true or false"),
                        ({"cf_knn": True, "cf_knn_scale": 0.0}, "cf_knn_scale must be"),
-                       ({"cf_knn": True, "cf_prior": "none"}, "needs learner.cf_prior=ease")):
+                       ({"cf_knn": True, "cf_prior": "none"}, "needs learner.cf_prior=ease"),
+                       ({"cf_knn": True, "cf_knn_neighbours": 0}, "cf_knn_neighbours must be"),
+                       ({"cf_knn": True, "cf_knn_shrink": float("nan")}, "cf_knn_shrink must be")):
         with pytest.raises(ConfigError, match=match):
             _cf_learner(**bad)
+
+
+def test_the_knn_prior_takes_its_neighbourhood_from_the_options() -> None:
+    """``cf_knn_neighbours`` / ``cf_knn_shrink`` set the prior's ItemKNN (default: the itemknn learner's)."""
+    _, plain = _cf_learner(cf_knn=True)
+    assert (plain.knn.neighbours, plain.knn.shrink) == (ItemKNNConfig().neighbours, ItemKNNConfig().shrink)
+    ds, learner = _cf_learner(cf_knn=True, cf_knn_neighbours=1, cf_knn_shrink=0.5)
+    assert (learner.knn.neighbours, learner.knn.shrink) == (1, 0.5)
+    want = KnnPrior(learner.cf, "test", 1, 0.5)
+    sup = tiny_batch(ds).support()
+    with torch.no_grad():
+        torch.testing.assert_close(learner.knn.fold_in(sup)[0], want.fold_in(sup)[0])
+        assert not torch.equal(learner.knn.fold_in(sup)[0], plain.knn.fold_in(sup)[0])
 
 
 def test_a_catalogue_too_large_for_the_dense_co_occurrences_is_one_line(monkeypatch) -> None:

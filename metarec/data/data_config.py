@@ -31,6 +31,9 @@ class DataConfig:
     meta_batch_size: int = 32
     eval_batch_size: int = 64
     eval_support_sizes: list[int] = field(default_factory=list)  # extra test passes: support cut to K
+    # after training, passes over the validation users with their supports cut to K (val_kK/user_cold/...,
+    # full-ranking metrics too): settings for small supports can be chosen without reading test users
+    val_support_sizes: list[int] = field(default_factory=list)
     ranking_ks: list[int] = field(default_factory=lambda: [5, 10, 20])  # full-ranking Recall/nDCG/HitRate@k
     relevance_threshold: float = 4.0  # full ranking: query ratings >= this are relevant (explicit data)
     negatives: NegativeConfig = field(default_factory=NegativeConfig)  # per_positive > 0: implicit feedback, BCE

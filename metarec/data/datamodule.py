@@ -175,6 +175,7 @@ class ColdStartDataModule(pl.LightningDataModule):
         self.collate: EpisodeCollator | None = None
         self.negatives: NegativeSampler | None = None  # implicit feedback (data.negatives.per_positive > 0)
         self.test_support_size: int | None = None  # K: test on supports cut to K ratings (see for_support_size)
+        self.test_users: str = "test"  # whose episodes the test passes read: test | val (see for_support_size)
 
     # ------------------------------------------------------------------ set-up
     def setup(self, stage: str | None = None) -> None:
@@ -262,21 +263,31 @@ class ColdStartDataModule(pl.LightningDataModule):
     def eval_dataset(self, scenario: str, tasks: list[Task]) -> ListDataset:
         return ListDataset(tasks, self.negatives, self.split_config.seed, scenario)
 
-    def for_support_size(self, k: int | None) -> "ColdStartDataModule":
+    def for_support_size(self, k: int | None, users: str = "test") -> "ColdStartDataModule":
         """This data module (same dataset, split and negatives: nothing is copied) whose test passes cut
-        every support to ``k`` ratings (``None``: the full support); this module is left as it is."""
+        every support to ``k`` ratings (``None``: the full support); this module is left as it is. With
+        ``users="val"`` the passes read the **validation** users instead (one loader, logged as
+        ``val_kK/user_cold/...``): how a setting for small supports is chosen without reading test users."""
+        if users not in ("test", VAL):
+            raise ValueError(f"users must be 'test' or {VAL!r}, got {users!r}")
+        if users == VAL and k is None:
+            raise ValueError("a validation pass at the full support is the validation loop itself")
         view = copy.copy(self)
-        view.test_support_size = k
+        view.test_support_size, view.test_users = k, users
         return view
 
     @property
     def test_stage(self) -> str:
-        """The metric prefix of this module's test passes: ``test``, or ``test_kK`` for support size K."""
+        """The metric prefix of this module's test passes: ``test``, ``test_kK`` for support size K, or
+        ``val_kK`` for the validation users' supports cut to K."""
+        if self.test_users == VAL:
+            return f"{VAL}_k{self.test_support_size}"
         return "test" if self.test_support_size is None else f"test_k{self.test_support_size}"
 
     def test_tasks(self, scenario: str) -> list[Task]:
-        """The scenario's fixed episodes; with ``test_support_size = K``, the users with at least K
-        support ratings, their support cut to its first K (the manifest's random order)."""
+        """The scenario's fixed episodes (``VAL``: the validation users'); with ``test_support_size = K``,
+        the users with at least K support ratings, their support cut to its first K (the manifest's
+        random order)."""
         tasks = self.split.episodes[scenario]
         k = self.test_support_size
         if k is None:
@@ -290,4 +301,6 @@ class ColdStartDataModule(pl.LightningDataModule):
         ]
 
     def test_dataloader(self) -> list[DataLoader]:
+        if self.test_users == VAL:  # validation users, logged under the validation scenario (as validation is)
+            return [self._eval_loader(self.eval_dataset(VAL, self.test_tasks(VAL)))]
         return [self._eval_loader(self.eval_dataset(s, self.test_tasks(s))) for s in self.scenarios]

@@ -19,8 +19,9 @@ like a built-in one. This class does the rest: logging ``train/loss``, per-scena
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -58,7 +59,7 @@ class LearnerContext:
     ranking_ks: tuple = ()
     all_items: Any = None  # Features of every item [I, ...]
     new_item_mask: Any = None  # bool tensor [I]
-    val_ranking: bool = False  # also rank the catalogue for the validation users (trainer.monitor is a full-ranking metric)
+    val_ranking: bool = False  # also rank the catalogue for the validation users (trainer.monitor is a full-ranking metric, or data.val_support_sizes is set)
     relevance_threshold: float = 4.0  # a query rating >= this is a relevant item (explicit feedback)
     interactions_only: bool = False  # the data are interactions, not ratings: every query item is relevant
     loss: str = "mse"  # mse: ratings; bce | softmax: binary labels with sampled negatives, the model outputs logits
@@ -146,6 +147,23 @@ def task_loss(name: str):
 
 
 RANK_CHUNK_ROWS = 16384  # full ranking: (task, item) pairs scored per chunk (bounds the activations)
+
+
+def first_ratings(batch: EpisodeBatch, size: int | None, binary_labels: bool = False) -> EpisodeBatch:
+    """``batch`` with each task's support cut to its first ``size`` ratings (``None``: as it is), as the
+    support-size-K passes cut theirs (``ColdStartDataModule.test_tasks``): the support's other entries are
+    masked out — neither folded in nor kept out of the candidates — and a task with fewer than ``size``
+    ratings is left out (its query masked: it counts nowhere). With ``binary_labels`` the ratings are the
+    label-1 entries; sampled negatives stay (they are never folded in)."""
+    if size is None:
+        return batch
+    s = batch.n_support
+    mask = batch.support_mask[:, :s]
+    real = mask & (batch.ratings[:, :s] > 0.5) if binary_labels else mask
+    rank = real.cumsum(1)
+    support = mask & (~real | (rank <= size))
+    query = batch.query_mask & (rank[:, -1:] >= size)
+    return dataclasses.replace(batch, support_mask=torch.cat([support, batch.support_mask[:, s:]], 1), query_mask=query)
 
 
 class MetaLearner(pl.LightningModule):
@@ -276,18 +294,18 @@ class MetaLearner(pl.LightningModule):
         optimizer.step()
 
     def _eval_step(self, stage: str, batch: EpisodeBatch, dataloader_idx: int) -> None:
-        names = self.ctx.val_scenarios if stage == "val" else self.ctx.test_scenarios
-        scenario = names[dataloader_idx]
-        state, loss, out = self.evaluate(batch)
         prefix = self.test_stage() if stage == "test" else stage
+        users = "val" if stage == "val" or self.validation_users_pass() else "test"
+        scenario = (self.ctx.val_scenarios if users == "val" else self.ctx.test_scenarios)[dataloader_idx]
+        state, loss, out = self.evaluate(batch)
         if self.predicts_ratings:
             _, target, mask = batch.part("query")
-            metrics = (self.val_metrics if stage == "val" else self.test_metrics)[scenario]
+            metrics = (self.val_metrics if users == "val" else self.test_metrics)[scenario]
             metrics.update(self.to_prediction(out.detach()).float(), target.float(), mask)
             # under DDP averaged over processes (the monitor under bce: every process must agree on it)
             self.log(f"{prefix}/{scenario}/loss", loss.detach(), batch_size=batch.n_tasks, add_dataloader_idx=False,
                      sync_dist=self.world_size > 1)
-        ranking = self.rank_metrics if stage == "test" else self.val_rank_metrics
+        ranking = self.rank_metrics if users == "test" else self.val_rank_metrics
         if ranking:
             with torch.no_grad():
                 scores = self.catalogue_scores(state, batch.n_tasks, batch.item_ids.device)
@@ -344,23 +362,29 @@ class MetaLearner(pl.LightningModule):
         return candidates, scatter(batch.item_ids[:, s:], q_mask)
 
     def validation_grid(self, scores: Callable[[EpisodeBatch], Iterable[torch.Tensor]], size: int, k: int,
-                        kind: str = "recall") -> tuple[np.ndarray, int]:
-        """``(means [size], users)``: for each of ``size`` candidate settings, the mean full-ranking
-        ``kind``@``k`` over the validation users (those with a relevant query item) — how learners choose a
-        setting on validation users only (``ease``'s l2, ``fism``'s ``cf_start``). ``scores(batch)`` yields the
-        ``size`` settings' scores ``[T, I]`` of one validation batch, in order; candidates and relevant items
-        are ``ranking_targets``' of the validation scenario. The caller checks ``ctx.validation_batches``."""
-        sums, users = np.zeros(size), 0
+                        kind: str = "recall", sizes: Sequence[int | None] = (None,)) -> tuple[np.ndarray, int]:
+        """``(means [len(sizes) * size], users)``: for each support size in ``sizes`` (``None``: the full
+        support) and each of ``size`` candidate settings, the mean full-ranking ``kind``@``k`` over the
+        validation users (those with a relevant query item) — how learners choose a setting on validation
+        users only (``ease``'s l2, ``fism``'s ``cf_start``). At a size K the validation users are cut as the
+        ``val_kK`` and ``test_kK`` passes cut theirs (``first_ratings``: the first K ratings; users with fewer
+        are left out; the rest of the support is neither folded in nor excluded from the candidates).
+        ``scores(batch)`` yields the ``size`` settings' scores ``[T, I]`` of one (cut) validation batch, in
+        order; candidates and relevant items are ``ranking_targets``' of the validation scenario; ``users``:
+        those counted at the first size. The caller checks ``ctx.validation_batches``."""
+        sums, users = np.zeros((len(sizes), size)), np.zeros(len(sizes))
         for batch in self.ctx.validation_batches():
-            candidates, relevant = self.ranking_targets(batch, VAL_SCENARIO)
-            relevant = relevant & candidates
-            for g, logits in enumerate(scores(batch)):
-                c, r = candidates.to(logits.device), relevant.to(logits.device)
-                values = full_ranking(logits.masked_fill(~c, float("-inf")), r, k, kind)
-                counted = ~torch.isnan(values)
-                sums[g] += float(values[counted].sum())
-                users += int(counted.sum()) if g == 0 else 0
-        return sums / max(users, 1), users
+            for at, cut in enumerate(sizes):
+                part = first_ratings(batch, cut, self.ctx.binary_labels)
+                candidates, relevant = self.ranking_targets(part, VAL_SCENARIO)
+                relevant = relevant & candidates
+                for g, logits in enumerate(scores(part)):
+                    c, r = candidates.to(logits.device), relevant.to(logits.device)
+                    values = full_ranking(logits.masked_fill(~c, float("-inf")), r, k, kind)
+                    counted = ~torch.isnan(values)
+                    sums[at, g] += float(values[counted].sum())
+                    users[at] += int(counted.sum()) if g == 0 else 0
+        return (sums / np.maximum(users, 1)[:, None]).reshape(-1), int(users[0])
 
     def validation_step(self, batch: EpisodeBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step("val", batch, dataloader_idx)
@@ -385,9 +409,17 @@ class MetaLearner(pl.LightningModule):
         dm = self.trainer.datamodule if self._trainer is not None else None
         return getattr(dm, "test_stage", "test")
 
+    def validation_users_pass(self) -> bool:
+        """Whether the running test pass reads the validation users (``val_kK``: their supports cut to K,
+        ``ColdStartDataModule.for_support_size(k, users="val")``); its metrics go to the validation
+        collections, under the validation scenario."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        return getattr(dm, "test_users", "test") == "val"
+
     def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_stage(), self.test_metrics)
-        self._log_metrics(self.test_stage(), self.rank_metrics)
+        val = self.validation_users_pass()
+        self._log_metrics(self.test_stage(), self.val_metrics if val else self.test_metrics)
+        self._log_metrics(self.test_stage(), self.val_rank_metrics if val else self.rank_metrics)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

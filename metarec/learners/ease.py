@@ -50,6 +50,7 @@ class EASEConfig:
     l2: Optional[float] = None  # fixed l2; None: chosen from l2_grid on the validation users
     l2_grid: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0])
     select_by: str = "recall@10"  # recall@K | ndcg@K on the validation users
+    select_sizes: Optional[list[int]] = None  # also score the validation supports cut to these sizes (mean with the full one)
     interactions: str = "relevant"  # explicit data: relevant (rating >= data.relevance_threshold) | all
     fold: str = "relevant"  # explicit data: fold in the support's relevant items | every rated item
     content_weight: float = 0.1  # new items: weight of their content similarity to the support positives
@@ -64,7 +65,7 @@ class EASEConfig:
                               f"got {self.l2_grid!r}")
         if grid and not all(_positive_number(v) for v in grid):
             raise ConfigError(f"learner.l2_grid must hold finite numbers > 0, got {self.l2_grid!r}")
-        check_select_by(self.select_by)
+        check_select_by(self.select_by, self.select_sizes)
 
 
 def gram_eigen(x: sp.csr_matrix, tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:

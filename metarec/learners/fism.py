@@ -89,6 +89,8 @@ class FISMConfig:
     cf_l2: Optional[float] = None  # cf_prior=ease: EASE's l2; None: chosen on the validation users as `ease` does
     cf_knn: bool = False  # cf_prior=ease: also add ItemKNN's fold-in score (its own learned gate; leave-user-out in training)
     cf_knn_scale: float = 5.0  # cf_knn: its gate's initial scale
+    cf_knn_neighbours: Optional[int] = None  # cf_knn: ItemKNN's neighbourhood size (None: the itemknn learner's default)
+    cf_knn_shrink: Optional[float] = None  # cf_knn: ItemKNN's shrinkage (None: the itemknn learner's default)
     cf_fold: str = "relevant"  # cf_prior=ease: fold in the relevant support items | every rated one, weighted per rating level (learned)
     cf_start: str = "fixed"  # cf_prior=ease: fixed: the gates start at cf_scale, cf_knn_scale, popularity 1 | validation: ItemKNN's and popularity's start chosen on the validation users
     cf_start_sizes: Optional[List[int]] = None  # cf_start=validation: also score the validation users' supports cut to these sizes (mean with the full support); the gates' slopes join the grid
@@ -178,7 +180,13 @@ class FISM(MetaLearner):
             raise ConfigError("learner.cf_knn=true adds ItemKNN next to the EASE prior: it needs learner.cf_prior=ease")
         if cfg.cf_knn and not (math.isfinite(cfg.cf_knn_scale) and cfg.cf_knn_scale > 0):
             raise ConfigError(f"learner.cf_knn_scale must be a finite number > 0, got {cfg.cf_knn_scale}")
-        self.knn = KnnPrior(self.cf, ctx.label) if cfg.cf_knn else None
+        n, shrink = cfg.cf_knn_neighbours, cfg.cf_knn_shrink
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ConfigError(f"learner.cf_knn_neighbours must be an integer >= 1 or null, got {n!r}")
+        if shrink is not None and (isinstance(shrink, bool) or not isinstance(shrink, (int, float))
+                                   or not math.isfinite(shrink) or shrink < 0):
+            raise ConfigError(f"learner.cf_knn_shrink must be a finite number >= 0 or null, got {shrink!r}")
+        self.knn = KnnPrior(self.cf, ctx.label, cfg.cf_knn_neighbours, cfg.cf_knn_shrink) if cfg.cf_knn else None
         if self.knn is not None:
             self.cf_knn_gate = nn.Parameter(torch.tensor([math.log(cfg.cf_knn_scale), 0.0]))  # g_k(n), as g(n)
         if self.cf is not None:
@@ -245,7 +253,10 @@ class FISM(MetaLearner):
 
     def first_ratings(self, support: Support, size: int | None) -> Support:
         """``support`` cut to each task's first ``size`` ratings (``None``: as it is); sampled negatives are
-        not ratings and stay (they are never folded in)."""
+        not ratings and stay (they are never folded in). Unlike ``base.first_ratings`` (``validation_grid``'s
+        sizes, the ``val_kK``/``test_kK`` passes) the rest of the support stays out of the candidates and
+        users with fewer ratings keep all of theirs: ``cf_start_sizes``' choice as it was made for the
+        kept Last.fm runs."""
         if size is None:
             return support
         real = support_positives(self.ctx, support, "rated")  # the ratings (under sampled negatives: label 1)

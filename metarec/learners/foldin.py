@@ -76,9 +76,14 @@ def check_common(cfg: Any) -> None:
         raise ConfigError(f"learner.content_weight must be a finite number >= 0, got {w!r}")
 
 
-def check_select_by(value: Any) -> None:
+def check_select_by(value: Any, sizes: Any = None) -> None:
+    """One-line ``ConfigError`` for ``learner.select_by`` and ``learner.select_sizes``."""
     if not isinstance(value, str) or not SELECT.match(value):
         raise ConfigError(f"learner.select_by must be recall@K or ndcg@K (K >= 1), got {value!r}")
+    if sizes is not None and (not isinstance(sizes, (list, tuple)) or not sizes
+                              or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in sizes)):
+        raise ConfigError("learner.select_sizes must be a non-empty list of integers >= 1 (support sizes the "
+                          f"validation choice is also scored at) or null, got {sizes!r}")
 
 
 def content_vectors(items: Features | None, n_items: int) -> sp.csr_matrix:
@@ -235,11 +240,16 @@ class FoldIn(MetaLearner):
         on the **validation users only** (ties: the earlier setting). ``scores(rows)`` yields, in the order of
         ``names``, each setting's fold-in scores ``[T, C]`` of the covered items for a validation batch's
         binary support rows ``rows`` ``[T, C]``; the popularity tie-break is added as ``rank_score`` does.
+        With ``learner.select_sizes`` a setting's score is the mean over the full support and the supports
+        cut to each of those sizes (each validation user's first K ratings, cut as the ``val_kK``/``test_kK``
+        passes cut them: ``base.first_ratings``): a setting for small supports.
         ``what``/``fix``: the choice and the option that fixes it instead, for the one-line errors."""
         if self.ctx.validation_batches is None:
             raise ConfigError(f"learner {self.ctx.label}: choosing {what} needs the validation users; {fix}")
         kind, k = SELECT.match(self.cfg.select_by).groups()
         bonus = torch.as_tensor(self.popularity_bonus(), dtype=torch.float32)
+
+        sizes = [None, *(self.cfg.select_sizes or [])]
 
         def full(batch):
             support = batch.support()
@@ -250,7 +260,8 @@ class FoldIn(MetaLearner):
                     out[:, self.covered] = covered
                 yield torch.as_tensor(out, dtype=torch.float32) + bonus
 
-        means, count = self.validation_grid(full, len(names), int(k), kind)
+        means, count = self.validation_grid(full, len(names), int(k), kind, sizes)
+        means = means.reshape(len(sizes), len(names)).mean(0)
         if count == 0:
             raise ConfigError(f"learner {self.ctx.label}: no validation user has a relevant query item to choose "
                               f"{what} by {self.cfg.select_by}; {fix}")

@@ -48,6 +48,7 @@ class ItemKNNConfig:
     neighbours_grid: Optional[list[int]] = None  # set: neighbours chosen from it on the validation users
     shrink_grid: Optional[list[float]] = None  # set: shrink chosen from it on the validation users
     select_by: str = "recall@10"  # recall@K | ndcg@K on the validation users (where a grid is set)
+    select_sizes: Optional[list[int]] = None  # also score the validation supports cut to these sizes (mean with the full one)
 
     def __post_init__(self) -> None:
         for k in [self.neighbours, *_grid(self.neighbours_grid, "neighbours_grid")]:
@@ -56,7 +57,7 @@ class ItemKNNConfig:
         for s in [self.shrink, *_grid(self.shrink_grid, "shrink_grid")]:
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not np.isfinite(s) or s < 0:
                 raise ConfigError(f"learner.shrink (and shrink_grid) must be finite numbers >= 0, got {s!r}")
-        check_select_by(self.select_by)
+        check_select_by(self.select_by, self.select_sizes)
 
     def candidates(self) -> list[tuple[int, float]]:
         """The (neighbours, shrink) pairs to choose from, shrinks outer (one co-occurrence pass each)."""
