@@ -480,6 +480,31 @@ def test_lastfm_weighting(tmp_path: Path) -> None:
         load_dataset("lastfm2k", {"weighting": "sqrt"}, str(tmp_path))
 
 
+def test_lastfm_log_weights_do_not_depend_on_the_processor() -> None:
+    """``weighting=log`` takes the C library's log10 once per play count, bit for bit, instead of numpy's
+    SIMD kernel (on AVX-512 machines it differs in the last bit for some counts, which changed the
+    dataset fingerprint: a split saved on one machine could not be loaded on another)."""
+    import math
+    import os
+    import subprocess
+    import sys
+
+    from metarec.data.sources.lastfm import weigh
+
+    counts = np.array([[1, 7, 13883], [352698, 7, 2]])
+    got, _ = weigh(counts, "log")
+    want = np.clip([[1.0 + math.log10(c) for c in row] for row in counts.tolist()], 1.0, 5.0)
+    assert got.shape == counts.shape and got.tobytes() == np.asarray(want, dtype=np.float64).tobytes()
+    many = np.arange(1, 20001)
+    code = ("import hashlib, numpy as np; from metarec.data.sources.lastfm import weigh; "
+            "print(hashlib.sha256(weigh(np.arange(1, 20001), 'log')[0].tobytes()).hexdigest())")
+    without = "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL X86_V4"  # numpy's AVX-512 kernels off
+    runs = [subprocess.run([sys.executable, "-c", code], env={**os.environ, "NPY_DISABLE_CPU_FEATURES": features},
+                           capture_output=True, text=True, check=True).stdout for features in ("", without)]
+    plain, without_avx512 = runs
+    assert plain == without_avx512 and weigh(many, "log")[0].min() == 1.0
+
+
 @pytest.mark.parametrize(
     ("file", "lineno", "new_line", "what"),
     [

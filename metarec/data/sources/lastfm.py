@@ -32,6 +32,7 @@ Features (code 0 = unknown):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,11 +130,20 @@ def lastfm2k(cfg: LastFm2kConfig, root: str | None) -> RecDataset:
     )
 
 
+def log10(x: np.ndarray) -> np.ndarray:
+    """``log10`` of each entry, the same on every processor: the C library's, once per distinct value.
+    numpy's own ``np.log10`` takes a SIMD kernel where the CPU has AVX-512 and differs from it in the last
+    bit for some play counts — the ratings, and the dataset fingerprint a saved split checks, would then
+    depend on the machine (a split saved on one could not be loaded on the other)."""
+    values, at = np.unique(x, return_inverse=True)
+    return np.array([math.log10(v) for v in values.tolist()], dtype=np.float64)[at].reshape(x.shape)
+
+
 def weigh(count: np.ndarray, weighting: str) -> tuple[np.ndarray, tuple[float, float]]:
     """Ratings from positive play counts and their range, per :data:`WEIGHTINGS`."""
     count = count.astype(np.float64)
     if weighting == "log":
-        return np.clip(1.0 + np.log10(count), *LOG_RANGE), LOG_RANGE
+        return np.clip(1.0 + log10(count), *LOG_RANGE), LOG_RANGE
     if weighting == "binary":
         return np.ones_like(count), (0.0, 1.0)
     return count, (1.0, float(max(count.max(initial=1.0), 1.0)))
