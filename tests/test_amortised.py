@@ -142,6 +142,17 @@ def test_serving_maps_the_bodys_user_and_item_parts_apart_and_equals_the_usual_s
     with torch.no_grad():  # outside serving: the usual path
         learner.score(state, *batch.query())
     assert len(taken) == 1
+    s = batch.support()  # one user, as Recommender serves: the 2-D products
+    one = Support(s.item_ids[:1], s.items.index((slice(0, 1),)), s.ratings[:1], s.mask[:1])
+    state = learner.adapt(batch.user.index((slice(0, 1),)), one)
+    items, feats = batch.query()
+    query = (items[:1], feats.index((slice(0, 1),)))
+    with torch.no_grad():
+        usual = learner.score(state, *query)
+        with serving():
+            fast = learner.score(state, *query)
+    assert len(taken) == 2
+    torch.testing.assert_close(fast, usual, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
