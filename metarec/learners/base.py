@@ -160,9 +160,8 @@ def first_ratings(batch: EpisodeBatch, size: int | None, binary_labels: bool = F
     s = batch.n_support
     mask = batch.support_mask[:, :s]
     real = mask & (batch.ratings[:, :s] > 0.5) if binary_labels else mask
-    rank = real.cumsum(1)
-    support = mask & (~real | (rank <= size))
-    query = batch.query_mask & (rank[:, -1:] >= size)
+    support = mask & (~real | (real.cumsum(1) <= size))
+    query = batch.query_mask & (real.sum(1, keepdim=True) >= size)
     return dataclasses.replace(batch, support_mask=torch.cat([support, batch.support_mask[:, s:]], 1), query_mask=query)
 
 
