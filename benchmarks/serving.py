@@ -86,9 +86,13 @@ What the time goes to (profiled by hand with `torch.profiler` on these runs; see
   over the heads (prepared once per user, the values already through the context layer, the query's
   user part and the mask folded into one offset). Per item remain the attention's two products and its
   `softmax` over `[items, heads x (support + 1)]`, the context and the FiLM layers of every head layer
-  (`addmm` over `[items, 64-128]`): about 31 k multiply-adds per item, 3 G per call at 100,000 items,
-  which bound it there (before keeping the item parts and the block-diagonal attention: 283 ms per
-  `recommend` against 178 ms after, one process, one thread).
+  (one `addmm` for all of them, `[items, 64]` by `[64, 258]`): about 31 k multiply-adds per item, 3 G per
+  call at 100,000 items, which bound it there — `addmm` runs at about 95 GFLOP/s on one core here, the
+  FiLM product alone is half the time and `softmax` an eighth; the ReLU between the context and the FiLM
+  layers keeps them per item. For one user (as `Recommender` serves) the products are 2-D `addmm`s, not
+  `baddbmm`s, over chunks of 2,048 items (with 8,192 the chunk's temporaries leave the cache): `recommend`
+  at 100,000 items 107 -> 92 ms at one thread and 67 -> 50 ms at two, one process (before keeping the item
+  parts and the block-diagonal attention, on an earlier and slower machine: 283 ms against 178 ms).
 - Two-tower `ridge` and `fism`: the item vectors and biases do not depend on the user, so they are
   computed once per loaded run (`metarec/models/item_cache.py`, recomputed if the items or any parameter
   change); a call is then one product with the user vector.
