@@ -60,9 +60,11 @@ DATA = {
 #   by validation Recall@10 averaged over the full support and the supports cut to 1, 3 and 5 ratings (the
 #   val_k1/3/5 passes of data.val_support_sizes; the criterion the baselines' learner.select_sizes rows use),
 #   mean of seeds 0-2: 0.2645 against 0.2640 for the former recipe (cf_knn_scale=5, chosen on the full
-#   support alone: 0.3867 there against 0.3788) — a near tie on validation; 0.2639 with cf_knn_neighbours=400,
-#   0.2622 with cf_start=validation, 0.2600 at cf_knn_scale=50, 0.2590 with Last.fm's recipe (nothing else
-#   changed in each; the runs' commands are in the note of this change);
+#   support alone: 0.3867 there against 0.3788) — a near tie on validation; with cf_knn_scale=20 also
+#   cf_knn_neighbours=400 0.2638, cf_start=validation (sizes 1-20) 0.2622; from the former recipe
+#   cf_knn_neighbours=400 0.2616, cf_knn_scale=50 0.2600, cf_start=validation 0.2560 (sizes 1-20 or 1-5),
+#   and with it cf_lr_scale=1 0.2603, cf_lr_scale=10 0.2597; Last.fm's recipe 0.2589 (0.2587 without
+#   loo_targets);
 # - lastfm: the fixed start is dominated by ItemKNN, which ranks below EASE there: prior-only validation
 #   Recall@10 0.1946 against 0.2134 for the validation-chosen start (cf_start=validation); half the training
 #   episodes full, half log-uniform (data.train_support=mixed: full-support training alone collapsed at small
