@@ -87,6 +87,28 @@ def test_fit_reports_full_ranking_metrics_per_scenario(tmp_path):
         assert record["metrics"][f"{stage}/user_cold/full_recall@20"] >= record["metrics"][f"{stage}/user_cold/full_recall@5"]
 
 
+def test_val_support_passes_rank_without_ranking_every_validation_epoch(tmp_path, monkeypatch):
+    """With ``data.val_support_sizes`` and an MAE monitor, the ``val_kK`` passes report full-ranking metrics,
+    while the validation epochs do not rank the catalogue (ranking there serves only a ranking monitor)."""
+    from metarec.learners.base import MetaLearner
+
+    ranked = []
+    real = MetaLearner.catalogue_scores
+
+    def counting(self, *a, **kw):
+        ranked.append(self.trainer.state.stage.value)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(MetaLearner, "catalogue_scores", counting)
+    cfg = compose(["data.params.n_users=200", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+                   f"run.root={tmp_path}", "data.val_support_sizes=[2]", "data.split.scenarios=[user_cold]"])
+    (record,) = finished_runs(fit(cfg))
+    for kind in ("recall", "ndcg", "hitrate"):
+        assert 0.0 <= record["metrics"][f"val_k2/user_cold/full_{kind}@10"] <= 1.0
+    assert np.isfinite(record["metrics"]["val_k2/user_cold/mae"])
+    assert ranked and set(ranked) == {"test"}  # the test and val_kK passes, no validation epoch
+
+
 @pytest.mark.parametrize("learner", ["maml", "amortised", "itemknn"])
 def test_catalogue_scores_in_chunks_equal_one_pass(tmp_path, monkeypatch, learner):
     """Full ranking scores the catalogue in chunks of (task, item) pairs: the same scores as one pass."""

@@ -59,7 +59,7 @@ class LearnerContext:
     ranking_ks: tuple = ()
     all_items: Any = None  # Features of every item [I, ...]
     new_item_mask: Any = None  # bool tensor [I]
-    val_ranking: bool = False  # also rank the catalogue for the validation users (trainer.monitor is a full-ranking metric, or data.val_support_sizes is set)
+    val_ranking: bool = False  # validation epochs also rank the catalogue (trainer.monitor is a full-ranking metric; the val_kK passes always do)
     relevance_threshold: float = 4.0  # a query rating >= this is a relevant item (explicit feedback)
     interactions_only: bool = False  # the data are interactions, not ratings: every query item is relevant
     loss: str = "mse"  # mse: ratings; bce | softmax: binary labels with sampled negatives, the model outputs logits
@@ -185,7 +185,7 @@ class MetaLearner(pl.LightningModule):
                                   for s in scenarios} if ctx.ranking_ks and self.ranks_items else {})
 
         self.rank_metrics = rankers(ctx.test_scenarios)
-        self.val_rank_metrics = rankers(ctx.val_scenarios if ctx.val_ranking else [])
+        self.val_rank_metrics = rankers(ctx.val_scenarios)  # updated in validation epochs only with ctx.val_ranking
 
     # ----------------------------------------------------------------- contract
     def training_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,7 +305,7 @@ class MetaLearner(pl.LightningModule):
             self.log(f"{prefix}/{scenario}/loss", loss.detach(), batch_size=batch.n_tasks, add_dataloader_idx=False,
                      sync_dist=self.world_size > 1)
         ranking = self.rank_metrics if users == "test" else self.val_rank_metrics
-        if ranking:
+        if ranking and (stage == "test" or self.ctx.val_ranking):  # test passes (val_kK too) always rank
             with torch.no_grad():
                 scores = self.catalogue_scores(state, batch.n_tasks, batch.item_ids.device)
             candidates, relevant = self.ranking_targets(batch, scenario)
@@ -400,7 +400,8 @@ class MetaLearner(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)
-        self._log_metrics("val", self.val_rank_metrics)
+        if self.ctx.val_ranking:
+            self._log_metrics("val", self.val_rank_metrics)
 
     def test_stage(self) -> str:
         """The metric prefix of the running test pass: the data module's (``test_kK`` for a pass at
