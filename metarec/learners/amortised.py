@@ -204,18 +204,26 @@ class Amortised(MetaLearner):
         """The item parts ``[T, N, out]`` of the linear maps that read the body (``_linears``), from the item
         parts ``i`` ``[T, N, Di]`` of the bodies (the user part's width ``du`` first): they depend on the
         items and the parameters only, so a loaded run serving a catalogue keeps them (``score``)."""
-        return [i @ layer.weight[:, du:].T for layer in self._linears()]
+        maps = [i @ layer.weight[:, du:].T for layer in self._linears()]
+        if self.cfg.encoder == "attention":  # the query's part per head, [T, heads, H / heads, N]: see serve
+            t, n, h = maps[1].shape
+            maps[1] = maps[1].reshape(t, n, self.cfg.heads, h // self.cfg.heads).permute(0, 2, 3, 1).contiguous()
+        return maps
 
     def serve(self, u: torch.Tensor, maps: list[torch.Tensor], ctx: Context) -> torch.Tensor:
         """``decode`` of the bodies ``[u; i_n]`` up to float rounding, without making them: every linear map
         of the body (the head's first layer, the attention's query) is the sum of its user part (from ``u``
-        ``[T, Du]``, once per task) and its item part (``maps``: ``item_maps``, ``[T, N, out]`` each); what
-        depends on the task only goes through once per task (the pooled support and the latent through
-        the conditioning layer; the attention's keys as one block-diagonal matrix over the heads, scaled,
-        with the query's user part and the mask as its offset; the values through the conditioning
-        layer); the FiLM layers' gammas carry the 1 of ``1 + gamma`` and go through as one product; the
-        items go through in chunks of ``SERVE_CHUNK`` (for one user, as ``Recommender`` serves, as 2-D
-        products). With ``encoder=mean`` the modulation is one vector per task."""
+        ``[T, Du]``, once per task) and its item part (``maps``: ``item_maps``, ``[T, N, out]``; the query's
+        per head and transposed, ``[T, heads, H / heads, N]``); what depends on the task only goes through
+        once per task (the pooled support and the latent through the conditioning layer; the attention's
+        keys per head, scaled, with the query's user part and the mask as their offset; the values through
+        the conditioning layer, as one matrix over the heads); the attention scores are one product per
+        head (not a product with block-diagonal keys, which multiplies zeros for every other head), laid
+        out ``[heads, S+1, n]`` so that the softmax runs along the items' contiguous axis and the scores
+        enter the values' product transposed, without a copy; the FiLM
+        layers' gammas carry the 1 of ``1 + gamma`` and go through as one product; the items go through in
+        chunks of ``SERVE_CHUNK`` (for one user, as ``Recommender`` serves, without the task dimension).
+        With ``encoder=mean`` the modulation is one vector per task."""
         cond, head = self.condition[0], list(self.model.head)
         h, du = self.cfg.hidden, u.shape[-1]
         users = [F.linear(u, layer.weight[:, :du], layer.bias).unsqueeze(1) for layer in self._linears()]
@@ -239,29 +247,27 @@ class Amortised(MetaLearner):
         if self.cfg.encoder == "attention":
             heads, t = self.cfg.heads, u.shape[0]
             dh, s1 = h // heads, ctx.keys.shape[1]
-            eye = torch.eye(heads, dtype=u.dtype, device=u.device)
-
-            def block_diag(x: torch.Tensor) -> torch.Tensor:  # [T, S+1, H] -> [T, H, heads * (S+1)]
-                xh = x.reshape(t, s1, heads, dh).permute(0, 2, 3, 1)  # [T, heads, dh, S+1]
-                return (xh[:, :, :, None, :] * eye[None, :, None, :, None]).reshape(t, h, heads * s1)
-
-            keys = block_diag(ctx.keys) / math.sqrt(dh)
-            offset = users[1] @ keys  # [T, 1, heads * (S+1)]
+            keys = ctx.keys.reshape(t, s1, heads, dh).transpose(1, 2) / math.sqrt(dh)  # [T, heads, S+1, dh]
+            offset = keys @ users[1].reshape(t, heads, dh, 1)  # [T, heads, S+1, 1]
             if ctx.key_mask is not None and not bool(ctx.key_mask.all()):
-                offset = offset.masked_fill(~ctx.key_mask.repeat(1, heads)[:, None, :], float("-inf"))
-            values = block_diag(ctx.values).transpose(1, 2) @ cond.weight[:, h : 2 * h].T  # [T, heads * (S+1), H]
+                offset = offset.masked_fill(~ctx.key_mask[:, None, :, None], float("-inf"))
+            # the values through the conditioning layer, rows (head, entry): [T, heads * (S+1), H]
+            vh = ctx.values.reshape(t, s1, heads, dh).transpose(1, 2)  # [T, heads, S+1, dh]
+            values = (vh @ cond.weight[:, h : 2 * h].T.reshape(heads, dh, h)).reshape(t, heads * s1, h)
         else:
             mods = modulations(torch.relu(c_const))  # [T, 1, out] each
+        one = u.shape[0] == 1  # one user (serving): 2-D products
         outs = []
         for s in range(0, maps[0].shape[1], SERVE_CHUNK):
-            if self.cfg.encoder == "attention" and t == 1:  # one user (serving): plain matrix products
-                p = torch.addmm(offset[0], maps[1][0, s : s + SERVE_CHUNK], keys[0])  # [n, heads * (S+1)]
-                p = torch.softmax(p.view(-1, heads, s1), dim=-1).view(-1, heads * s1)
-                mods = modulations(torch.addmm(c_const[0], p, values[0]).relu_().unsqueeze(0))
-            elif self.cfg.encoder == "attention":
-                p = torch.baddbmm(offset, maps[1][:, s : s + SERVE_CHUNK], keys)  # [T, n, heads * (S+1)]
-                p = torch.softmax(p.view(t, -1, heads, s1), dim=-1).view(t, -1, heads * s1)
-                mods = modulations(torch.baddbmm(c_const, p, values).relu_())
+            if self.cfg.encoder == "attention":
+                q = maps[1][..., s : s + SERVE_CHUNK]  # [T, heads, dh, n]
+                p = torch.baddbmm(offset[0], keys[0], q[0]) if one else offset + keys @ q  # [(T,) heads, S+1, n]
+                p = torch.softmax(p, dim=-2)
+                if one:
+                    c = torch.addmm(c_const[0], p.reshape(heads * s1, -1).T, values[0]).unsqueeze(0)
+                else:
+                    c = torch.baddbmm(c_const, p.reshape(t, heads * s1, -1).transpose(1, 2), values)
+                mods = modulations(c.relu_())
             modulation = iter(mods)
             x = users[0] + maps[0][:, s : s + SERVE_CHUNK]  # the head's first layer, from the two parts
             for j, layer in enumerate(head):  # as decode
