@@ -217,12 +217,13 @@ class Amortised(MetaLearner):
         per head and transposed, ``[T, heads, H / heads, N]``); what depends on the task only goes through
         once per task (the pooled support and the latent through the conditioning layer; the attention's
         keys per head, scaled, with the query's user part and the mask as their offset; the values through
-        the conditioning layer, as one matrix over the heads); the attention scores are one product per
-        head (not a product with block-diagonal keys, which multiplies zeros for every other head), laid
-        out ``[heads, S+1, n]`` so that the softmax runs along the items' contiguous axis and the scores
-        enter the values' product transposed, without a copy; the FiLM
-        layers' gammas carry the 1 of ``1 + gamma`` and go through as one product; the items go through in
-        chunks of ``SERVE_CHUNK`` (for one user, as ``Recommender`` serves, without the task dimension).
+        the conditioning layer, as one matrix over the heads, carrying the context's constant part); the
+        attention scores are one product per head (not a product with block-diagonal keys, which multiplies
+        zeros for every other head), laid out ``[heads, S+1, n]`` so that the softmax runs along the items'
+        contiguous axis and the scores enter the values' product transposed, without a copy; the FiLM
+        layers go through as one product whose betas also carry each head layer's additive term (the first
+        layer's user part, the later layers' biases), so the head layers are plain products; the items go
+        through in chunks of ``SERVE_CHUNK`` (for one user, as ``Recommender`` serves, as 2-D products).
         With ``encoder=mean`` the modulation is one vector per task."""
         cond, head = self.condition[0], list(self.model.head)
         h, du = self.cfg.hidden, u.shape[-1]
@@ -231,18 +232,32 @@ class Amortised(MetaLearner):
         if ctx.z is not None:
             c_const = c_const + ctx.z @ cond.weight[:, cond.weight.shape[1] - ctx.z.shape[-1]:].T
         c_const = c_const.unsqueeze(1)  # [T, 1, H]
-        # the FiLM layers with the 1 of 1 + gamma in their biases: [gamma_l + 1, beta_l] per head layer
-        films = [(film.weight, film.bias + torch.cat([torch.ones_like(film.bias[: film.out_features // 2]),
-                                                      torch.zeros_like(film.bias[film.out_features // 2 :])]))
-                 for film in self.films]
+        # Each FiLM layer as per-task weights [T, 2 * out, H] and biases [T, 2 * out]: [gamma_l + 1, beta_l'],
+        # the 1 of 1 + gamma in gamma's bias, and beta_l' = beta_l + (gamma_l + 1) * a_l the modulation of the
+        # layer's additive term a_l (the first layer's user part, bias included; a later layer's bias), which
+        # is linear in the context too: the layers then run as plain products of the item parts, no additions.
+        linears = [layer for layer in head if isinstance(layer, nn.Linear)]
+        film_w, film_b, sizes = [], [], []
+        for j, (film, layer) in enumerate(zip(self.films, linears)):
+            n_out = layer.out_features
+            wg, wb = film.weight[:n_out], film.weight[n_out:]
+            bg, bb = film.bias[:n_out] + 1.0, film.bias[n_out:]
+            a = users[0][:, 0] if j == 0 else layer.bias  # [T, out] or [out] (or None: no bias)
+            if a is None:
+                a = torch.zeros_like(bg)
+            a = a.expand(u.shape[0], n_out)
+            film_w.append(torch.cat([wg.expand(u.shape[0], -1, -1), wb + a.unsqueeze(-1) * wg], dim=1))
+            film_b.append(torch.cat([bg.expand(u.shape[0], -1), bb + a * bg], dim=1))
+            sizes.append(2 * n_out)
+        film_w, film_b = torch.cat(film_w, dim=1), torch.cat(film_b, dim=1)  # [T, sum 2 * out, H], [T, sum 2 * out]
+        one = u.shape[0] == 1  # one user (serving): 2-D products
 
-        # one product for every FiLM layer: [T, n, sum of 2 * out]
-        sizes = [w.shape[0] for w, _ in films]
-        film_w, film_b = torch.cat([w for w, _ in films]), torch.cat([b for _, b in films])
-
-        def modulations(c: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-            out = F.linear(c, film_w, film_b).split(sizes, dim=-1)
-            return [m.chunk(2, dim=-1) for m in out]
+        def modulations(c: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:  # c [T, n, H]
+            if one:
+                out = torch.addmm(film_b[0], c[0], film_w[0].T).unsqueeze(0)
+            else:
+                out = torch.baddbmm(film_b.unsqueeze(1), c, film_w.transpose(1, 2))
+            return [m.chunk(2, dim=-1) for m in out.split(sizes, dim=-1)]
 
         if self.cfg.encoder == "attention":
             heads, t = self.cfg.heads, u.shape[0]
@@ -251,12 +266,13 @@ class Amortised(MetaLearner):
             offset = keys @ users[1].reshape(t, heads, dh, 1)  # [T, heads, S+1, 1]
             if ctx.key_mask is not None and not bool(ctx.key_mask.all()):
                 offset = offset.masked_fill(~ctx.key_mask[:, None, :, None], float("-inf"))
-            # the values through the conditioning layer, rows (head, entry): [T, heads * (S+1), H]
+            # the values through the conditioning layer, rows (head, entry): [T, heads * (S+1), H]; each head's
+            # attention weights sum to 1, so the context's constant part rides in the values (1 / heads each)
             vh = ctx.values.reshape(t, s1, heads, dh).transpose(1, 2)  # [T, heads, S+1, dh]
             values = (vh @ cond.weight[:, h : 2 * h].T.reshape(heads, dh, h)).reshape(t, heads * s1, h)
+            values = values + c_const / heads
         else:
             mods = modulations(torch.relu(c_const))  # [T, 1, out] each
-        one = u.shape[0] == 1  # one user (serving): 2-D products
         outs = []
         for s in range(0, maps[0].shape[1], SERVE_CHUNK):
             if self.cfg.encoder == "attention":
@@ -264,18 +280,20 @@ class Amortised(MetaLearner):
                 p = torch.baddbmm(offset[0], keys[0], q[0]) if one else offset + keys @ q  # [(T,) heads, S+1, n]
                 p = torch.softmax(p, dim=-2)
                 if one:
-                    c = torch.addmm(c_const[0], p.reshape(heads * s1, -1).T, values[0]).unsqueeze(0)
+                    c = torch.mm(p.reshape(heads * s1, -1).T, values[0]).unsqueeze(0)
                 else:
-                    c = torch.baddbmm(c_const, p.reshape(t, heads * s1, -1).transpose(1, 2), values)
+                    c = torch.bmm(p.reshape(t, heads * s1, -1).transpose(1, 2), values)
                 mods = modulations(c.relu_())
             modulation = iter(mods)
-            x = users[0] + maps[0][:, s : s + SERVE_CHUNK]  # the head's first layer, from the two parts
+            x = maps[0][:, s : s + SERVE_CHUNK]  # the head's first layer: its item part (the rest is in beta')
             for j, layer in enumerate(head):  # as decode
-                if j:
-                    x = layer(x)
                 if isinstance(layer, nn.Linear):
+                    if j:
+                        x = x @ layer.weight.T  # (its bias is in beta')
                     gamma1, beta = next(modulation)
                     x = torch.addcmul(beta, x, gamma1)
+                elif j:
+                    x = layer(x)
             outs.append(x.squeeze(-1))
         return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
 
