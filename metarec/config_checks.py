@@ -122,6 +122,7 @@ RULES: dict[str, Rule] = {
     "data.num_workers": INT_0,
     "data.eval_support_sizes": SIZES,
     "data.val_support_sizes": SIZES,
+    "data.val_folds": INT_1,
     "data.ranking_ks": SIZES,
     "data.relevance_threshold": Rule(),
     "data.item_id_dropout": Rule(low=0, high=1, open_high=True),

@@ -434,3 +434,47 @@ def test_item_id_dropout_hides_ids_in_training_only() -> None:
     assert (val.item.categorical[..., col][vmask] != 0).all()  # evaluation sees every known id
     with pytest.raises(ConfigError, match="data.item_id_dropout must be in"):
         _dm(item_id_dropout=1.0).train_dataloader()
+
+
+def test_val_folds_give_each_validation_user_its_next_queries_from_its_own_ratings(dm):
+    """``data.val_folds=F``: each validation user's fixed episode, then up to F - 1 more whose queries are
+    its next ``query_size`` ratings (disjoint from the others'), the rest the support, as long as the
+    fixed episode's; the K-cut validation passes cut every fold; test episodes are untouched."""
+    folds = _dm(val_folds=3)
+    val = _loader_tasks(folds.val_dataloader())
+    fixed = dm.split.episodes["val"]
+    q = len(fixed[0].query_items)
+    at = 0
+    n_folds = []
+    for t in fixed:
+        items = np.concatenate([t.query_items, t.support_items])
+        rating = dict(zip(items.tolist(), np.concatenate([t.query_ratings, t.support_ratings]).tolist()))
+        n = min(3, len(items) // q)
+        mine = val[at : at + n]
+        at += n
+        n_folds.append(n)
+        assert mine[0] == _as_tuple(t)
+        assert {u for u, *_ in mine} == {t.user}
+        queries = [set(qi) for _, _, _, qi, _ in mine]
+        assert all(len(x) == q for x in queries) and len(set().union(*queries)) == n * q  # disjoint queries
+        for f, (_, si, sr, qi, qr) in enumerate(mine):
+            assert qi == items[f * q : (f + 1) * q].tolist()  # the next query_size ratings in the split's order
+            assert sorted(si + qi) == sorted(items.tolist()) and len(si) == len(t.support_items)
+            assert sr == [np.float32(rating[i]) for i in si] and qr == [np.float32(rating[i]) for i in qi]
+    assert at == len(val) and max(n_folds) == 3 and len(val) > len(fixed)
+    assert min(n_folds) >= 1
+    for a, b in zip(folds.test_dataloader(), dm.test_dataloader()):  # test episodes: the same
+        assert _loader_tasks(a) == _loader_tasks(b)
+    cut = folds.for_support_size(2, users="val").test_tasks("val")
+    assert len(cut) == len(val)
+    for c, (_, si, _, qi, _) in zip(cut, val):
+        assert c.support_items.tolist() == si[:2] and c.query_items.tolist() == qi
+    assert _loader_tasks(_dm(val_folds=1).val_dataloader()) == [_as_tuple(t) for t in fixed]
+
+
+def test_val_folds_must_be_a_positive_count():
+    from metarec.config import compose
+
+    for bad in ("0", "-1", "1.5", "true"):
+        with pytest.raises(ConfigError, match="data.val_folds"):
+            compose([f"data.val_folds={bad}"])

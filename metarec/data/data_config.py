@@ -34,6 +34,11 @@ class DataConfig:
     # after training, passes over the validation users with their supports cut to K (val_kK/user_cold/...,
     # full-ranking metrics too): settings for small supports can be chosen without reading test users
     val_support_sizes: list[int] = field(default_factory=list)
+    # validation episodes per validation user: the split's fixed one, and with F > 1 up to F - 1 more whose
+    # queries are the user's next query_size ratings in turn (the rest the support, as long as the split's
+    # episode): F times the validation ratings for early stopping, checkpoints and tuning, from the same
+    # users. Test episodes are untouched.
+    val_folds: int = 1
     ranking_ks: list[int] = field(default_factory=lambda: [5, 10, 20])  # full-ranking Recall/nDCG/HitRate@k
     relevance_threshold: float = 4.0  # full ranking: query ratings >= this are relevant (explicit data)
     negatives: NegativeConfig = field(default_factory=NegativeConfig)  # per_positive > 0: implicit feedback, BCE

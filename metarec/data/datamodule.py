@@ -147,6 +147,28 @@ class ShardSampler(Sampler):
         return iter(range(self.rank, self.n, self.world))
 
 
+def val_folds(tasks: list[Task], folds: int) -> list[Task]:
+    """Each task, followed by its folds ``1..folds-1``: its ratings taken in the split's order (query, then
+    support) and cut by ``cut_task`` after rotating by ``f * query_size`` positions, so that fold ``f``'s
+    query is the next ``query_size`` ratings and its support the rest, as long as the task's own (and in
+    the same order, for support-size cuts). A user has as many folds as its ratings fill whole queries
+    (at most ``folds``); every fold's support is as long as the task's."""
+    if folds == 1:
+        return tasks
+    out = []
+    for t in tasks:
+        out.append(t)
+        items = np.concatenate([t.query_items, t.support_items])
+        ratings = np.concatenate([t.query_ratings, t.support_ratings])
+        q = len(t.query_items)
+        for f in range(1, folds):
+            if (f + 1) * q > len(items):
+                break
+            order = np.roll(np.arange(len(items)), -f * q)  # positions f*q.. first, then the start
+            out.append(cut_task(t.user, items, ratings, order, q))
+    return out
+
+
 class ListDataset(Dataset):
     """Fixed tasks; with ``negatives``, each gets its seeded negatives for ``scenario`` when drawn."""
 
@@ -258,7 +280,12 @@ class ColdStartDataModule(pl.LightningDataModule):
         return self.loader(dataset, self.cfg.eval_batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.eval_dataset(VAL, self.split.episodes[VAL]))
+        return self._eval_loader(self.eval_dataset(VAL, self.val_tasks()))
+
+    def val_tasks(self) -> list[Task]:
+        """The validation episodes: the split's fixed episode of each validation user, and with
+        ``data.val_folds = F`` its folds 1..F-1 next to it (``val_folds``)."""
+        return val_folds(self.split.episodes[VAL], self.cfg.val_folds)
 
     def eval_dataset(self, scenario: str, tasks: list[Task]) -> ListDataset:
         return ListDataset(tasks, self.negatives, self.split_config.seed, scenario)
@@ -288,7 +315,7 @@ class ColdStartDataModule(pl.LightningDataModule):
         """The scenario's fixed episodes (``VAL``: the validation users'); with ``test_support_size = K``,
         the users with at least K support ratings, their support cut to its first K (the manifest's
         random order)."""
-        tasks = self.split.episodes[scenario]
+        tasks = self.val_tasks() if scenario == VAL else self.split.episodes[scenario]
         k = self.test_support_size
         if k is None:
             return tasks
