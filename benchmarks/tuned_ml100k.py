@@ -7,7 +7,9 @@ mu + b_i + b_u with the user's bias folded in from the support: no training, its
 the meta-learners ``maml``, ``metasgd`` and ``amortised`` on the ``melu`` MLP; ``global``, ``finetune``,
 ``maml``, ``amortised`` and ``ridge`` on the dot-product ``twotower``. Every learner searches its own space
 (``metarec/configs/search/<learner>.yaml``); pass ``--rating-grid`` to have every learner predict whole
-stars (``data.rating_grid=true``, the same rule for all) in tuning and testing. Targets checked in the
+stars (``data.rating_grid=true``, the same rule for all) in tuning and testing. Validation (early stopping,
+checkpoints, the trials' scores) reads up to five episodes per validation user (``data.val_folds=5``: the
+split's, then the user's next 10 ratings in turn as the query), not one. Targets checked in the
 verdict: the best tuned meta-learner's user-cold MAE <= 0.80, and every tuned meta-learner below the
 best tuned ``global``; the verdict also names the meta-learners below tuned ``bias``, the strongest
 simple rating predictor. Writes
@@ -42,7 +44,9 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 NAME = "tuned_ml100k"
 TARGET = 0.80
-DATA = ["data=movielens100k", "trainer.max_epochs=100"]  # an epoch cap early stopping ends runs well before
+# an epoch cap early stopping ends runs well before; five validation episodes per validation user (disjoint
+# queries): the 47 validation users' every epoch, checkpoint and trial scored on up to 5x their ratings
+DATA = ["data=movielens100k", "trainer.max_epochs=100", "data.val_folds=5"]
 COMMON = ["trainer.enable_progress_bar=false"]
 GROUPS = [
     ("melu", ["global", "finetune", "bias", "maml", "metasgd", "amortised"]),
@@ -126,7 +130,7 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp()) if args.smoke else Path(args.work)
-    data = (["data=synthetic", "data.params.n_users=150", "data.params.round_ratings=true"] if args.smoke
+    data = (["data=synthetic", "data.params.n_users=150", "data.params.round_ratings=true", "data.val_folds=2"] if args.smoke
             else list(DATA)) + (["data.rating_grid=true"] if args.rating_grid else [])
     seeds, trials = (["0"], 2) if args.smoke else (args.seeds, args.trials)
     t0 = time.perf_counter()
