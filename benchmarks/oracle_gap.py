@@ -52,8 +52,10 @@ RESULTS = HERE / "results"
 NAME = "oracle_gap"
 SCENARIOS = ("warm", "user_cold", "item_cold", "user_item_cold")
 # whole stars, as the oracle; an epoch cap early stopping ends runs well before (at the 30-epoch default some
-# learners were still improving on this data: convergence.py)
-DATA = ["data=synthetic", "data.params.round_ratings=true", "data.rating_grid=true", "trainer.max_epochs=100"]
+# learners were still improving on this data: convergence.py); validation reads up to five episodes per
+# validation user (data.val_folds=5: the split's, then the next 10 ratings in turn as the query)
+DATA = ["data=synthetic", "data.params.round_ratings=true", "data.rating_grid=true", "trainer.max_epochs=100",
+        "data.val_folds=5"]
 COMMON = ["trainer.enable_progress_bar=false"]
 GROUPS = [
     ("melu", ["global", "finetune", "maml", "metasgd", "amortised"]),
