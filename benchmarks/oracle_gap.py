@@ -164,7 +164,7 @@ def main() -> int:
             return 1
         return 0
     command = command_line("oracle_gap.py")
-    budget = f"tuned configs from `{args.tuned}`" if args.tuned else "default configs (no tuning)"
+    budget = "tuned configs from `--tuned DIR`" if args.tuned else "default configs (no tuning)"
     footer = (f"_Produced by `{command}`: {n_runs} runs ({budget}), seeds {', '.join(seeds)}, split "
               f"{next(iter(hashes))[:12]}, users per scenario {', '.join(f'{s} {users[s]}' for s in scenarios)}; "
               f"this call took {(time.perf_counter() - t0) / 60:.1f} min (finished runs are not redone), torch "
