@@ -81,18 +81,24 @@ What the time goes to (profiled by hand with `torch.profiler` on these runs; see
   full at every step: finetune's adapt 98 -> 23 ms in one process).
 - The amortised learner (`Amortised.serve`): the body's user and item parts go through the attention
   query and the head's first layer apart (the user's once; the catalogue's item parts of both maps are
-  kept per loaded run, `[items, 64]` each, made from `MeLU.body_parts`' field vectors); the attention
-  is two products per chunk of items against the support's keys and values laid out block-diagonally
-  over the heads (prepared once per user, the values already through the context layer, the query's
-  user part and the mask folded into one offset). Per item remain the attention's two products and its
-  `softmax` over `[items, heads x (support + 1)]`, the context and the FiLM layers of every head layer
-  (one `addmm` for all of them, `[items, 64]` by `[64, 258]`): about 31 k multiply-adds per item, 3 G per
-  call at 100,000 items, which bound it there — `addmm` runs at about 95 GFLOP/s on one core here, the
-  FiLM product alone is half the time and `softmax` an eighth; the ReLU between the context and the FiLM
-  layers keeps them per item. For one user (as `Recommender` serves) the products are 2-D `addmm`s, not
-  `baddbmm`s, over chunks of 2,048 items (with 8,192 the chunk's temporaries leave the cache): `recommend`
-  at 100,000 items 107 -> 92 ms at one thread and 67 -> 50 ms at two, one process (before keeping the item
-  parts and the block-diagonal attention, on an earlier and slower machine: 283 ms against 178 ms).
+  kept per loaded run, made from `MeLU.body_parts`' field vectors, the query's per head and transposed,
+  `[heads, 16, items]`). The attention scores are one product per head against that head's keys (a
+  product with keys laid out block-diagonally over the heads, as before, multiplied zeros for the other
+  three heads), laid out `[heads, support + 1, items]` so that the `softmax` runs along the items'
+  contiguous axis (over the 21 entries' axis it vectorised poorly) and the scores enter the values' product
+  transposed, without a copy; the values are prepared once per user, already through the context layer
+  and carrying the context's constant part (each head's weights sum to 1). The FiLM layers of every head
+  layer are one product (`[items, 64]` by `[64, 258]`) whose betas also carry each head layer's additive
+  term (the first layer's user part, the later layers' biases: `beta' = beta + (1 + gamma) * a` is linear
+  in the context too), so the head's layers run as plain products without bias copies. Per item remain
+  about 27 k multiply-adds (the FiLM product 16.5 k of them), 2.7 G per call at 100,000 items, which bound
+  it there; the ReLU between the context and the FiLM layers keeps them per item. For one user (as
+  `Recommender` serves) the products are 2-D, over chunks of 2,048 items (with 8,192 the chunk's
+  temporaries leave the cache). `recommend` at 100,000 items, one process, the same loaded run, interleaved:
+  65 -> 47 ms at two threads and 98 -> 83 ms at one with this call's changes (per-head scores, the
+  items' axis last, the folded additive terms); 107 -> 92 ms and 67 -> 50 ms with the previous call's (2-D
+  products, one FiLM product, smaller chunks); before keeping the item parts and the block-diagonal
+  attention, on an earlier and slower machine: 283 ms against 178 ms.
 - Two-tower `ridge` and `fism`: the item vectors and biases do not depend on the user, so they are
   computed once per loaded run (`metarec/models/item_cache.py`, recomputed if the items or any parameter
   change); a call is then one product with the user vector.
