@@ -130,8 +130,8 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp()) if args.smoke else Path(args.work)
-    data = (["data=synthetic", "data.params.n_users=150", "data.params.round_ratings=true", "data.val_folds=2"] if args.smoke
-            else list(DATA)) + (["data.rating_grid=true"] if args.rating_grid else [])
+    smoke = ["data=synthetic", "data.params.n_users=150", "data.params.round_ratings=true", "data.val_folds=2"]
+    data = (smoke if args.smoke else list(DATA)) + (["data.rating_grid=true"] if args.rating_grid else [])
     seeds, trials = (["0"], 2) if args.smoke else (args.seeds, args.trials)
     t0 = time.perf_counter()
     stats, labels, n_runs, hashes, best = run(work, trials, seeds, data, args.smoke)

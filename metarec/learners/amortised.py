@@ -236,6 +236,8 @@ class Amortised(MetaLearner):
         # the 1 of 1 + gamma in gamma's bias, and beta_l' = beta_l + (gamma_l + 1) * a_l the modulation of the
         # layer's additive term a_l (the first layer's user part, bias included; a later layer's bias), which
         # is linear in the context too: the layers then run as plain products of the item parts, no additions.
+        t = u.shape[0]
+        one = t == 1  # one user (serving): 2-D products
         linears = [layer for layer in head if isinstance(layer, nn.Linear)]
         film_w, film_b, sizes = [], [], []
         for j, (film, layer) in enumerate(zip(self.films, linears)):
@@ -243,14 +245,11 @@ class Amortised(MetaLearner):
             wg, wb = film.weight[:n_out], film.weight[n_out:]
             bg, bb = film.bias[:n_out] + 1.0, film.bias[n_out:]
             a = users[0][:, 0] if j == 0 else layer.bias  # [T, out] or [out] (or None: no bias)
-            if a is None:
-                a = torch.zeros_like(bg)
-            a = a.expand(u.shape[0], n_out)
-            film_w.append(torch.cat([wg.expand(u.shape[0], -1, -1), wb + a.unsqueeze(-1) * wg], dim=1))
-            film_b.append(torch.cat([bg.expand(u.shape[0], -1), bb + a * bg], dim=1))
+            a = (torch.zeros_like(bg) if a is None else a).expand(t, n_out)
+            film_w.append(torch.cat([wg.expand(t, -1, -1), wb + a.unsqueeze(-1) * wg], dim=1))
+            film_b.append(torch.cat([bg.expand(t, -1), bb + a * bg], dim=1))
             sizes.append(2 * n_out)
         film_w, film_b = torch.cat(film_w, dim=1), torch.cat(film_b, dim=1)  # [T, sum 2 * out, H], [T, sum 2 * out]
-        one = u.shape[0] == 1  # one user (serving): 2-D products
 
         def modulations(c: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:  # c [T, n, H]
             if one:
@@ -260,7 +259,7 @@ class Amortised(MetaLearner):
             return [m.chunk(2, dim=-1) for m in out.split(sizes, dim=-1)]
 
         if self.cfg.encoder == "attention":
-            heads, t = self.cfg.heads, u.shape[0]
+            heads = self.cfg.heads
             dh, s1 = h // heads, ctx.keys.shape[1]
             keys = ctx.keys.reshape(t, s1, heads, dh).transpose(1, 2) / math.sqrt(dh)  # [T, heads, S+1, dh]
             offset = keys @ users[1].reshape(t, heads, dh, 1)  # [T, heads, S+1, 1]
@@ -286,14 +285,14 @@ class Amortised(MetaLearner):
                 mods = modulations(c.relu_())
             modulation = iter(mods)
             x = maps[0][:, s : s + SERVE_CHUNK]  # the head's first layer: its item part (the rest is in beta')
-            for j, layer in enumerate(head):  # as decode
-                if isinstance(layer, nn.Linear):
-                    if j:
-                        x = x @ layer.weight.T  # (its bias is in beta')
-                    gamma1, beta = next(modulation)
-                    x = torch.addcmul(beta, x, gamma1)
-                elif j:
+            for j, layer in enumerate(head):  # as decode (head[0] is the linear layer maps[0] went through)
+                if not isinstance(layer, nn.Linear):
                     x = layer(x)
+                    continue
+                if j:
+                    x = x @ layer.weight.T  # (its bias is in beta')
+                gamma1, beta = next(modulation)
+                x = torch.addcmul(beta, x, gamma1)
             outs.append(x.squeeze(-1))
         return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
 
