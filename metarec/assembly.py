@@ -42,7 +42,7 @@ def build(cfg: DictConfig, restoring: bool = False) -> tuple[ColdStartDataModule
     ds = dm.dataset
     model_entry = MODELS.get(cfg.model.name)
     model = model_entry.factory(ds.schema, to_object(cfg.model, model_entry.config_cls))
-    if dm.loss != "mse":  # labels 0/1 with per_positive negatives per positive: start at the base rate
+    if dm.cfg.negatives.enabled:  # labels 0/1 with per_positive negatives per positive: start at the base rate
         rating_range, base = (0.0, 1.0), 1.0 / (1.0 + dm.cfg.negatives.per_positive)
         model.set_output_bias(math.log(base / (1.0 - base)))
     else:
@@ -52,7 +52,7 @@ def build(cfg: DictConfig, restoring: bool = False) -> tuple[ColdStartDataModule
     train_items = dm.split.train_ratings()
     grid = None
     if cfg.data.rating_grid:
-        if dm.loss != "mse":
+        if dm.cfg.negatives.enabled:
             raise ConfigError("data.rating_grid=true needs explicit ratings; these data are 0/1 labels "
                               f"(data.negatives, loss {dm.loss}). Set data.rating_grid=false")
         grid = rating_values(train_items[1])

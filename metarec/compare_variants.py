@@ -6,7 +6,7 @@ Syntax: ``LEARNER@key=value[,key=value...]``. A key without a dot is a learner s
 means ``learner.inner_steps``); dotted keys may name settings of the ``learner``, ``model`` and
 ``trainer`` sections (``maml@model.embed_dim=16``), and the data settings that shape only the training
 episodes or only the predictions (``PER_VARIANT_DATA``: ``fism@data.train_support=loguniform``,
-``maml@data.rating_grid=true``). Every other data setting and the
+``maml@data.rating_grid=true``, ``maml@data.rating_loss=mae``). Every other data setting and the
 seeds are shared by the whole grid (one split, the same evaluation episodes) and cannot vary. Values are YAML, as in overrides; a comma inside brackets belongs to the
 value (``maml@model.hidden=[64,32]``). The text of the variant names its run folders, so it may only hold
 letters, digits and ``_ . - + = , @ [ ]``.
@@ -20,7 +20,8 @@ from metarec.errors import ConfigError
 
 SECTIONS = ("learner", "model", "trainer")  # the sections a variant may set
 # and these data keys: they change neither the split nor the evaluation episodes
-PER_VARIANT_DATA = ("data.train_support", "data.item_id_dropout", "data.meta_batch_size", "data.rating_grid")
+PER_VARIANT_DATA = ("data.train_support", "data.item_id_dropout", "data.meta_batch_size", "data.rating_grid",
+                    "data.rating_loss")
 SYNTAX = "LEARNER@key=value[,key=value], e.g. maml@inner_steps=5 or maml@model.embed_dim=16"
 _SAFE = re.compile(r"[A-Za-z0-9_.+=,@\[\]-]+")
 

@@ -127,6 +127,7 @@ RULES: dict[str, Rule] = {
     "data.relevance_threshold": Rule(),
     "data.item_id_dropout": Rule(low=0, high=1, open_high=True),
     "data.train_support": Rule("choice", choices=("full", "loguniform", "mixed")),  # data_config.TRAIN_SUPPORT (a test checks)
+    "data.rating_loss": Rule("choice", choices=("mse", "mae")),  # data_config.RATING_LOSSES (a test checks)
     "data.split.seed": Rule("int", low=0, high=2**63 - 1),
     "data.split.min_ratings": INT_1,
     "data.split.max_ratings": INT_1,

@@ -45,7 +45,7 @@ def monitor_for(setting: str, loss: str, ranking_ks: Sequence[int] = ()) -> Moni
     """The metric ``trainer.monitor = setting`` names, for training loss ``loss`` (``mse`` for ratings)
     and the full-ranking cut-offs ``ranking_ks``; a one-line ``ConfigError`` for a name it cannot be."""
     setting = str(setting)
-    binary = loss != "mse"
+    binary = loss not in ("mse", "mae")  # learners.base.RATING_LOSSES (not imported: no torch here)
     if setting == "auto":
         name = "loss" if binary else "mae"
     elif setting in LOWER:

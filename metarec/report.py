@@ -227,7 +227,7 @@ def _feedback(cfg) -> tuple[bool, str]:
     neg = cfg.data.negatives
     if int(neg.per_positive) > 0:
         return True, f"implicit feedback, {neg.per_positive} sampled negatives per positive, loss {neg.loss}"
-    return False, "explicit ratings, loss mse"
+    return False, f"explicit ratings, loss {_value(cfg, 'data.rating_loss') if 'rating_loss' in cfg.data else 'mse'}"
 
 
 def group_runs(runs: list[Run]) -> list[Table]:

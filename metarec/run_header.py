@@ -53,7 +53,7 @@ def header_rows(cfg: DictConfig, run_dir: Path, dm, learner, trainer=None, resum
     ``trainer``: the Lightning trainer (for the device it chose), else the config's accelerator."""
     ds, split = dm.dataset, dm.split
     users = split.manifest["users"]
-    feedback = "implicit, " + dm.loss if dm.loss != "mse" else "explicit ratings, mse"
+    feedback = ("implicit, " if dm.cfg.negatives.enabled else "explicit ratings, ") + dm.loss
     rows = [("run", str(run_dir) + (f" (resumed from {Path(str(resumed_from)).name})" if resumed_from else ""))]
     rows.append(("data", f"{cfg.data.source}: {_n(ds.n_users)} users, {_n(ds.n_items)} items, "
                          f"{_n(len(ds.ratings))} interactions ({feedback})"))

@@ -25,7 +25,8 @@ from metarec.errors import ConfigError
 SEARCH_GROUP = "search"
 # keys a search space may name: exactly these, or keys under those ending in "."
 SEARCHABLE = ("learner.", "model.", "trainer.max_epochs", "trainer.patience", "trainer.gradient_clip_val",
-              "data.meta_batch_size", "data.item_id_dropout", "data.train_support", "data.rating_grid")
+              "data.meta_batch_size", "data.item_id_dropout", "data.train_support", "data.rating_grid",
+              "data.rating_loss")
 TYPES = ("float", "int", "categorical")
 
 

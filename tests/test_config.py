@@ -502,3 +502,11 @@ def test_the_light_train_support_rule_lists_what_the_data_section_accepts() -> N
     from metarec.data.data_config import TRAIN_SUPPORT
 
     assert tuple(RULES["data.train_support"].choices) == TRAIN_SUPPORT
+
+
+def test_the_light_rating_loss_rule_lists_what_the_data_section_accepts() -> None:
+    """As for data.train_support: config_checks' copy of data.rating_loss's choices equals data_config.RATING_LOSSES."""
+    from metarec.config_checks import RULES
+    from metarec.data.data_config import RATING_LOSSES
+
+    assert tuple(RULES["data.rating_loss"].choices) == RATING_LOSSES

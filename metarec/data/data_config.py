@@ -19,6 +19,10 @@ from metarec.errors import ConfigError
 # mixed: half the episodes (a seeded coin per seed, epoch and user) full, the others loguniform -- small
 # supports are common and the full support is too (under loguniform a support near n is rare).
 TRAIN_SUPPORT = ("full", "loguniform", "mixed")
+# explicit ratings: the loss of the training objective (the query ratings of meta-training, every rating of a
+# global model): mse, or mae (absolute error: the predictions aim at each rating's median, which is what MAE
+# rewards; the mean is what squared error rewards). Inner loops keep the squared error of the support.
+RATING_LOSSES = ("mse", "mae")
 
 
 @dataclass
@@ -52,8 +56,11 @@ class DataConfig:
     # the absolute-error optimum (the median of a rounded rating is the rounded median): MAE falls, RMSE
     # rises, the order of the predictions is kept. Explicit ratings on a grid only.
     rating_grid: bool = False
+    rating_loss: str = "mse"  # explicit ratings: the training objective's loss, mse | mae (RATING_LOSSES above)
 
     def __post_init__(self) -> None:
+        if self.rating_loss not in RATING_LOSSES:
+            raise ConfigError(f"data.rating_loss must be one of {', '.join(RATING_LOSSES)}, got {self.rating_loss!r}")
         if self.train_support not in TRAIN_SUPPORT:
             raise ConfigError(f"data.train_support must be one of {', '.join(TRAIN_SUPPORT)}, got {self.train_support!r}")
         if not 0.0 <= self.item_id_dropout < 1.0:

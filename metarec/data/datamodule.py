@@ -217,8 +217,9 @@ class ColdStartDataModule(pl.LightningDataModule):
 
     @property
     def loss(self) -> str:
-        """The training objective the data call for: ``bce`` with sampled negatives, else ``mse``."""
-        return self.cfg.negatives.loss if self.cfg.negatives.enabled else "mse"
+        """The training objective the data call for: ``data.negatives.loss`` (``bce`` | ``softmax``) with sampled
+        negatives, else ``data.rating_loss`` (``mse`` | ``mae``)."""
+        return self.cfg.negatives.loss if self.cfg.negatives.enabled else self.cfg.rating_loss
 
     @property
     def split_config(self) -> SplitConfig:

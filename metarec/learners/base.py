@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MetricCollection
 
+from metarec.data.data_config import RATING_LOSSES  # explicit ratings; the other losses are of 0/1 labels
 from metarec.data.episodes import EpisodeBatch, Support
 from metarec.errors import ConfigError, NonFiniteError
 from metarec.metrics import rating_metrics
@@ -69,7 +70,7 @@ class LearnerContext:
     @property
     def binary_labels(self) -> bool:
         """Whether ratings are 0/1 labels (sampled negatives) and the model outputs logits."""
-        return self.loss != "mse"
+        return self.loss not in RATING_LOSSES
 
 
 TIE_SHARE = 1e-3  # rating grid: share of the rounding remainder kept (order-preserving; <= 0.0005 on whole stars)
@@ -94,6 +95,10 @@ def snap_to_grid(pred: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return nearest + TIE_SHARE * (pred - nearest)
 
 
+def absolute_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (pred - target).abs()
+
+
 def squared_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target) ** 2
 
@@ -104,7 +109,7 @@ def logistic_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.softplus(logits) - logits * target
 
 
-ELEMENTWISE = {"mse": squared_error, "bce": logistic_loss}
+ELEMENTWISE = {"mse": squared_error, "mae": absolute_error, "bce": logistic_loss}
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -115,6 +120,11 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def masked_mse_per_task(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over each row's masked entries: ``[T]``."""
     return _masked_mean(squared_error(pred, target), mask)
+
+
+def masked_mae_per_task(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over each row's masked entries: ``[T]``."""
+    return _masked_mean(absolute_error(pred, target), mask)
 
 
 def masked_bce_per_task(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -135,11 +145,11 @@ def masked_softmax_per_task(logits: torch.Tensor, target: torch.Tensor, mask: to
     return _masked_mean(torch.logaddexp(logits, lse) - logits, pos)
 
 
-LOSSES = {"mse": masked_mse_per_task, "bce": masked_bce_per_task, "softmax": masked_softmax_per_task}
+LOSSES = {"mse": masked_mse_per_task, "mae": masked_mae_per_task, "bce": masked_bce_per_task, "softmax": masked_softmax_per_task}
 
 
 def task_loss(name: str):
-    """The per-task masked loss function called ``name`` (``mse`` | ``bce``)."""
+    """The per-task masked loss function called ``name`` (``mse`` | ``mae`` | ``bce`` | ``softmax``)."""
     try:
         return LOSSES[name]
     except KeyError:

@@ -35,7 +35,8 @@ def clip_scale(squared_norm: torch.Tensor, max_norm: float) -> torch.Tensor:
 class ExecutorSettings:
     """How a learner's inner loop runs: the adapted ``scope``, the update ``rule`` (scalar rate, learned
     rates, ...), first or second order in meta-training, optional clipping of each task's inner gradient
-    to a global L2 norm, the per-task ``loss`` (``mse`` | ``bce``) and, for ``vmap``, tasks per
+    to a global L2 norm, the per-task ``loss`` of the query (``mse`` | ``mae`` | ``bce`` | ``softmax``; the support's
+    is the same, except squared error under ``mae``: an inner step moves by how far each rating is) and, for ``vmap``, tasks per
     vectorised chunk."""
 
     scope: str
@@ -59,7 +60,8 @@ class Executor:
         self.settings = settings
         self.rule = settings.rule
         self.prefix, module = model.scope_split(settings.scope)
-        self.loss_fn = task_loss(settings.loss)  # per-task masked loss of support and query (mse | bce)
+        self.loss_fn = task_loss(settings.loss)  # per-task masked loss of the query
+        self.support_loss_fn = task_loss("mse" if settings.loss == "mae" else settings.loss)  # the inner loop's
         self.wrapper = self.rule.wrap(module, settings.first_order)
         self.inner_grad_clip = settings.inner_grad_clip
         self.chunk_size = settings.chunk_size

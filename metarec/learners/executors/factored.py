@@ -137,7 +137,7 @@ def factored_task(ex: "Executor", steps: int, first_order: bool, lrs: dict, fixe
         def support_loss(rest, u):
             x = features(rest, s_args)
             pre = first_layer(x, zs, [gs] * len(terms)) if fixed_x else first_layer(x)
-            return ex.loss_fn(rest_of_module(rest, pre + u), s_y, s_m), x
+            return ex.support_loss_fn(rest_of_module(rest, pre + u), s_y, s_m), x
 
         rank_step = s_y.shape[-1]  # each step adds a term of rank <= the (padded) support size
         u = torch.zeros(rank_step, weight.shape[0], dtype=weight.dtype, device=weight.device)  # d/du: delta

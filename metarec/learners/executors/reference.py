@@ -34,7 +34,7 @@ class L2LExecutor(Executor):
         learner = self.wrapper.clone()
         args, y, m = self.block(batch, x, t, "support")
         for _ in range(steps):
-            loss = self.loss_fn(self.predict(learner, args), y, m)
+            loss = self.support_loss_fn(self.predict(learner, args), y, m)
             if self.inner_grad_clip is not None or self.partial:
                 self._clipped_update(learner, loss, first_order)
             else:

@@ -55,7 +55,7 @@ class VmapExecutor(Executor):
         parameters, used as they are (the outer loop still differentiates through them)."""
 
         def support_loss(p, args, y, m):
-            return self.loss_fn(self._forward(p, args, fixed), y, m)
+            return self.support_loss_fn(self._forward(p, args, fixed), y, m)
 
         def task(params, s_args, s_y, s_m, q_args, q_y, q_m):
             p = params
@@ -117,7 +117,7 @@ class VmapExecutor(Executor):
         for _ in range(steps):  # plain autograd: without vmap, torch.func.grad's wrapping only costs time
             leaves = {n: params[n].requires_grad_() for n in self.names}
             with torch.enable_grad(), sparse_embedding_grads():  # an embedding's gradient: the support's rows
-                loss = self.loss_fn(self._forward(leaves, args, fixed), y, m)
+                loss = self.support_loss_fn(self._forward(leaves, args, fixed), y, m)
             g = torch.autograd.grad(loss, [leaves[n] for n in self.names], materialize_grads=True)
             g = clip_by_global_norm([x.coalesce() if x.is_sparse else x for x in g], self.inner_grad_clip)
             params = {n: (leaves[n] - gn * lrs[n]).detach() for n, gn in zip(self.names, g)}
