@@ -12,7 +12,9 @@ whole stars and the oracle predicts whole stars (the absolute-error optimum), so
 all); the row ``ridge@data.rating_grid=false`` is ridge's real-valued prediction, and the row *real-valued
 posterior oracle* is the posterior's median before rounding, the best a real-valued prediction can reach. On user-cold, the row *oracle
 with fitted items* (``oracle_fit.py``) replaces the true item vectors and biases by a fit of the true model
-family to the training users' ratings: how far finite training data alone keep a correct learner from 1.00×.
+family to the training users' ratings: how far finite training data alone keep a correct learner from 1.00×;
+the row *interval fold-in with fitted items* folds the support in with the exact likelihood of a whole star
+(its cell of the grid, as ``ridge_interval`` does) at those items.
 
 Learners run on both base models (``melu`` MLP and the dot-product ``twotower``, which matches the
 generating model). ``--tuned DIR`` uses the best configs of ``metarec tune`` studies (validation users
@@ -38,7 +40,7 @@ from pathlib import Path
 
 import torch
 from bench_utils import command_line, run_model_groups, update_readme
-from oracle_fit import fit_items, fitted_mae, training_ratings
+from oracle_fit import fit_items, fitted_mae, interval_mae, training_ratings
 
 from metarec.compare import ALL
 from metarec.config import compose, data_config, validate
@@ -59,19 +61,26 @@ DATA = ["data=synthetic", "data.params.round_ratings=true", "data.rating_grid=tr
 COMMON = ["trainer.enable_progress_bar=false"]
 GROUPS = [
     ("melu", ["global", "finetune", "maml", "metasgd", "amortised"]),
-    ("twotower", ["global", "finetune", "maml", "ridge", "ridge@data.rating_grid=false"]),
+    ("twotower", ["global", "finetune", "maml", "ridge", "ridge_interval", "ridge@data.rating_grid=false"]),
 ]
+
+
+FITTED = {  # user-cold references with the items fitted to the training users (oracle_fit.py): row -> fold-in
+    "oracle with fitted items (user-cold)": fitted_mae,  # conjugate Gaussian fold-in (rounding as noise)
+    "interval fold-in with fitted items (user-cold)": interval_mae,  # the exact likelihood of a whole star
+}
 
 
 def oracles(overrides: list[str]) -> tuple[dict, dict, dict, dict, dict]:
     """Posterior, prior and real-valued posterior oracle MAE per scenario on the split ``overrides`` make, the
-    oracle with fitted items (user-cold only: the other scenarios' items or users are in training), and
-    users per scenario."""
+    fold-ins with fitted items (``FITTED``: row -> {scenario: MAE}, user-cold only: the other scenarios' items or
+    users are in training), and users per scenario."""
     cfg = validate(compose(overrides))
     dm = ColdStartDataModule(data_config(cfg.data), seed=int(cfg.seed))
     dm.setup()
     truth = synthetic_truth(SyntheticConfig(**cfg.data.params))
-    post, prior, real, fitted, users = {}, {}, {}, {}, {}
+    post, prior, real, users = {}, {}, {}, {}
+    fitted: dict[str, dict] = {row: {} for row in FITTED}
     items = fit_items(truth, *training_ratings(dm.dataset, dm.split), truth.item_vectors.shape[0])
     for s in dm.scenarios:
         tasks = dm.test_tasks(s)
@@ -79,7 +88,8 @@ def oracles(overrides: list[str]) -> tuple[dict, dict, dict, dict, dict]:
                                        oracle_mae(truth, dm.dataset, tasks, posterior=False), len(tasks))
         real[s] = oracle_mae(truth, dm.dataset, tasks, whole_stars=False)
         if s == "user_cold":
-            fitted[s] = fitted_mae(truth, items, dm.dataset, tasks)
+            for row, fold_in in FITTED.items():
+                fitted[row][s] = fold_in(truth, items, dm.dataset, tasks)
     return post, prior, real, fitted, users
 
 
@@ -118,8 +128,9 @@ def table(stats, labels, post, prior, real, fitted, scenarios) -> list[str]:
         f"{prior[s]:.4f} ({prior[s] / post[s]:.2f}×)" for s in scenarios) + " |")
     lines.append("| *real-valued posterior oracle (not rounded)* | " + " | ".join(
         f"{real[s]:.4f} ({real[s] / post[s]:.2f}×)" for s in scenarios) + " |")
-    lines.append("| *oracle with fitted items (user-cold)* | " + " | ".join(
-        f"{fitted[s]:.4f} ({fitted[s] / post[s]:.2f}×)" if s in fitted else "–" for s in scenarios) + " |")
+    for row, ref in fitted.items():
+        lines.append(f"| *{row}* | " + " | ".join(
+            f"{ref[s]:.4f} ({ref[s] / post[s]:.2f}×)" if s in ref else "–" for s in scenarios) + " |")
     lines.append("| *posterior oracle (features + support)* | " + " | ".join(f"{post[s]:.4f} (1.00×)" for s in scenarios) + " |")
     return lines
 
