@@ -47,9 +47,10 @@ CASES = {
 }
 
 
-def _pair(setup, name, cls, extra, dense=False):
+def _pair(setup, name, cls, extra, dense=False, split=False):
     """The learn2learn reference and the vmap executor; ``dense``: vmap with per-task copies of every
-    adapted weight (no factored first layer)."""
+    adapted weight (no factored first layer); ``split``: under ``all``, the split first layer at any support
+    size (without: never, so that the factored and dense paths are what the other tests check)."""
     batch, ctx, model = setup
     learners = []
     for executor in ("learn2learn", "vmap"):
@@ -57,6 +58,7 @@ def _pair(setup, name, cls, extra, dense=False):
         learners.append(build_learner(name, copy.deepcopy(model), ctx, cls(**opts)))
     if dense:
         learners[1].executor.factored = None
+    learners[1].executor.split_above = 0.0 if split else float("inf")
     return batch, learners
 
 
@@ -206,3 +208,41 @@ def test_two_tower_model_agrees_across_executors(dm, setup, case, scope, steps):
     if scope != "all":  # the item tower still learns, in the outer loop, through the adapted head
         assert any(k.startswith("model.item_tower") for k in g)
     _close(learners[0].meta_step(batch, train=False)[1], learners[1].meta_step(batch, train=False)[1])
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+@pytest.mark.parametrize("case", ["maml", "fomaml", "metasgd"])
+def test_split_first_layer_under_all_agrees(setup, case, steps):
+    """Under ``all``, supports longer than ``split_above`` run the model's ``forward_split`` (the first head
+    layer on the user and item parts apart) with per-task copies: the same loss, predictions, meta-gradients."""
+    name, cls, extra = CASES[case]
+    batch, (ref, fast) = _pair(setup, name, cls, {**extra, "scope": "all", "inner_steps": steps}, split=True)
+    assert fast.executor.split is not None
+    calls = []
+    model = fast.executor.split.model
+    original = type(model).forward_split
+    type(model).forward_split = lambda self, u, i: calls.append(1) or original(self, u, i)
+    try:
+        _assert_same_training_step(batch, ref, fast)
+        _, p1 = ref.meta_step(batch, train=False)
+        _, p2 = fast.meta_step(batch, train=False)
+    finally:
+        type(model).forward_split = original
+    _close(p1, p2)
+    assert calls, "the split forward was not used"
+
+
+def test_forward_split_equals_forward(setup):
+    batch, _, model = setup
+    _close(model.forward_split(batch.user, batch.item), model(batch.user, batch.item))
+
+
+def test_split_is_chosen_from_the_support_size_and_only_under_all(setup):
+    _, ctx, model = setup
+    from metarec.learners import build_learner as build
+
+    head = build("maml", copy.deepcopy(model), ctx, MAMLConfig(scope="head"))
+    assert head.executor.split is None
+    whole = build("maml", copy.deepcopy(model), ctx, MAMLConfig(scope="all"))
+    out_dim, in_dim = model.head[0].weight.shape
+    assert whole.executor.split_above == pytest.approx(out_dim * in_dim / (out_dim + in_dim))

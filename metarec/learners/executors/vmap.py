@@ -9,6 +9,7 @@ support alone with plain autograd: ``vmap``'s batching and ``torch.func``'s wrap
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
@@ -20,12 +21,34 @@ from metarec.models.base import BaseRecommender
 from metarec.models.item_cache import is_serving, sparse_embedding_grads
 
 
+class _SplitForward(nn.Module):
+    """``model.forward_split`` as a module's forward (for ``functional_call``); parameters named ``model.*``."""
+
+    def __init__(self, model: BaseRecommender) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, user: Features, item: Features) -> torch.Tensor:
+        return self.model.forward_split(user, item)
+
+
 class VmapExecutor(Executor):
     """``torch.func`` inner loop, vmapped over the tasks of a meta-batch."""
 
     def __init__(self, model: BaseRecommender, settings: ExecutorSettings) -> None:
         super().__init__(model, settings)
         self.factored = factorable_first_linear(self)  # None: every adapted weight is copied per task
+        # Scope ``all`` on a model whose first head layer can take the body's user and item parts apart
+        # (``MeLU.forward_split``): with supports longer than ``split_above`` the inner loop copies every
+        # weight per task and runs that split forward instead of the factored first layer. From that size
+        # on the factored terms would be folded into a per-task copy at the first step (its rank,
+        # out * in / (out + in)), and the split halves the first layer's work (measured: 1.3x at support 90,
+        # ``benchmarks/peers.py``); below it the factored layer is faster.
+        self.split: nn.Module | None = None
+        self.split_above = float("inf")
+        if self.prefix is None and getattr(model, "splits_first_layer", False):
+            out_dim, in_dim = model.head[0].weight.shape
+            self.split, self.split_above = _SplitForward(model), out_dim * in_dim / (out_dim + in_dim)
 
     def _inputs(self, batch: EpisodeBatch, x: torch.Tensor | None) -> tuple[tuple, tuple]:
         """``(args, ratings, mask)`` of the support block and of the query block, every tensor ``[T, ...]``.
@@ -43,19 +66,22 @@ class VmapExecutor(Executor):
         ys, yq = torch.split(batch.ratings, sizes, dim=1)
         return (args[0], ys, batch.support_mask[:, :s]), (args[1], yq, batch.query_mask[:, s:])
 
-    def _forward(self, params: dict, args: tuple, fixed: dict) -> torch.Tensor:
+    def _forward(self, params: dict, args: tuple, fixed: dict, split: bool = False) -> torch.Tensor:
         params = {**fixed, **params}
+        if split:  # the same model, its first head layer on the user and item parts apart
+            return functional_call(self.split, {f"model.{n}": v for n, v in params.items()}, args)
         if len(args) == 1:
             return functional_call(self.module, params, args).squeeze(-1)
         return functional_call(self.module, params, args)
 
-    def _per_task(self, steps: int, first_order: bool, lrs: dict, fixed: dict):
+    def _per_task(self, steps: int, first_order: bool, lrs: dict, fixed: dict, split: bool = False):
         """The inner loop of one task as a pure function: (parameters, support, query) ->
         (adapted parameters, query loss, query predictions). ``fixed``: the module's non-adapted
-        parameters, used as they are (the outer loop still differentiates through them)."""
+        parameters, used as they are (the outer loop still differentiates through them). ``split``: the
+        model's ``forward_split`` (the same numbers)."""
 
         def support_loss(p, args, y, m):
-            return self.support_loss_fn(self._forward(p, args, fixed), y, m)
+            return self.support_loss_fn(self._forward(p, args, fixed, split), y, m)
 
         def task(params, s_args, s_y, s_m, q_args, q_y, q_m):
             p = params
@@ -63,7 +89,7 @@ class VmapExecutor(Executor):
                 g = grad(support_loss)(p, s_args, s_y, s_m)
                 g = dict(zip(self.names, clip_by_global_norm([g[n] for n in self.names], self.inner_grad_clip)))
                 p = {n: p[n] - lrs[n] * (g[n].detach() if first_order else g[n]) for n in self.names}
-            out = self._forward(p, q_args, fixed)
+            out = self._forward(p, q_args, fixed, split)
             return p, self.loss_fn(out, q_y, q_m), out
 
         return task
@@ -72,10 +98,11 @@ class VmapExecutor(Executor):
                  fixed: dict, materialise: bool = False):
         x = self.prefix_features(batch, detach)
         (s_args, s_y, s_m), (q_args, q_y, q_m) = self._inputs(batch, x)
-        if self.factored is not None and steps > 0:
+        split = self.split is not None and batch.n_support > self.split_above
+        if self.factored is not None and steps > 0 and not split:
             task = factored_task(self, steps, first_order, lrs, fixed, materialise)
         else:
-            task = self._per_task(steps, first_order, lrs, fixed)
+            task = self._per_task(steps, first_order, lrs, fixed, split)
         return vmap(task, in_dims=(None, 0, 0, 0, 0, 0, 0), chunk_size=self.chunk_size)(
             params, s_args, s_y, s_m, q_args, q_y, q_m
         )
