@@ -145,7 +145,8 @@ def masked_softmax_per_task(logits: torch.Tensor, target: torch.Tensor, mask: to
     return _masked_mean(torch.logaddexp(logits, lse) - logits, pos)
 
 
-LOSSES = {"mse": masked_mse_per_task, "mae": masked_mae_per_task, "bce": masked_bce_per_task, "softmax": masked_softmax_per_task}
+LOSSES = {"mse": masked_mse_per_task, "mae": masked_mae_per_task, "bce": masked_bce_per_task,
+          "softmax": masked_softmax_per_task}
 
 
 def task_loss(name: str):

@@ -44,8 +44,9 @@ class Reptile(GradientAdaptation, MetaLearner):
         if cfg.outer_optimizer not in ("sgd", "adam"):
             raise ConfigError(f"learner.outer_optimizer must be sgd or adam, got {cfg.outer_optimizer!r}")
         if ctx.loss == "mae":
-            raise ConfigError("learner reptile has no query objective (its update is its inner loop's, on the squared "
-                              "error of the support), so data.rating_loss=mae would change nothing: set data.rating_loss=mse")
+            raise ConfigError("learner reptile has no query objective (its update is its inner loop's, on the "
+                              "squared error of the support), so data.rating_loss=mae would change nothing: "
+                              "set data.rating_loss=mse")
         self.cfg = cfg
         self.executor = make_executor(cfg.executor, model, ExecutorSettings(
             cfg.scope, ScalarRate(cfg.inner_lr), True, cfg.inner_grad_clip, ctx.loss, cfg.chunk_size,

@@ -35,9 +35,9 @@ def clip_scale(squared_norm: torch.Tensor, max_norm: float) -> torch.Tensor:
 class ExecutorSettings:
     """How a learner's inner loop runs: the adapted ``scope``, the update ``rule`` (scalar rate, learned
     rates, ...), first or second order in meta-training, optional clipping of each task's inner gradient
-    to a global L2 norm, the per-task ``loss`` of the query (``mse`` | ``mae`` | ``bce`` | ``softmax``; the support's
-    is the same, except squared error under ``mae``: an inner step moves by how far each rating is) and, for ``vmap``, tasks per
-    vectorised chunk."""
+    to a global L2 norm, the per-task ``loss`` of the query (``mse`` | ``mae`` | ``bce`` | ``softmax``; the
+    support's is the same, except squared error under ``mae``: an inner step moves by how far each rating is)
+    and, for ``vmap``, tasks per vectorised chunk."""
 
     scope: str
     rule: InnerRule
