@@ -363,9 +363,10 @@ def test_markdown_bold_and_single_seed() -> None:
 def test_make_spec_checks_in_process(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("METAREC_CONFIG_DIR", str(CONFIGS))
     spec = make_spec(tmp_path / "o", None, ["2", "0", "2"], ["10", "1", "3"], ["data=synthetic"])
-    # every option but those written for another base model than the default melu (fism, fism_ease, ridge)
+    # every option but those written for another base model than the default melu (fism, fism_ease, ridge and
+    # its preset ridge_interval)
     assert spec.learners == sorted(p.stem for p in (CONFIGS / "learner").glob("*.yaml")
-                                   if p.stem not in ("fism", "fism_ease", "ridge"))
+                                   if p.stem not in ("fism", "fism_ease", "ridge", "ridge_interval"))
     assert spec.seeds == [2, 0] and spec.support_sizes == [1, 3, 10]
     assert spec.out.is_absolute()
     with pytest.raises(ConfigError, match="run.name"):
