@@ -37,15 +37,23 @@ class Factored(NamedTuple):
     max_rank: float
 
 
-class _BodyOf(nn.Module):
-    """``model.body`` as a module's forward (for ``functional_call``); parameters named ``model.*``."""
+class ModelMethod(nn.Module):
+    """One of ``model``'s ``(user, item)`` methods (``body``, ``forward_split``) as a module's forward, for
+    ``functional_call``; parameters named ``model.*``."""
 
-    def __init__(self, model: BaseRecommender) -> None:
+    def __init__(self, model: BaseRecommender, method: str) -> None:
         super().__init__()
         self.model = model
+        self.method = method
 
     def forward(self, user: Features, item: Features) -> torch.Tensor:
-        return self.model.body(user, item)
+        return getattr(self.model, self.method)(user, item)
+
+
+def factor_rank(layer: nn.Linear) -> float:
+    """The rank up to which factors ``A^T X`` of ``layer``'s weight are smaller than the weight: out*in/(out+in)."""
+    out_dim, in_dim = layer.weight.shape
+    return out_dim * in_dim / (out_dim + in_dim)
 
 
 def factorable_first_linear(ex: "Executor") -> Factored | None:
@@ -60,7 +68,7 @@ def factorable_first_linear(ex: "Executor") -> Factored | None:
     if ex.prefix is None:
         if not isinstance(m, BaseRecommender) or not isinstance(getattr(m, "head", None), nn.Sequential):
             return None
-        body, pre, m = _BodyOf(m), "head.", m.head
+        body, pre, m = ModelMethod(m, "body"), "head.", m.head
     if type(m) is nn.Linear:
         first, tail, dot = m, None, ""
     elif isinstance(m, nn.Sequential) and len(m) > 0 and type(m[0]) is nn.Linear:
@@ -74,8 +82,7 @@ def factorable_first_linear(ex: "Executor") -> Factored | None:
         return None
     tail_names = [] if tail is None else [n for n, _ in tail.named_parameters()]
     body_names = [] if body is None else [n for n in ex.all_names if not n.startswith(pre)]
-    out_dim, in_dim = first.weight.shape
-    return Factored(w, b, tail, tail_names, pre, body, body_names, out_dim * in_dim / (out_dim + in_dim))
+    return Factored(w, b, tail, tail_names, pre, body, body_names, factor_rank(first))
 
 
 

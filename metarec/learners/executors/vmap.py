@@ -15,21 +15,10 @@ from torch.utils._pytree import tree_map
 
 from metarec.data.episodes import EpisodeBatch, Support
 from metarec.learners.executors.base import Executor, ExecutorSettings, clip_by_global_norm
-from metarec.learners.executors.factored import factorable_first_linear, factored_task
+from metarec.learners.executors.factored import ModelMethod, factor_rank, factorable_first_linear, factored_task
 from metarec.data.features import Features
 from metarec.models.base import BaseRecommender
 from metarec.models.item_cache import is_serving, sparse_embedding_grads
-
-
-class _SplitForward(nn.Module):
-    """``model.forward_split`` as a module's forward (for ``functional_call``); parameters named ``model.*``."""
-
-    def __init__(self, model: BaseRecommender) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, user: Features, item: Features) -> torch.Tensor:
-        return self.model.forward_split(user, item)
 
 
 class VmapExecutor(Executor):
@@ -47,8 +36,7 @@ class VmapExecutor(Executor):
         self.split: nn.Module | None = None
         self.split_above = float("inf")
         if self.prefix is None and getattr(model, "splits_first_layer", False):
-            out_dim, in_dim = model.head[0].weight.shape
-            self.split, self.split_above = _SplitForward(model), out_dim * in_dim / (out_dim + in_dim)
+            self.split, self.split_above = ModelMethod(model, "forward_split"), factor_rank(model.head[0])
 
     def _inputs(self, batch: EpisodeBatch, x: torch.Tensor | None) -> tuple[tuple, tuple]:
         """``(args, ratings, mask)`` of the support block and of the query block, every tensor ``[T, ...]``.
