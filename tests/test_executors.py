@@ -246,3 +246,58 @@ def test_split_is_chosen_from_the_support_size_and_only_under_all(setup):
     whole = build("maml", copy.deepcopy(model), ctx, MAMLConfig(scope="all"))
     out_dim, in_dim = model.head[0].weight.shape
     assert whole.executor.split_above == pytest.approx(out_dim * in_dim / (out_dim + in_dim))
+
+
+class WholeBodyMeLU(MeLU):
+    """MeLU that does not offer its body's two parts: the factored first layer takes the concatenation."""
+
+    splits_body = False
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+@pytest.mark.parametrize("scope", ["head", "all"])
+def test_factored_first_layer_takes_the_body_parts_where_the_model_splits_it(dm, setup, scope, steps):
+    """MeLU splits its body, so the factored first layer runs on the user and item parts (``Parts``: the
+    prefix under ``head``, the per-task body under ``all``); a model that does not is given the concatenation.
+    Both paths: learn2learn's loss, predictions, meta-gradients and materialised adapted weights."""
+    batch, ctx, model = setup
+    for cls, parts in ((MeLU, True), (WholeBodyMeLU, False)):
+        torch.manual_seed(4)
+        net = cls(dm.dataset.schema, MeLUConfig(embed_dim=8, hidden=[16, 16])).double()
+        learners = [build_learner("maml", copy.deepcopy(net), ctx, MAMLConfig(inner_lr=0.05, inner_steps=steps,
+                                                                              scope=scope, executor=e))
+                    for e in ("learn2learn", "vmap")]
+        ex = learners[1].executor
+        ex.split_above = float("inf")
+        assert ex.factored is not None and ex.factored.parts is parts
+        assert ex.prefix_parts is (parts and scope == "head")
+        _assert_same_training_step(batch, *learners)
+        phis, _ = ex.adapted_parameters(batch, steps)
+        ref, _ = learners[0].executor.adapted_parameters(batch, steps)
+        for a, b in zip(phis, ref):
+            _close(a, b)
+
+
+def test_body_parts_are_not_used_where_the_first_layer_is_not_factored(setup):
+    """Meta-SGD (learned rates: no factored layer) and zero inner steps under ``head`` take the body whole."""
+    batch, ctx, model = setup
+    metasgd = build_learner("metasgd", copy.deepcopy(model), ctx, MetaSGDConfig(scope="head"))
+    assert metasgd.executor.factored is None and not metasgd.executor.prefix_parts
+    batch, (ref, fast) = _pair(setup, "maml", MAMLConfig, {"scope": "head", "inner_steps": 0})
+    assert fast.executor.prefix_parts
+    _assert_same_training_step(batch, ref, fast)
+
+
+def test_parts_products_equal_the_concatenated_ones():
+    from metarec.learners.executors.factored import Parts, gram, times_weight, weight_term
+
+    g = torch.Generator().manual_seed(0)
+    x = Parts(torch.randn(3, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64))
+    y = Parts(torch.randn(3, generator=g, dtype=torch.float64), torch.randn(2, 4, generator=g, dtype=torch.float64))
+    w = torch.randn(6, 7, generator=g, dtype=torch.float64)
+    a = torch.randn(5, 6, generator=g, dtype=torch.float64)
+    whole_x, whole_y = x.cat(), y.cat()
+    assert whole_x.shape == (5, 7)
+    _close(times_weight(x, w), whole_x @ w.T)
+    _close(gram(x, y), whole_x @ whole_y.T)
+    _close(weight_term(a, x), a.T @ whole_x)

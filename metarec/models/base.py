@@ -13,7 +13,7 @@ in the output layer). Adaptation scopes:
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -22,6 +22,22 @@ from metarec.data.features import Features
 from metarec.errors import ConfigError
 
 SCOPES = ("all", "head", "output", "lora")
+
+
+class LinearField(NamedTuple):
+    """One field of a model's body that is linear in its raw input (``BaseRecommender.linear_fields``): an
+    index field looks up row ``categorical[..., column]`` of ``weight`` ``[rows, dim]`` (row 0 is padding:
+    never updated); a vector field maps its slice ``multihot[..., start:start + width]`` by ``weight``
+    ``[dim, width]`` (plus ``bias``). ``side``: ``user`` or ``item``; ``position``: the field's place among its
+    side's fields (the order of ``split_body``'s offsets)."""
+
+    side: str
+    position: int
+    weight: str
+    bias: str | None
+    column: int | None
+    start: int = 0
+    width: int = 0
 
 
 class BaseRecommender(nn.Module):
@@ -69,6 +85,24 @@ class BaseRecommender(nn.Module):
         """A serving-only shortcut for ``forward`` with per-task ``params`` (model parameter names ->
         ``[T, *shape]``) on users ``[T, ...]`` and items ``[T, N, ...]``, or ``None`` (the default): score
         the usual way. Executors consult it when scoring (see ``MeLU.serve``)."""
+        return None
+
+    splits_body = False  # whether ``split_body`` is implemented
+
+    def split_body(self, user: Features, item: Features, offsets: tuple[dict, dict] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``body`` as its user part ``[..., Du]`` and item part ``[..., N, Di]``, where ``body`` is
+        ``[user part; item part]`` per item, computed as usual (training included; no cache) -- for models
+        with ``splits_body``. The vmap executor keeps the head's first layer on the two parts apart
+        (``executors/factored.py``: the user's part once per task, no ``[..., N, Du + Di]`` concatenation).
+        ``offsets``: with ``linear_fields``, per side (user, item) a dict from a field's ``position`` to a term
+        added to that field's linear output (before any mean over a field's active values)."""
+        raise NotImplementedError(f"{type(self).__name__} does not split its body")
+
+    def linear_fields(self) -> list[LinearField] | None:
+        """The body's fields, every one linear in its raw input, when the whole body is made of them (and
+        ``split_body`` takes ``offsets``): the vmap executor then keeps their per-task updates factored under
+        scope ``all`` (``executors/factored_fields.py``). ``None`` (the default): not so."""
         return None
 
     def body_parts(self, user: Features, item: Features) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.func import functional_call
 
 from metarec.data.schema import FeatureSchema
 from metarec.data.features import Features
-from metarec.models.base import BaseRecommender
+from metarec.models.base import BaseRecommender, LinearField
 from metarec.models.item_cache import ItemSideCache, is_serving, sparse_grads
 
 SERVE_CHUNK = 8192  # items per pass through the head when serving: temporaries stay small and in cache
@@ -52,9 +53,25 @@ class MultiHotEmbedding(nn.Module):
         super().__init__()
         self.linear = nn.Linear(width, dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """``offset``: added to the linear output before the mean (``MeLU.split_body``'s offsets)."""
         count = x.sum(-1, keepdim=True).clamp_min(1.0)
-        return self.linear(x) / count
+        out = self.linear(x)
+        return (out if offset is None else out + offset) / count
+
+
+def padded_lookup(e: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
+    """``e(idx)``, its positions holding the padding index (unknown values: code 0) passing no gradient, also
+    when the table is a per-task copy under ``vmap``: there torch's embedding (2.14) gives the padding row a
+    gradient from every task but the first (its batching rule offsets the indices and loses ``padding_idx``),
+    so meta-gradients through an unknown value differed from learn2learn's. Same values as ``e(idx)``; a
+    plain table (not a ``torch.func`` wrapper) takes ``e(idx)`` itself (the masking costs 5-7% of a step)."""
+    if type(e) is not nn.Embedding or e.padding_idx is None or not is_functorch_wrapped_tensor(e.weight):
+        return e(idx)
+    out = F.embedding(idx, e.weight, None, e.max_norm, e.norm_type, e.scale_grad_by_freq, e.sparse)
+    if not torch.is_grad_enabled():
+        return out
+    return torch.where((idx == e.padding_idx).unsqueeze(-1), out.detach(), out)
 
 
 class FieldVectors(nn.Module):
@@ -70,13 +87,44 @@ class FieldVectors(nn.Module):
         self.widths = [f.width for f in multihot]
         self.n = len(categorical) + len(multihot)
 
-    def vectors(self, x: Features) -> list[torch.Tensor]:
+    def vectors(self, x: Features, offsets: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """One vector per field; ``offsets`` (field position -> term): terms added to those fields' linear
+        outputs, before a multi-hot field's mean (``MeLU.split_body``)."""
         sparse = sparse_grads()  # serving's inner loop (item_cache.sparse_embedding_grads): the same vectors
         parts = [self._sparse(e, x.categorical[..., j]) if sparse and e.num_embeddings >= SPARSE_MIN_ROWS
-                 else e(x.categorical[..., j]) for j, e in enumerate(self.categorical)]
+                 else padded_lookup(e, x.categorical[..., j]) for j, e in enumerate(self.categorical)]
+        offsets = offsets or {}
+        parts = [p + offsets[j] if j in offsets else p for j, p in enumerate(parts)]
         if self.multihot:
-            parts += [emb(chunk) for emb, chunk in zip(self.multihot, torch.split(x.multihot, self.widths, dim=-1))]
+            chunks = torch.split(x.multihot, self.widths, dim=-1)
+            for k, (emb, chunk) in enumerate(zip(self.multihot, chunks)):
+                o = offsets.get(len(self.categorical) + k)
+                if o is None:
+                    parts.append(emb(chunk))
+                else:
+                    parts.append(emb(chunk, o) if type(emb) is MultiHotEmbedding else emb(chunk) + o)
         return parts
+
+    def linear_fields(self, side: str, prefix: str) -> list[LinearField] | None:
+        """This encoder's fields as ``LinearField`` (parameter names under ``prefix``), or ``None`` if one of
+        its modules is not a plain padded embedding, a multi-hot mean or a linear map with bias."""
+        fields: list[LinearField] = []
+        for j, e in enumerate(self.categorical):
+            if type(e) is not nn.Embedding or e.padding_idx != 0 or e.max_norm is not None or e.scale_grad_by_freq:
+                return None
+            fields.append(LinearField(side, j, f"{prefix}categorical.{j}.weight", None, j))
+        start = 0
+        for k, (m, width) in enumerate(zip(self.multihot, self.widths)):
+            position = len(self.categorical) + k
+            if type(m) is MultiHotEmbedding and m.linear.bias is None:
+                fields.append(LinearField(side, position, f"{prefix}multihot.{k}.linear.weight", None, None, start, width))
+            elif type(m) is nn.Linear and m.bias is not None:
+                fields.append(LinearField(side, position, f"{prefix}multihot.{k}.weight", f"{prefix}multihot.{k}.bias",
+                                          None, start, width))
+            else:
+                return None
+            start += width
+        return fields
 
     @staticmethod
     def _sparse(e: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
@@ -179,7 +227,24 @@ class MeLU(BaseRecommender):
         self._inputs_cache = ItemSideCache()  # serving: the catalogue's normalised multi-hot inputs (``serve``)
 
     def body(self, user: Features, item: Features) -> torch.Tensor:
-        return self.combine(self.user_encoder(user), self.item_encoder(item))
+        return self.combine(*self.split_body(user, item))
+
+    splits_body = True
+
+    def split_body(self, user: Features, item: Features, offsets: tuple[dict, dict] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The user's field vectors ``[..., Du]`` and the items' ``[..., N, Di]`` (``body`` concatenates them);
+        ``offsets``: see ``BaseRecommender.split_body``."""
+        if offsets is None:
+            return self.user_encoder(user), self.item_encoder(item)
+        return (torch.cat(self.user_encoder.vectors(user, offsets[0]), dim=-1),
+                torch.cat(self.item_encoder.vectors(item, offsets[1]), dim=-1))
+
+    def linear_fields(self) -> list[LinearField] | None:
+        """Every field of both encoders (``FieldVectors.linear_fields``), or ``None`` if one is not linear."""
+        user = self.user_encoder.linear_fields("user", "user_encoder.")
+        item = self.item_encoder.linear_fields("item", "item_encoder.")
+        return None if user is None or item is None else user + item
 
     @property
     def splits_first_layer(self) -> bool:
@@ -193,7 +258,7 @@ class MeLU(BaseRecommender):
         and backward (the weight's user block gets a rank-one gradient). Equal to ``forward`` up to float
         rounding; the vmap executor uses it for large supports (``VmapExecutor.split_above``)."""
         first = self.head[0]
-        u, i = self.user_encoder(user), self.item_encoder(item)
+        u, i = self.split_body(user, item)
         du = u.shape[-1]
         hu = u @ first.weight[:, :du].T
         if first.bias is not None:

@@ -16,10 +16,11 @@ non-adapted prefix of the model runs once per meta-batch in both executors.
   second-order meta-gradient. The first linear layer of the head (a plain ``nn.Linear``, adapted
   with a scalar rate: not Meta-SGD) is kept in factored form, W - sum_j A_j^T X_j, instead of as a
   per-task copy (``factored.py``): the same numbers, without the per-task copies of the largest
-  weight that otherwise dominate the time on a CPU.
+  weight that otherwise dominate the time on a CPU. Under ``all`` the body's linear fields (embedding
+  tables, multi-hot maps) are kept factored the same way (``factored_fields.py``).
 
 Modules: ``rules`` (the inner update rule object), ``base`` (settings, shared set-up, ``adapt`` and
-``score``), ``reference`` (learn2learn), ``vmap``, ``factored``.
+``score``), ``reference`` (learn2learn), ``vmap``, ``factored``, ``factored_fields``.
 """
 
 

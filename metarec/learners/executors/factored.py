@@ -14,18 +14,65 @@ from torch import nn
 from torch.func import functional_call, grad
 
 from metarec.learners.executors.base import clip_scale
+from metarec.learners.executors.factored_fields import BodyFactors, factored_fields
 from metarec.data.features import Features
-from metarec.models.base import BaseRecommender
+from metarec.models.base import BaseRecommender, LinearField
 
 if TYPE_CHECKING:
     from metarec.learners.executors.base import Executor
+
+
+class Parts(NamedTuple):
+    """The first layer's input kept as the body's two parts (``BaseRecommender.split_body``): one task's user
+    part ``[Du]``, shared by its items, and the items' part ``[N, Di]``; the input it stands for is
+    ``[user; item]`` per item. The factored layer's products below take either form."""
+
+    user: torch.Tensor
+    items: torch.Tensor
+
+    def cat(self) -> torch.Tensor:
+        """The concatenated input ``[..., N, Du + Di]`` (for the paths that take it whole)."""
+        u = self.user.unsqueeze(-2).expand(*self.items.shape[:-1], self.user.shape[-1])
+        return torch.cat([u, self.items], dim=-1)
+
+    def detach(self) -> "Parts":
+        return Parts(self.user.detach(), self.items.detach())
+
+
+Input = torch.Tensor | Parts
+
+
+def times_weight(x: Input, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w.T``: with parts, the user's ``[Du]`` once and broadcast over the items."""
+    if isinstance(x, Parts):
+        du = x.user.shape[-1]
+        return x.items @ w[:, du:].T + x.user @ w[:, :du].T
+    return x @ w.T
+
+
+def gram(x: Input, y: Input) -> torch.Tensor:
+    """``x @ y.T`` (``[N, M]``): with parts, the items' product plus the users' dot product."""
+    if isinstance(x, Parts):
+        return x.items @ y.items.T + x.user @ y.user
+    return x @ y.T
+
+
+def weight_term(a: torch.Tensor, x: Input) -> torch.Tensor:
+    """``a.T @ x`` (weight-shaped ``[out, in]``) for ``a`` ``[N, out]``: with parts, the user block is the
+    outer product of ``a``'s column sums with the user's part."""
+    if isinstance(x, Parts):
+        return torch.cat([torch.outer(a.sum(0), x.user), a.T @ x.items], dim=1)
+    return a.T @ x
 
 
 class Factored(NamedTuple):
     """Where ``VmapExecutor`` keeps the first adapted linear layer factored: its parameter names, the
     layers after it (``None``: it is the last) with their parameters' names inside ``tail`` (``pre`` +
     name in the adapted module), under scope ``all`` the model's body (the layer's input, adapted too)
-    with its parameters' names, and the rank up to which the factors are smaller than the weight."""
+    with its parameters' names, the rank up to which the factors are smaller than the weight, and whether
+    the layer's input comes as the body's user and item parts (``Parts``: the model ``splits_body``, under
+    ``head`` and ``all``); under ``all``, the body's adapted linear fields kept factored too
+    (``factored_fields.py``; ``None``: the body's parameters are copied per task)."""
 
     weight: str
     bias: str | None
@@ -35,19 +82,22 @@ class Factored(NamedTuple):
     body: nn.Module | None
     body_names: list[str]
     max_rank: float
+    parts: bool
+    fields: list[LinearField] | None
 
 
 class ModelMethod(nn.Module):
     """One of ``model``'s ``(user, item)`` methods (``body``, ``forward_split``) as a module's forward, for
-    ``functional_call``; parameters named ``model.*``."""
+    ``functional_call``; parameters named ``model.*``. ``split_body``'s pair comes back as ``Parts``."""
 
     def __init__(self, model: BaseRecommender, method: str) -> None:
         super().__init__()
         self.model = model
         self.method = method
 
-    def forward(self, user: Features, item: Features) -> torch.Tensor:
-        return getattr(self.model, self.method)(user, item)
+    def forward(self, user: Features, item: Features, *extra) -> Input:
+        out = getattr(self.model, self.method)(user, item, *extra)
+        return Parts(*out) if self.method == "split_body" else out
 
 
 def factor_rank(layer: nn.Linear) -> float:
@@ -64,11 +114,14 @@ def factorable_first_linear(ex: "Executor") -> Factored | None:
     m = ex.module
     if not ex.rule.scalar:
         return None
-    body, pre = None, ""
+    body, pre, parts, fields = None, "", ex.prefix_parts, None
     if ex.prefix is None:
         if not isinstance(m, BaseRecommender) or not isinstance(getattr(m, "head", None), nn.Sequential):
             return None
-        body, pre, m = ModelMethod(m, "body"), "head.", m.head
+        parts = m.splits_body
+        if parts and m.linear_fields() is not None:
+            fields = [f for f in m.linear_fields() if f.weight in ex._adapted] or None
+        body, pre, m = ModelMethod(m, "split_body" if parts else "body"), "head.", m.head
     if type(m) is nn.Linear:
         first, tail, dot = m, None, ""
     elif isinstance(m, nn.Sequential) and len(m) > 0 and type(m[0]) is nn.Linear:
@@ -82,7 +135,7 @@ def factorable_first_linear(ex: "Executor") -> Factored | None:
         return None
     tail_names = [] if tail is None else [n for n, _ in tail.named_parameters()]
     body_names = [] if body is None else [n for n in ex.all_names if not n.startswith(pre)]
-    return Factored(w, b, tail, tail_names, pre, body, body_names, factor_rank(first))
+    return Factored(w, b, tail, tail_names, pre, body, body_names, factor_rank(first), parts, fields)
 
 
 
@@ -111,57 +164,68 @@ def factored_task(ex: "Executor", steps: int, first_order: bool, lrs: dict, fixe
         params = {**fixed, **rest}
         return functional_call(tail, {n: params[f.pre + n] for n in f.tail_names}, (pre,)).squeeze(-1)
 
-    def features(rest, args):  # the first layer's input
+
+    def features(rest, args, shared=None, offsets=None):  # the first layer's input
         if body is None:
             return args[0]
-        params = {**fixed, **rest}
+        params = {**fixed, **(shared or {}), **rest}
         body_params = {f"model.{n}": params[n] for n in f.body_names}
-        return functional_call(body, body_params, args)
+        return functional_call(body, body_params, args if offsets is None else (*args, offsets))
 
     def task(params, s_args, s_y, s_m, q_args, q_y, q_m):
         weight = params[w]
         bias = (params[b] if adapts_bias else fixed[b]) if b is not None else None
-        rest = {n: v for n, v in params.items() if n not in (w, b)}
+        chosen = factored_fields(f.fields, params, s_y.shape[-1])
+        field_names = {n for fl in chosen for n in (fl.weight, fl.bias) if n in ex._adapted}
+        rest = {n: v for n, v in params.items() if n not in (w, b) and n not in field_names}
+        shared = {n: params[n] for n in field_names}  # the body's factored fields: the tables as they are
+        fields = BodyFactors(chosen, params, s_args, q_args, first_order, ex._adapted) if chosen else None
         terms: list = []  # (A_j, X_j as used in the correction)
         dense = None  # the per-task copy of W, once the terms are folded into one (under ``all``)
         fixed_x = body is None
         if fixed_x:
             xs = features(rest, s_args)
             xc = xs.detach() if first_order else xs
-            zs = xs @ weight.T
-            gs = xs @ xc.T if steps > 1 or clip is not None else None  # X X^T, needed after the first step
+            zs = times_weight(xs, weight)
+            gs = gram(xs, xc) if steps > 1 or clip is not None else None  # X X^T, needed after the first step
 
         def first_layer(x, z=None, grams=None):  # z: x W^T when already known
-            h = x @ (weight if dense is None else dense).T if z is None else z
+            h = times_weight(x, weight if dense is None else dense) if z is None else z
             if bias is not None:
                 h = h + bias
             if grams is None:
-                grams = [x @ xt.T for _, xt in terms]
-            for (a, _), gram in zip(terms, grams):
-                h = h - gram @ a
+                grams = [gram(x, xt) for _, xt in terms]
+            for (a, _), xx in zip(terms, grams):
+                h = h - xx @ a
             return h
 
-        def support_loss(rest, u):
-            x = features(rest, s_args)
+        def support_loss(rest, u, uf):
+            offsets = None if fields is None else fields.offsets(False, uf)
+            x = features(rest, s_args, shared, offsets)
             pre = first_layer(x, zs, [gs] * len(terms)) if fixed_x else first_layer(x)
             return ex.support_loss_fn(rest_of_module(rest, pre + u), s_y, s_m), x
 
         rank_step = s_y.shape[-1]  # each step adds a term of rank <= the (padded) support size
         u = torch.zeros(rank_step, weight.shape[0], dtype=weight.dtype, device=weight.device)  # d/du: delta
+        uf = [] if fields is None else fields.zeros(weight)  # d/duf: each factored field's D
         for _ in range(steps):
-            (g, delta), x = grad(support_loss, argnums=(0, 1), has_aux=True)(rest, u)
+            (g, delta, d), x = grad(support_loss, argnums=(0, 1, 2), has_aux=True)(rest, u, uf)
             gb = delta.sum(0) if adapts_bias else None
             if clip is not None:
-                gram = gs if fixed_x else x @ x.T
-                norm2 = ((delta @ delta.T) * gram).sum() + sum((v**2).sum() for v in g.values())
+                xx = gs if fixed_x else gram(x, x)
+                norm2 = ((delta @ delta.T) * xx).sum() + sum((v**2).sum() for v in g.values())
                 if gb is not None:
                     norm2 = norm2 + (gb**2).sum()
+                if fields is not None:
+                    norm2 = norm2 + fields.norm2(d)
                 scale = clip_scale(norm2, clip)
-                delta, g = delta * scale, {n: v * scale for n, v in g.items()}
+                delta, g, d = delta * scale, {n: v * scale for n, v in g.items()}, [v * scale for v in d]
                 gb = None if gb is None else gb * scale
             if first_order:
-                delta, g = delta.detach(), {n: v.detach() for n, v in g.items()}
+                delta, g, d = delta.detach(), {n: v.detach() for n, v in g.items()}, [v.detach() for v in d]
                 gb = None if gb is None else gb.detach()
+            if fields is not None:
+                fields.step(d, lrs)
             if fixed_x:
                 terms = [(lr * delta if not terms else terms[0][0] + lr * delta, xc)]
             else:
@@ -170,15 +234,17 @@ def factored_task(ex: "Executor", steps: int, first_order: bool, lrs: dict, fixe
                     terms.append((lr * delta, x_used))
                 else:
                     start = weight if dense is None else dense
-                    dense = start - sum(a.T @ xt for a, xt in [*terms, (lr * delta, x_used)])
+                    dense = start - sum(weight_term(a, xt) for a, xt in [*terms, (lr * delta, x_used)])
                     terms = []
             if gb is not None:
                 bias = bias - lrs[b] * gb
             rest = {n: rest[n] - lrs[n] * g[n] for n in rest}
-        xq = features(rest, q_args)
+        xq = features(rest, q_args, shared, None if fields is None else fields.offsets(True))
         out = rest_of_module(rest, first_layer(xq))
         if materialise:
-            rest[w] = (weight if dense is None else dense) - sum(a.T @ xt for a, xt in terms)
+            if fields is not None:
+                rest.update(fields.materialise(params))
+            rest[w] = (weight if dense is None else dense) - sum(weight_term(a, xt) for a, xt in terms)
             if adapts_bias:
                 rest[b] = bias
         return rest, ex.loss_fn(out, q_y, q_m), out
