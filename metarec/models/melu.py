@@ -22,8 +22,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.func import functional_call
+
+try:  # whether a tensor is a torch.func wrapper (a per-task copy under vmap): a private torch function
+    from torch._C._functorch import is_functorch_wrapped_tensor
+except ImportError:  # pragma: no cover - another torch: mask every table's padding (same numbers, a bit slower)
+    def is_functorch_wrapped_tensor(t: torch.Tensor) -> bool:
+        return True
 
 from metarec.data.schema import FeatureSchema
 from metarec.data.features import Features
