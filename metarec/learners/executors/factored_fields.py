@@ -42,8 +42,9 @@ def field_gram(field: LinearField, a: torch.Tensor, s: torch.Tensor, dtype: torc
 def factored_fields(fields: list[LinearField] | None, params: dict, n_support: int) -> list[LinearField]:
     """The fields worth keeping factored with supports ``n_support`` wide: every user field (a ``[dim]`` term),
     and an item field whose table has more rows (a map: more inputs) than the support has ratings -- its
-    ``[S, dim]`` term is then smaller than a per-task copy (measured: a 25-wide genre map and a 90-row table
-    were slower factored than copied at support 90, ``benchmarks/peers.py``)."""
+    ``[S, dim]`` term is then smaller than a per-task copy (measured side by side in one process on the
+    ``peers.py`` workload, one thread: with every field factored, scope ``all`` at support 90 was slower than
+    with its 25-wide genre map and 90-row table copied)."""
     if not fields:
         return []
     return [f for f in fields if f.side == "user"
