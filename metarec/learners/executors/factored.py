@@ -114,13 +114,16 @@ def factorable_first_linear(ex: "Executor") -> Factored | None:
     m = ex.module
     if not ex.rule.scalar:
         return None
-    body, pre, parts, fields = None, "", ex.prefix_parts, None
+    body, pre, fields = None, "", None
+    # under ``head`` the input is the body's parts when the non-adapted prefix is the body itself
+    parts = bool(getattr(ex.model, "splits_body", False)) and ex.prefix is not None and ex.prefix == ex.model.body
     if ex.prefix is None:
         if not isinstance(m, BaseRecommender) or not isinstance(getattr(m, "head", None), nn.Sequential):
             return None
         parts = m.splits_body
-        if parts and m.linear_fields() is not None:
-            fields = [f for f in m.linear_fields() if f.weight in ex._adapted] or None
+        linear = m.linear_fields() if parts else None
+        if linear is not None:
+            fields = [f for f in linear if f.weight in ex._adapted] or None
         body, pre, m = ModelMethod(m, "split_body" if parts else "body"), "head.", m.head
     if type(m) is nn.Linear:
         first, tail, dot = m, None, ""

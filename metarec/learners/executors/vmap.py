@@ -31,9 +31,8 @@ class VmapExecutor(Executor):
         # Under ``head`` on a model that ``splits_body``, the non-adapted prefix (the body) comes as its user
         # and item parts (``Parts``) for the factored first layer: the user's part of that layer once per task
         # and no ``[T, L, Du + Di]`` concatenation (nor its gradient): 1.34x at support 90 and 1 step, the same speed at 10.
-        self.prefix_parts = bool(getattr(model, "splits_body", False)) and self.prefix == model.body
         self.factored = factorable_first_linear(self)  # None: every adapted weight is copied per task
-        self.prefix_parts = self.prefix_parts and self.factored is not None
+        self.prefix_parts = self.prefix is not None and self.factored is not None and self.factored.parts
         # Scope ``all`` on a model whose first head layer can take the body's user and item parts apart
         # (``MeLU.forward_split``): with supports longer than ``split_above`` the inner loop copies every
         # weight per task and runs that split forward instead of the factored first layer. From that size
