@@ -40,7 +40,7 @@ Roots = Union[Path, Sequence[Path], None]
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 30
+    max_epochs: int = 100  # a cap: early stopping (patience) ends runs first (benchmarks/convergence.py)
     max_steps: int = -1  # stop after this many meta-steps (-1: no limit)
     accelerator: str = "cpu"
     devices: Any = 1
