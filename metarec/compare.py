@@ -86,17 +86,24 @@ def _ints(name: str, values: Iterable[str], minimum: int) -> list[int]:
 
 def _runs_on_model(option: str, overrides: list[str], config_path: list[Path]) -> bool:
     """Whether learner ``option`` runs on the base model ``overrides`` choose: an option written for one
-    model (``needs_model``, e.g. ``fism`` and ``ridge`` for ``twotower``) is left out of the default
-    learner list under another model (named in ``--learners`` it still runs, or says why not)."""
-    from metarec.config import compose, search_path
+    model (``needs_model``, e.g. ``fism`` and ``ridge`` for ``twotower``) or adapting a scope the model
+    lacks (``has_scope``: ``maml_lora``'s ``lora`` needs a Transformer with adapters) is left out of the
+    default learner list under another model (named in ``--learners`` it still runs, or says why not)."""
+    from metarec.config import compose, search_path, to_object
     from metarec.learners import LEARNERS
+    from metarec.models import MODELS
 
     try:
         cfg = compose([*overrides, f"learner={option}"], search_path(config_path))
         needs = getattr(LEARNERS.get(str(cfg.learner.name)).factory, "needs_model", None)
+        model = MODELS.get(str(cfg.model.name))
+        has_scope = getattr(model.factory, "has_scope", None)
+        scope = cfg.learner.get("scope")
+        if needs is not None and needs != str(cfg.model.name):
+            return False
+        return scope is None or has_scope is None or has_scope(str(scope), to_object(cfg.model, model.config_cls))
     except MetarecError:
         return True  # a broken option or override: make_spec and the run report it
-    return needs is None or needs == str(cfg.model.name)
 
 
 def make_spec(

@@ -364,9 +364,9 @@ def test_make_spec_checks_in_process(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("METAREC_CONFIG_DIR", str(CONFIGS))
     spec = make_spec(tmp_path / "o", None, ["2", "0", "2"], ["10", "1", "3"], ["data=synthetic"])
     # every option but those written for another base model than the default melu (fism, fism_ease, ridge and
-    # its preset ridge_interval)
+    # its preset ridge_interval) or adapting a scope it lacks (maml_lora: LoRA adapters)
     assert spec.learners == sorted(p.stem for p in (CONFIGS / "learner").glob("*.yaml")
-                                   if p.stem not in ("fism", "fism_ease", "ridge", "ridge_interval"))
+                                   if p.stem not in ("fism", "fism_ease", "ridge", "ridge_interval", "maml_lora"))
     assert spec.seeds == [2, 0] and spec.support_sizes == [1, 3, 10]
     assert spec.out.is_absolute()
     with pytest.raises(ConfigError, match="run.name"):
@@ -491,9 +491,15 @@ def test_error_bars_only_with_several_seeds(seeds: int) -> None:
 
 def test_default_learners_are_those_that_run_on_the_chosen_model(tmp_path):
     """Without --learners: every option, except those written for another base model (fism and ridge
-    need model=twotower); named explicitly they are still taken."""
+    need model=twotower) or adapting a scope the model lacks (maml_lora needs LoRA adapters: a Transformer
+    with model.lora_rank > 0); named explicitly they are still taken."""
     on_melu = make_spec(tmp_path / "a", None, ["0"], None, []).learners
     on_twotower = make_spec(tmp_path / "b", None, ["0"], None, ["model=twotower"]).learners
     assert "fism" not in on_melu and "ridge" not in on_melu and "maml" in on_melu
     assert {"fism", "ridge", "maml", "global"} <= set(on_twotower)
     assert make_spec(tmp_path / "c", ["ridge"], ["0"], None, []).learners == ["ridge"]
+    assert "maml_lora" not in on_melu and "maml_lora" not in on_twotower
+    assert "maml_lora" not in make_spec(tmp_path / "d", None, ["0"], None, ["model=transformer"]).learners
+    with_lora = make_spec(tmp_path / "e", None, ["0"], None, ["model=transformer", "model.lora_rank=4"]).learners
+    assert {"maml_lora", "maml", "global"} <= set(with_lora)
+    assert make_spec(tmp_path / "f", ["maml_lora"], ["0"], None, []).learners == ["maml_lora"]

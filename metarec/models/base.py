@@ -13,7 +13,7 @@ in the output layer). Adaptation scopes:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -68,6 +68,13 @@ class BaseRecommender(nn.Module):
             raise ConfigError(f"learner.scope=lora needs a model with LoRA adapters (model=transformer, model.lora_rank > 0), "
                               f"not {type(self).__name__}")
         raise ConfigError(f"unknown adaptation scope {scope!r} (known: {', '.join(SCOPES)})")
+
+    @classmethod
+    def has_scope(cls, scope: str, cfg: Any) -> bool:
+        """Whether a model of this class built from ``cfg`` (its config object) can adapt ``scope`` -- what
+        ``scope_split`` accepts, known before the model is built (``metarec compare`` leaves a learner
+        option whose scope the chosen model lacks out of its default list)."""
+        return scope in ("all", "head", "output")
 
     def adapts(self, scope: str) -> Callable[[str], bool] | None:
         """Which parameters of the adapted module (by name inside it) adapt per task; ``None``: all of them.

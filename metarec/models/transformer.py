@@ -178,6 +178,10 @@ class TransformerRec(BaseRecommender):
     def body(self, user: Features, item: Features) -> torch.Tensor:
         return self.encoder(self.tokens(user, item))
 
+    @classmethod
+    def has_scope(cls, scope: str, cfg: TransformerConfig) -> bool:
+        return (scope == "lora" and cfg.lora_rank > 0) or super().has_scope(scope, cfg)
+
     def scope_split(self, scope: str):
         if scope == "lora":
             if self._lora is None:
