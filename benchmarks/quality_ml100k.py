@@ -49,6 +49,8 @@ def winners(stats, learners: list[str]) -> list[str]:
 def mae_table(stats, learners: list[str]) -> str:
     """Query MAE per learner and scenario (full support): mean ± 95% CI half-width, best in bold."""
     cells = {(l, sc): stats.get((l, ALL, sc, "mae")) for l in learners for sc in SCENARIOS}
+    rank_only = [l for l in learners if not any(cells[(l, sc)] for sc in SCENARIOS)]
+    learners = [l for l in learners if l not in rank_only]  # no rating predictions (itemknn, ease): no row
     best = {sc: min((cells[(l, sc)].mean for l in learners if cells[(l, sc)]), default=None) for sc in SCENARIOS}
     lines = ["| learner | " + " | ".join(f"{sc} MAE" for sc in SCENARIOS) + " |", "|---" * (len(SCENARIOS) + 1) + "|"]
     for l in learners:
@@ -58,6 +60,9 @@ def mae_table(stats, learners: list[str]) -> str:
             text = "–" if st is None else f"{st.mean:.4f} ± {st.half_width:.4f}"
             row.append(f"**{text}**" if st is not None and st.mean == best[sc] else text)
         lines.append(f"| {l} | " + " | ".join(row) + " |")
+    if rank_only:
+        lines += ["", f"Not in this table: {', '.join(rank_only)}, which rank items without predicting ratings "
+                      "(their full-ranking results follow)."]
     return "\n".join(lines)
 
 
