@@ -289,7 +289,7 @@ def test_body_parts_are_not_used_where_the_first_layer_is_not_factored(setup):
 
 
 def test_parts_products_equal_the_concatenated_ones():
-    from metarec.learners.executors.factored import Parts, gram, times_weight, weight_term
+    from metarec.learners.executors.factored import Blocks, Parts, gram, minus, times_weight, weight_term
 
     g = torch.Generator().manual_seed(0)
     x = Parts(torch.randn(3, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64))
@@ -300,4 +300,14 @@ def test_parts_products_equal_the_concatenated_ones():
     assert whole_x.shape == (5, 7)
     _close(times_weight(x, w), whole_x @ w.T)
     _close(gram(x, y), whole_x @ whole_y.T)
-    _close(weight_term(a, x), a.T @ whole_x)
+    term = weight_term(a, x)  # with parts: the weight's user and item column blocks, never concatenated
+    assert isinstance(term, Blocks) and term.user.shape == (6, 3) and term.items.shape == (6, 4)
+    _close(term.cat(), a.T @ whole_x)
+    b = torch.randn(2, 6, generator=g, dtype=torch.float64)
+    dense = minus(w, [term, weight_term(b, y)])  # a per-task copy of W after two folded terms
+    assert isinstance(dense, Blocks)
+    _close(dense.cat(), w - a.T @ whole_x - b.T @ whole_y)
+    _close(times_weight(x, dense), whole_x @ (w - a.T @ whole_x - b.T @ whole_y).T)
+    _close(minus(dense, [weight_term(a, x)]).cat(), w - 2 * a.T @ whole_x - b.T @ whole_y)
+    _close(minus(w, [a.T @ whole_x]), w - a.T @ whole_x)  # plain input: plain matrices
+    assert minus(w, []) is w

@@ -42,12 +42,28 @@ class Parts(NamedTuple):
 Input = torch.Tensor | Parts
 
 
-def times_weight(x: Input, w: torch.Tensor) -> torch.Tensor:
+class Blocks(NamedTuple):
+    """A weight ``[out, Du + Di]`` kept as its user and item column blocks: the per-task copy of the factored
+    layer's weight when its input comes as ``Parts``. Its updates are made and applied block by block, with
+    no concatenation (whose backward zero-fills a whole weight-sized gradient per block and per step)."""
+
+    user: torch.Tensor
+    items: torch.Tensor
+
+    def cat(self) -> torch.Tensor:
+        return torch.cat([self.user, self.items], dim=-1)
+
+
+Weight = torch.Tensor | Blocks
+
+
+def times_weight(x: Input, w: Weight) -> torch.Tensor:
     """``x @ w.T``: with parts, the user's ``[Du]`` once and broadcast over the items."""
     if isinstance(x, Parts):
         du = x.user.shape[-1]
-        return x.items @ w[:, du:].T + x.user @ w[:, :du].T
-    return x @ w.T
+        wu, wi = (w.user, w.items) if isinstance(w, Blocks) else (w[:, :du], w[:, du:])
+        return x.items @ wi.T + x.user @ wu.T
+    return x @ (w.cat() if isinstance(w, Blocks) else w).T
 
 
 def gram(x: Input, y: Input) -> torch.Tensor:
@@ -57,12 +73,23 @@ def gram(x: Input, y: Input) -> torch.Tensor:
     return x @ y.T
 
 
-def weight_term(a: torch.Tensor, x: Input) -> torch.Tensor:
-    """``a.T @ x`` (weight-shaped ``[out, in]``) for ``a`` ``[N, out]``: with parts, the user block is the
-    outer product of ``a``'s column sums with the user's part."""
+def weight_term(a: torch.Tensor, x: Input) -> Weight:
+    """``a.T @ x`` (weight-shaped ``[out, in]``) for ``a`` ``[N, out]``: with parts, as ``Blocks``, the user
+    block the outer product of ``a``'s column sums with the user's part."""
     if isinstance(x, Parts):
-        return torch.cat([torch.outer(a.sum(0), x.user), a.T @ x.items], dim=1)
+        return Blocks(torch.outer(a.sum(0), x.user), a.T @ x.items)
     return a.T @ x
+
+
+def minus(w: Weight, terms: list[Weight]) -> Weight:
+    """``w - sum(terms)``; block by block when the terms are ``Blocks`` (a plain ``w`` is split into its blocks)."""
+    if not terms:
+        return w
+    if isinstance(terms[0], Blocks):
+        du = terms[0].user.shape[-1]
+        wu, wi = (w.user, w.items) if isinstance(w, Blocks) else (w[:, :du], w[:, du:])
+        return Blocks(wu - sum(t.user for t in terms), wi - sum(t.items for t in terms))
+    return w - sum(terms)
 
 
 class Factored(NamedTuple):
@@ -184,7 +211,7 @@ def factored_task(ex: "Executor", steps: int, first_order: bool, lrs: dict, fixe
         shared = {n: params[n] for n in field_names}  # the body's factored fields: the tables as they are
         fields = BodyFactors(chosen, params, s_args, q_args, first_order, ex._adapted) if chosen else None
         terms: list = []  # (A_j, X_j as used in the correction)
-        dense = None  # the per-task copy of W, once the terms are folded into one (under ``all``)
+        dense = None  # the per-task copy of W once the terms are folded into one (under ``all``; Blocks with parts)
         fixed_x = body is None
         if fixed_x:
             xs = features(rest, s_args)
@@ -237,7 +264,7 @@ def factored_task(ex: "Executor", steps: int, first_order: bool, lrs: dict, fixe
                     terms.append((lr * delta, x_used))
                 else:
                     start = weight if dense is None else dense
-                    dense = start - sum(weight_term(a, xt) for a, xt in [*terms, (lr * delta, x_used)])
+                    dense = minus(start, [weight_term(a, xt) for a, xt in [*terms, (lr * delta, x_used)]])
                     terms = []
             if gb is not None:
                 bias = bias - lrs[b] * gb
@@ -247,7 +274,8 @@ def factored_task(ex: "Executor", steps: int, first_order: bool, lrs: dict, fixe
         if materialise:
             if fields is not None:
                 rest.update(fields.materialise(params))
-            rest[w] = (weight if dense is None else dense) - sum(weight_term(a, xt) for a, xt in terms)
+            final = minus(weight if dense is None else dense, [weight_term(a, xt) for a, xt in terms])
+            rest[w] = final.cat() if isinstance(final, Blocks) else final
             if adapts_bias:
                 rest[b] = bias
         return rest, ex.loss_fn(out, q_y, q_m), out
