@@ -96,11 +96,11 @@ def _runs_on_model(option: str, overrides: list[str], config_path: list[Path]) -
     try:
         cfg = compose([*overrides, f"learner={option}"], search_path(config_path))
         needs = getattr(LEARNERS.get(str(cfg.learner.name)).factory, "needs_model", None)
+        if needs is not None and needs != str(cfg.model.name):
+            return False
         model = MODELS.get(str(cfg.model.name))
         has_scope = getattr(model.factory, "has_scope", None)
         scope = cfg.learner.get("scope")
-        if needs is not None and needs != str(cfg.model.name):
-            return False
         return scope is None or has_scope is None or has_scope(str(scope), to_object(cfg.model, model.config_cls))
     except MetarecError:
         return True  # a broken option or override: make_spec and the run report it

@@ -57,13 +57,21 @@ class Blocks(NamedTuple):
 Weight = torch.Tensor | Blocks
 
 
+def as_blocks(w: Weight, du: int) -> Blocks:
+    """``w`` as its column blocks, the first ``du`` columns the user's (views of a plain matrix)."""
+    return w if isinstance(w, Blocks) else Blocks(w[:, :du], w[:, du:])
+
+
+def as_matrix(w: Weight) -> torch.Tensor:
+    return w.cat() if isinstance(w, Blocks) else w
+
+
 def times_weight(x: Input, w: Weight) -> torch.Tensor:
     """``x @ w.T``: with parts, the user's ``[Du]`` once and broadcast over the items."""
     if isinstance(x, Parts):
-        du = x.user.shape[-1]
-        wu, wi = (w.user, w.items) if isinstance(w, Blocks) else (w[:, :du], w[:, du:])
-        return x.items @ wi.T + x.user @ wu.T
-    return x @ (w.cat() if isinstance(w, Blocks) else w).T
+        wb = as_blocks(w, x.user.shape[-1])
+        return x.items @ wb.items.T + x.user @ wb.user.T
+    return x @ as_matrix(w).T
 
 
 def gram(x: Input, y: Input) -> torch.Tensor:
@@ -86,9 +94,8 @@ def minus(w: Weight, terms: list[Weight]) -> Weight:
     if not terms:
         return w
     if isinstance(terms[0], Blocks):
-        du = terms[0].user.shape[-1]
-        wu, wi = (w.user, w.items) if isinstance(w, Blocks) else (w[:, :du], w[:, du:])
-        return Blocks(wu - sum(t.user for t in terms), wi - sum(t.items for t in terms))
+        wb = as_blocks(w, terms[0].user.shape[-1])
+        return Blocks(wb.user - sum(t.user for t in terms), wb.items - sum(t.items for t in terms))
     return w - sum(terms)
 
 
@@ -143,7 +150,7 @@ def factorable_first_linear(ex: "Executor") -> Factored | None:
         return None
     body, pre, fields = None, "", None
     # under ``head`` the input is the body's parts when the non-adapted prefix is the body itself
-    parts = bool(getattr(ex.model, "splits_body", False)) and ex.prefix is not None and ex.prefix == ex.model.body
+    parts = ex.model.splits_body and ex.prefix is not None and ex.prefix == ex.model.body
     if ex.prefix is None:
         if not isinstance(m, BaseRecommender) or not isinstance(getattr(m, "head", None), nn.Sequential):
             return None
@@ -274,8 +281,7 @@ def factored_task(ex: "Executor", steps: int, first_order: bool, lrs: dict, fixe
         if materialise:
             if fields is not None:
                 rest.update(fields.materialise(params))
-            final = minus(weight if dense is None else dense, [weight_term(a, xt) for a, xt in terms])
-            rest[w] = final.cat() if isinstance(final, Blocks) else final
+            rest[w] = as_matrix(minus(weight if dense is None else dense, [weight_term(a, xt) for a, xt in terms]))
             if adapts_bias:
                 rest[b] = bias
         return rest, ex.loss_fn(out, q_y, q_m), out
