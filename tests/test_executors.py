@@ -49,8 +49,9 @@ CASES = {
 
 def _pair(setup, name, cls, extra, dense=False, split=False):
     """The learn2learn reference and the vmap executor; ``dense``: vmap with per-task copies of every
-    adapted weight (no factored first layer); ``split``: under ``all``, the split first layer at any support
-    size (without: never, so that the factored and dense paths are what the other tests check)."""
+    adapted weight (no factored first layer); ``split``: under ``all``, where the first layer is not
+    factored, the split first layer at any support size (without: never, so that the factored and dense
+    paths are what the other tests check)."""
     batch, ctx, model = setup
     learners = []
     for executor in ("learn2learn", "vmap"):
@@ -171,9 +172,10 @@ def test_factored_first_layer_with_fixed_biases_and_clipping(dm, setup, first_or
 @pytest.mark.parametrize("clip", [None, 0.05])
 @pytest.mark.parametrize("first_order", [False, True])
 def test_factored_first_layer_under_all_folds_into_a_copy(dm, setup, first_order, clip):
-    """Scope ``all``: the first layer's input changes every step, so its factored terms pile up until
-    their rank would pass out*in/(out+in), then fold into a per-task copy that later steps update. With
-    this model two support-sized terms fit and five steps fold them: the numbers stay learn2learn's."""
+    """Scope ``all``: the first layer's input changes every step, so its factored terms pile up and fold
+    into a per-task copy (which later steps update) while the rows the layer still goes through outnumber
+    out*in/(out+in); the last steps' terms stay factored. Five steps here fold and keep terms: the numbers
+    stay learn2learn's."""
     batch, ctx, _ = setup
     torch.manual_seed(2)
     model = MeLU(dm.dataset.schema, MeLUConfig(embed_dim=16, hidden=[128, 16])).double()
@@ -189,6 +191,25 @@ def test_factored_first_layer_under_all_folds_into_a_copy(dm, setup, first_order
     ref, _ = learners[0].executor.adapted_parameters(batch, 5)
     for a, b in zip(phis, ref):
         _close(a, b)
+
+
+@pytest.mark.parametrize("steps, folds", [(1, 0), (3, 2)])
+def test_factored_terms_fold_only_while_the_rows_left_outnumber_the_rank(setup, monkeypatch, steps, folds):
+    """Under ``all`` a step folds the factored terms into a per-task copy only while the rows the first layer
+    still goes through (the later steps' supports, then the query) outnumber out*in/(out+in): here 12,
+    between the query's 10 rows and the support's 27, so one step folds nothing (whatever the support) and
+    three steps fold at the first two (2 x 27 + 10 and 27 + 10 rows left) and keep the last step's terms,
+    which only the query sees. The numbers are learn2learn's."""
+    import metarec.learners.executors.factored as factored
+
+    batch, (ref, fast) = _pair(setup, "maml", MAMLConfig, {"scope": "all", "inner_steps": steps})
+    out_dim, in_dim = fast.model.head[0].weight.shape
+    assert batch.ratings.shape[1] - batch.n_support < out_dim * in_dim / (out_dim + in_dim) < batch.n_support
+    calls = []
+    original = factored.minus
+    monkeypatch.setattr(factored, "minus", lambda w, terms: calls.append(len(terms)) or original(w, terms))
+    _assert_same_training_step(batch, ref, fast)
+    assert fast.executor.factored is not None and len(calls) == folds
 
 
 @pytest.mark.parametrize("steps", [1, 3])
@@ -213,10 +234,12 @@ def test_two_tower_model_agrees_across_executors(dm, setup, case, scope, steps):
 @pytest.mark.parametrize("steps", [1, 5])
 @pytest.mark.parametrize("case", ["maml", "fomaml", "metasgd"])
 def test_split_first_layer_under_all_agrees(setup, case, steps):
-    """Under ``all``, supports longer than ``split_above`` run the model's ``forward_split`` (the first head
-    layer on the user and item parts apart) with per-task copies: the same loss, predictions, meta-gradients."""
+    """Under ``all``, where the first layer is not factored (Meta-SGD; MAML made dense here), supports longer
+    than ``split_above`` run the model's ``forward_split`` (the first head layer on the user and item parts
+    apart) with per-task copies: the same loss, predictions, meta-gradients."""
     name, cls, extra = CASES[case]
-    batch, (ref, fast) = _pair(setup, name, cls, {**extra, "scope": "all", "inner_steps": steps}, split=True)
+    batch, (ref, fast) = _pair(setup, name, cls, {**extra, "scope": "all", "inner_steps": steps}, dense=True,
+                               split=True)
     assert fast.executor.split is not None
     calls = []
     model = fast.executor.split.model

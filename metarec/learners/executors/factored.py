@@ -184,9 +184,12 @@ def factored_task(ex: "Executor", steps: int, first_order: bool, lrs: dict, fixe
     A_j = lr * delta_j, ``[S, out]``, and its output on any input x is x W^T - sum_j (x X_j^T) A_j:
     no per-task copy of W is ever made. Under ``head``/``output`` X is the same at every step (the
     non-adapted prefix's features), so the A_j add up into one term and the Gram matrices are
-    computed once; under ``all`` X_j is the adapted body's output at step j, so the terms pile up
-    and, once their rank would pass out*in/(out+in) (where the factors stop being smaller than W),
-    they are summed into a per-task copy of W that later steps update directly. First order: A_j
+    computed once; under ``all`` X_j is the adapted body's output at step j, so the terms pile up,
+    and a step sums them into a per-task copy of W (which later steps update) where that costs less
+    than keeping them: kept, each unit of their rank costs in + out multiply-adds per row the layer
+    still goes through (the later steps' supports and the query), folded in * out once, so they fold
+    iff those rows outnumber out*in/(out+in) (``max_rank``). The last step's terms, seen only by the
+    query, then stay factored (one step at any support: no copy at all). First order: A_j
     and X_j are constants, as learn2learn's detached gradient is. ``materialise``: also return W_k
     itself (for Reptile and scoring); otherwise the weight is left out of the adapted parameters."""
     f = ex.factored
@@ -245,7 +248,8 @@ def factored_task(ex: "Executor", steps: int, first_order: bool, lrs: dict, fixe
         rank_step = s_y.shape[-1]  # each step adds a term of rank <= the (padded) support size
         u = torch.zeros(rank_step, weight.shape[0], dtype=weight.dtype, device=weight.device)  # d/du: delta
         uf = [] if fields is None else fields.zeros(weight)  # d/duf: each factored field's D
-        for _ in range(steps):
+        q_rows = q_y.shape[-1]
+        for i in range(steps):
             (g, delta, d), x = grad(support_loss, argnums=(0, 1, 2), has_aux=True)(rest, u, uf)
             gb = delta.sum(0) if adapts_bias else None
             if clip is not None:
@@ -267,12 +271,16 @@ def factored_task(ex: "Executor", steps: int, first_order: bool, lrs: dict, fixe
                 terms = [(lr * delta if not terms else terms[0][0] + lr * delta, xc)]
             else:
                 x_used = x.detach() if first_order else x
-                if dense is None and (len(terms) + 1) * rank_step <= f.max_rank:
-                    terms.append((lr * delta, x_used))
-                else:
+                # Fold the terms into the copy where that is cheaper: kept, each unit of their rank costs
+                # (in + out) per row the layer still goes through (the later steps' supports, then the query);
+                # folded, in * out once. So fold iff those rows outnumber max_rank (or the copy is wanted).
+                rows_left = (steps - 1 - i) * rank_step + q_rows
+                if materialise or rows_left > f.max_rank:
                     start = weight if dense is None else dense
                     dense = minus(start, [weight_term(a, xt) for a, xt in [*terms, (lr * delta, x_used)]])
                     terms = []
+                else:
+                    terms.append((lr * delta, x_used))
             if gb is not None:
                 bias = bias - lrs[b] * gb
             rest = {n: rest[n] - lrs[n] * g[n] for n in rest}

@@ -34,11 +34,11 @@ class VmapExecutor(Executor):
         self.factored = factorable_first_linear(self)  # None: every adapted weight is copied per task
         self.prefix_parts = self.prefix is not None and self.factored is not None and self.factored.parts
         # Scope ``all`` on a model whose first head layer can take the body's user and item parts apart
-        # (``MeLU.forward_split``): with supports longer than ``split_above`` the inner loop copies every
-        # weight per task and runs that split forward instead of the factored first layer. From that size
-        # on the factored terms would be folded into a per-task copy at the first step (its rank,
-        # out * in / (out + in)), and the split halves the first layer's work (measured: 1.3x at support 90,
-        # ``benchmarks/peers.py``); below it the factored layer is faster.
+        # (``MeLU.forward_split``), where that layer is not kept factored (Meta-SGD's learned rates): with
+        # supports longer than ``split_above`` (the layer's rank, out * in / (out + in)) the inner loop runs
+        # that split forward on its per-task copies: about half the first layer's work, forward and backward.
+        # Where the layer is factored, the factored path is as fast or faster at every support (it takes the
+        # same parts, and its last step's terms stay factored: all/1/90 1.2-1.3x over the split path).
         self.split: nn.Module | None = None
         self.split_above = float("inf")
         if self.prefix is None and getattr(model, "splits_first_layer", False):
@@ -101,8 +101,8 @@ class VmapExecutor(Executor):
     def _vmapped(self, batch: EpisodeBatch, steps: int, first_order: bool, detach: bool, params: dict, lrs: dict,
                  fixed: dict, materialise: bool = False):
         x = self.prefix_features(batch, detach)
-        split = self.split is not None and batch.n_support > self.split_above
-        factored = self.factored is not None and steps > 0 and not split
+        factored = self.factored is not None and steps > 0
+        split = not factored and self.split is not None and batch.n_support > self.split_above
         if isinstance(x, Parts) and not factored:
             x = x.cat()
         (s_args, s_y, s_m), (q_args, q_y, q_m) = self._inputs(batch, x)
