@@ -38,7 +38,7 @@ class VmapExecutor(Executor):
         # supports longer than ``split_above`` (the layer's rank, out * in / (out + in)) the inner loop runs
         # that split forward on its per-task copies: about half the first layer's work, forward and backward.
         # Where the layer is factored, the factored path is as fast or faster at every support (it takes the
-        # same parts, and its last step's terms stay factored: all/1/90 1.2-1.3x over the split path).
+        # same parts, and its last step's terms stay factored: all/1/90 1.1-1.3x over the split path).
         self.split: nn.Module | None = None
         self.split_above = float("inf")
         if self.prefix is None and getattr(model, "splits_first_layer", False):
