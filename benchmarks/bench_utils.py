@@ -226,8 +226,9 @@ def cpu_model() -> str:
 
 
 def machine_info() -> dict:
-    """What a timing depends on: device, CPU model, torch's intra-op thread count, versions, and the
-    1-minute load average when the benchmark started (a busy machine slows every number)."""
+    """What a timing depends on: device, CPU model with the vector instruction set torch's kernels use
+    (``AVX2``, ``AVX512``: ratios between implementations move with it), torch's intra-op thread count,
+    versions, and the 1-minute load average when the benchmark started (a busy machine slows every number)."""
     import os
     import platform
 
@@ -235,5 +236,5 @@ def machine_info() -> dict:
 
     cuda = torch.cuda.is_available()
     return {"device": "cuda" if cuda else "cpu", "gpu": torch.cuda.get_device_name() if cuda else None,
-            "cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cpu": f"{cpu_model()}, {torch.backends.cpu.get_cpu_capability()} kernels", "threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "load_average_1min": os.getloadavg()[0]}

@@ -75,6 +75,28 @@ def test_what_adapts_under_each_scope(setup) -> None:
         MeLU(setup[0].dataset.schema, MeLUConfig()).scope_split("lora")
 
 
+
+@pytest.mark.parametrize("name, overrides", [("melu", {}), ("twotower", {}), ("transformer", {}),
+                                             ("transformer", {"lora_rank": 2})])
+def test_has_scope_agrees_with_scope_split_for_every_scope(setup, name, overrides):
+    """``has_scope`` (asked before a model is built, by ``metarec compare``) says yes exactly where the built
+    model's ``scope_split`` accepts the scope."""
+    import dataclasses
+
+    from metarec.models import MODELS
+    from metarec.models.base import SCOPES
+
+    entry = MODELS.get(name)
+    cfg = dataclasses.replace(entry.config_cls(), **overrides)
+    model = entry.factory(setup[0].dataset.schema, cfg)
+    for scope in SCOPES:
+        try:
+            model.scope_split(scope)
+            accepted = True
+        except ConfigError:
+            accepted = False
+        assert type(model).has_scope(scope, cfg) is accepted, (name, overrides, scope)
+
 def _grads(learner) -> dict:
     return {n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None}
 

@@ -22,6 +22,7 @@ from metarec.data.features import Features
 from metarec.errors import ConfigError
 
 SCOPES = ("all", "head", "output", "lora")
+BASE_SCOPES = SCOPES[:3]  # what every base model adapts (``scope_split``); ``lora`` needs adapters
 
 
 class LinearField(NamedTuple):
@@ -74,7 +75,7 @@ class BaseRecommender(nn.Module):
         """Whether a model of this class built from ``cfg`` (its config object) can adapt ``scope`` -- what
         ``scope_split`` accepts, known before the model is built (``metarec compare`` leaves a learner
         option whose scope the chosen model lacks out of its default list)."""
-        return scope in ("all", "head", "output")
+        return scope in BASE_SCOPES
 
     def adapts(self, scope: str) -> Callable[[str], bool] | None:
         """Which parameters of the adapted module (by name inside it) adapt per task; ``None``: all of them.
