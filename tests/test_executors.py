@@ -271,6 +271,24 @@ def test_split_is_chosen_from_the_support_size_and_only_under_all(setup):
     assert whole.executor.split_above == pytest.approx(out_dim * in_dim / (out_dim + in_dim))
 
 
+
+@pytest.mark.parametrize("case, split_used", [("maml", False), ("metasgd", True)])
+def test_factored_first_layer_takes_precedence_over_the_split_one(setup, case, split_used):
+    """With a support longer than ``split_above``, MAML (scalar rate) keeps its first layer factored and
+    never runs ``forward_split``; Meta-SGD (learned rates, no factored layer) runs it on per-task copies."""
+    batch, ctx, model = setup
+    name, cls, extra = CASES[case]
+    fast = build_learner(name, copy.deepcopy(model), ctx, cls(**{**extra, "scope": "all", "executor": "vmap"}))
+    assert batch.n_support > fast.executor.split_above
+    calls = []
+    original = type(model).forward_split
+    type(model).forward_split = lambda self, u, i: calls.append(1) or original(self, u, i)
+    try:
+        fast.meta_step(batch, train=True)
+    finally:
+        type(model).forward_split = original
+    assert bool(calls) is split_used and (fast.executor.factored is None) is split_used
+
 class WholeBodyMeLU(MeLU):
     """MeLU that does not offer its body's two parts: the factored first layer takes the concatenation."""
 
