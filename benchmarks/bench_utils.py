@@ -236,5 +236,6 @@ def machine_info() -> dict:
 
     cuda = torch.cuda.is_available()
     return {"device": "cuda" if cuda else "cpu", "gpu": torch.cuda.get_device_name() if cuda else None,
-            "cpu": f"{cpu_model()}, {torch.backends.cpu.get_cpu_capability()} kernels", "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "load_average_1min": os.getloadavg()[0]}
+            "cpu": f"{cpu_model()}, {torch.backends.cpu.get_cpu_capability()} kernels",
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "load_average_1min": os.getloadavg()[0]}

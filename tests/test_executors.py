@@ -63,6 +63,14 @@ def _pair(setup, name, cls, extra, dense=False, split=False):
     return batch, learners
 
 
+def _split_calls(monkeypatch, model) -> list:
+    """A list that gets an entry at each call of ``forward_split`` on ``model``'s class (for this test)."""
+    calls = []
+    original = type(model).forward_split
+    monkeypatch.setattr(type(model), "forward_split", lambda self, u, i: calls.append(1) or original(self, u, i))
+    return calls
+
+
 def _grads(learner):
     return {n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None}
 
@@ -233,7 +241,7 @@ def test_two_tower_model_agrees_across_executors(dm, setup, case, scope, steps):
 
 @pytest.mark.parametrize("steps", [1, 5])
 @pytest.mark.parametrize("case", ["maml", "fomaml", "metasgd"])
-def test_split_first_layer_under_all_agrees(setup, case, steps):
+def test_split_first_layer_under_all_agrees(setup, monkeypatch, case, steps):
     """Under ``all``, where the first layer is not factored (Meta-SGD; MAML made dense here), supports longer
     than ``split_above`` run the model's ``forward_split`` (the first head layer on the user and item parts
     apart) with per-task copies: the same loss, predictions, meta-gradients."""
@@ -241,16 +249,10 @@ def test_split_first_layer_under_all_agrees(setup, case, steps):
     batch, (ref, fast) = _pair(setup, name, cls, {**extra, "scope": "all", "inner_steps": steps}, dense=True,
                                split=True)
     assert fast.executor.split is not None
-    calls = []
-    model = fast.executor.split.model
-    original = type(model).forward_split
-    type(model).forward_split = lambda self, u, i: calls.append(1) or original(self, u, i)
-    try:
-        _assert_same_training_step(batch, ref, fast)
-        _, p1 = ref.meta_step(batch, train=False)
-        _, p2 = fast.meta_step(batch, train=False)
-    finally:
-        type(model).forward_split = original
+    calls = _split_calls(monkeypatch, fast.executor.split.model)
+    _assert_same_training_step(batch, ref, fast)
+    _, p1 = ref.meta_step(batch, train=False)
+    _, p2 = fast.meta_step(batch, train=False)
     _close(p1, p2)
     assert calls, "the split forward was not used"
 
@@ -271,23 +273,18 @@ def test_split_is_chosen_from_the_support_size_and_only_under_all(setup):
     assert whole.executor.split_above == pytest.approx(out_dim * in_dim / (out_dim + in_dim))
 
 
-
 @pytest.mark.parametrize("case, split_used", [("maml", False), ("metasgd", True)])
-def test_factored_first_layer_takes_precedence_over_the_split_one(setup, case, split_used):
+def test_factored_first_layer_takes_precedence_over_the_split_one(setup, monkeypatch, case, split_used):
     """With a support longer than ``split_above``, MAML (scalar rate) keeps its first layer factored and
     never runs ``forward_split``; Meta-SGD (learned rates, no factored layer) runs it on per-task copies."""
     batch, ctx, model = setup
     name, cls, extra = CASES[case]
     fast = build_learner(name, copy.deepcopy(model), ctx, cls(**{**extra, "scope": "all", "executor": "vmap"}))
     assert batch.n_support > fast.executor.split_above
-    calls = []
-    original = type(model).forward_split
-    type(model).forward_split = lambda self, u, i: calls.append(1) or original(self, u, i)
-    try:
-        fast.meta_step(batch, train=True)
-    finally:
-        type(model).forward_split = original
+    calls = _split_calls(monkeypatch, model)
+    fast.meta_step(batch, train=True)
     assert bool(calls) is split_used and (fast.executor.factored is None) is split_used
+
 
 class WholeBodyMeLU(MeLU):
     """MeLU that does not offer its body's two parts: the factored first layer takes the concatenation."""

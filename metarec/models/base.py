@@ -21,8 +21,8 @@ from torch import nn
 from metarec.data.features import Features
 from metarec.errors import ConfigError
 
-SCOPES = ("all", "head", "output", "lora")
-BASE_SCOPES = SCOPES[:3]  # what every base model adapts (``scope_split``); ``lora`` needs adapters
+BASE_SCOPES = ("all", "head", "output")  # what every base model adapts (``scope_split``, ``has_scope``)
+SCOPES = (*BASE_SCOPES, "lora")  # ``lora``: a model with adapters
 
 
 class LinearField(NamedTuple):
